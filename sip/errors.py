@@ -18,10 +18,17 @@ class SipError(ValueError):
     phrase or a log line: it never quotes secret material.
     """
 
-    def __init__(self, reason: str, status_hint: int = 400) -> None:
+    def __init__(
+        self,
+        reason: str,
+        status_hint: int = 400,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status_hint = status_hint
+        # Headers the answer must carry, e.g. Unsupported on a 420 (§20.40).
+        self.headers = headers
 
     def __repr__(self) -> str:
         return f"SipError({self.reason!r}, status_hint={self.status_hint})"
