@@ -1,0 +1,109 @@
+"""Regular expressions for the RFC 3261 §25 grammar, shared by the parsers.
+
+Each pattern quotes the ABNF it implements.  Patterns are written so that they
+never backtrack more than linearly: every repetition is over a character class
+that cannot also match what follows it.
+"""
+
+from __future__ import annotations
+
+import re
+
+# token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~" )
+TOKEN_CHARS = r"A-Za-z0-9\-.!%*_+`'~"
+TOKEN = rf"[{TOKEN_CHARS}]+"
+
+# word = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~" /
+#        "(" / ")" / "<" / ">" / ":" / "\" / DQUOTE / "/" / "[" / "]" / "?" / "{" / "}" )
+WORD = rf"[{TOKEN_CHARS}()<>:\\\"/\[\]?{{}}]+"
+
+# quoted-string = SWS DQUOTE *(qdtext / quoted-pair ) DQUOTE
+# qdtext        = LWS / %x21 / %x23-5B / %x5D-7E / UTF8-NONASCII
+# quoted-pair   = "\" (%x00-09 / %x0B-0C / %x0E-7F)
+QUOTED_STRING = r'"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\x00-\x09\x0b\x0c\x0e-\x7f])*"'
+
+# escaped = "%" HEXDIG HEXDIG
+ESCAPED = r"%[0-9A-Fa-f]{2}"
+
+# unreserved = alphanum / mark ; mark = "-" / "_" / "." / "!" / "~" / "*" / "'" / "(" / ")"
+UNRESERVED = r"A-Za-z0-9\-_.!~*'()"
+
+# hostname = *( domainlabel "." ) toplabel [ "." ]
+# domainlabel = alphanum / alphanum *( alphanum / "-" ) alphanum
+# IPv4address and IPv6reference ("[" IPv6address "]") are checked further by
+# the ipaddress module where it matters (uri.parse_host).
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
+HOSTNAME = rf"{_LABEL}(?:\.{_LABEL})*\.?"
+IPV6_REFERENCE = r"\[[0-9A-Fa-f:.]+\]"
+HOST = rf"(?:{IPV6_REFERENCE}|{HOSTNAME})"
+
+# SWS = [LWS]; LWS after unfolding is plain SP / HTAB.
+SWS = r"[ \t]*"
+
+# generic-param = token [ EQUAL gen-value ] ; gen-value = token / host / quoted-string
+# EQUAL = SWS "=" SWS ; SEMI = SWS ";" SWS
+GEN_VALUE = rf"(?:{TOKEN}|{IPV6_REFERENCE}|{QUOTED_STRING})"
+GENERIC_PARAM_RE = re.compile(
+    rf"{SWS};{SWS}(?P<name>{TOKEN})(?:{SWS}={SWS}(?P<value>{GEN_VALUE}))?"
+)
+
+TOKEN_RE = re.compile(TOKEN)
+WORD_RE = re.compile(WORD)
+QUOTED_STRING_RE = re.compile(QUOTED_STRING)
+HOST_RE = re.compile(HOST)
+DIGITS_RE = re.compile(r"[0-9]+")
+
+# Characters that may never appear raw in a header value: a CR or LF would
+# let a value smuggle a header of its own (header injection); NUL is legal
+# only inside a quoted-pair, which QUOTED_STRING checks where it applies.
+FORBIDDEN_IN_VALUE_RE = re.compile(r"[\r\n]")
+
+_UNQUOTE_RE = re.compile(r"\\(.)", re.S)
+
+
+def unquote(text: str) -> str:
+    """Strip the DQUOTEs of a quoted-string and undo its quoted-pairs."""
+    return _UNQUOTE_RE.sub(r"\1", text[1:-1])
+
+
+def quote(text: str) -> str:
+    """Make a quoted-string whose :func:`unquote` is ``text``."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def split_list(value: str) -> list[str]:
+    """Split a comma-separated header value (RFC 3261 §7.3.1).
+
+    Commas inside quoted strings and inside ``<...>`` are not separators.
+    Elements are stripped; empty elements are kept (as ``""``) so that callers
+    can refuse them where the grammar forbids them.
+    """
+    if "," not in value:
+        return [value.strip()]
+    if '"' not in value and "<" not in value:
+        return [part.strip() for part in value.split(",")]
+    parts: list[str] = []
+    start = 0
+    in_quote = False
+    in_angle = False
+    i = 0
+    n = len(value)
+    while i < n:
+        ch = value[i]
+        if in_quote:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                in_quote = False
+        elif ch == '"':
+            in_quote = True
+        elif ch == "<":
+            in_angle = True
+        elif ch == ">":
+            in_angle = False
+        elif ch == "," and not in_angle:
+            parts.append(value[start:i].strip())
+            start = i + 1
+        i += 1
+    parts.append(value[start:].strip())
+    return parts

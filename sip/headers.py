@@ -1,0 +1,467 @@
+"""Typed values of the headers a proxy reads (RFC 3261 §20, §25).
+
+Each type parses one header value (already unfolded, one element of a comma
+list) with ``parse()`` and gives it back with ``str()``.  Values that were
+parsed and not changed print as their original text.
+
+- :class:`Via`: sent-protocol, sent-by and via-params (branch, received,
+  rport, maddr, ttl), RFC 3261 §20.42, RFC 3581.
+- :class:`NameAddr`: From, To, Contact, Route, Record-Route, Refer-To, ...
+  (name-addr or addr-spec plus header parameters), §20.10/§20.20/§20.39.
+- :class:`CSeq`, and integer helpers for Max-Forwards, Expires,
+  Content-Length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from sip._abnf import (
+    GENERIC_PARAM_RE,
+    HOST,
+    QUOTED_STRING,
+    SWS,
+    TOKEN,
+    quote,
+    unquote,
+)
+from sip.errors import SipError
+from sip.uri import URI, format_host
+
+Param = tuple[str, str | None]
+
+# A sane bound on every integer header: CSeq numbers are < 2**31 (§8.1.1.5),
+# Max-Forwards 0-255 (§20.22); delta-seconds up to 2**32-1 (§25.1).
+MAX_CSEQ = 2**31 - 1
+MAX_DELTA_SECONDS = 2**32 - 1
+
+
+def parse_params(text: str, what: str) -> tuple[Param, ...]:
+    """Parse ``*( SEMI generic-param )`` to the end of ``text``."""
+    params: list[Param] = []
+    pos = 0
+    n = len(text)
+    match = GENERIC_PARAM_RE.match
+    while pos < n:
+        m = match(text, pos)
+        if m is None:
+            if text[pos:].strip() == "":
+                break
+            raise SipError(f"malformed {what} parameter")
+        params.append((m.group("name"), m.group("value")))
+        pos = m.end()
+    names = [name.lower() for name, _ in params]
+    if len(set(names)) != len(names):
+        raise SipError(f"duplicate {what} parameter")
+    return tuple(params)
+
+
+def format_params(params: tuple[Param, ...]) -> str:
+    return "".join(f";{n}" if v is None else f";{n}={v}" for n, v in params)
+
+
+def get_param(params: tuple[Param, ...], name: str) -> str | None:
+    name = name.lower()
+    for key, value in params:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def has_param(params: tuple[Param, ...], name: str) -> bool:
+    name = name.lower()
+    return any(key.lower() == name for key, _ in params)
+
+
+def set_param(params: tuple[Param, ...], name: str, value: str | None) -> tuple[Param, ...]:
+    lname = name.lower()
+    out = []
+    done = False
+    for key, old in params:
+        if key.lower() == lname:
+            if not done:
+                out.append((key, value))
+                done = True
+        else:
+            out.append((key, old))
+    if not done:
+        out.append((name, value))
+    return tuple(out)
+
+
+def parse_int(text: str, what: str, maximum: int) -> int:
+    """A ``1*DIGIT`` value, bounded (RFC 4475 §3.1.2.4: overlarge scalars are 400)."""
+    text = text.strip()
+    if not text.isascii() or not text.isdigit():
+        raise SipError(f"malformed {what}")
+    if len(text) > 12 or int(text) > maximum:
+        raise SipError(f"{what} out of range")
+    return int(text)
+
+
+# --------------------------------------------------------------------- Via
+# via-parm = sent-protocol LWS sent-by *( SEMI via-params )
+# sent-protocol = protocol-name SLASH protocol-version SLASH transport
+# SLASH = SWS "/" SWS ; sent-by = host [ COLON port ] ; COLON = SWS ":" SWS
+_VIA_RE = re.compile(
+    rf"(?P<name>{TOKEN}){SWS}/{SWS}(?P<version>{TOKEN}){SWS}/{SWS}(?P<transport>{TOKEN})"
+    rf"[ \t]+(?P<host>{HOST})(?:{SWS}:{SWS}(?P<port>[0-9]{{1,5}}))?"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Via:
+    transport: str
+    host: str
+    port: int | None = None
+    params: tuple[Param, ...] = ()
+    text: str = dataclasses.field(default="", compare=False, repr=False)
+
+    @classmethod
+    def parse(cls, text: str) -> Via:
+        m = _VIA_RE.match(text)
+        if m is None:
+            raise SipError("malformed Via")
+        if m.group("name").upper() != "SIP" or m.group("version") != "2.0":
+            raise SipError("Via is not SIP/2.0")
+        host = _strip_brackets(m.group("host"))
+        port = _port(m.group("port"))
+        params = parse_params(text[m.end() :], "Via")
+        via = cls(m.group("transport").upper(), host, port, params, text)
+        via._check_params()
+        return via
+
+    def _check_params(self) -> None:
+        for name, value in self.params:
+            lname = name.lower()
+            if lname == "branch":
+                if value is None or value.startswith('"'):
+                    raise SipError("malformed Via branch")
+            elif lname == "received":
+                # RFC 5118 §4.5: received may carry an IPv6 address with or
+                # without brackets.
+                if value is None or not _is_ip(_strip_brackets(value)):
+                    raise SipError("malformed Via received")
+            elif lname == "rport":
+                if value is not None:
+                    _port(value)
+            elif lname == "ttl":
+                if value is None:
+                    raise SipError("malformed Via ttl")
+                parse_int(value, "Via ttl", 255)
+            elif lname == "maddr" and value is None:
+                raise SipError("malformed Via maddr")
+
+    @property
+    def branch(self) -> str | None:
+        return get_param(self.params, "branch")
+
+    @property
+    def received(self) -> str | None:
+        value = get_param(self.params, "received")
+        return _strip_brackets(value) if value is not None else None
+
+    @property
+    def rport(self) -> int | None:
+        """The rport value a proxy filled in (RFC 3581 §4); None if absent or empty."""
+        value = get_param(self.params, "rport")
+        return int(value) if value else None
+
+    @property
+    def wants_rport(self) -> bool:
+        """True when the client asked for symmetric response routing (RFC 3581)."""
+        return has_param(self.params, "rport")
+
+    @property
+    def maddr(self) -> str | None:
+        return get_param(self.params, "maddr")
+
+    @property
+    def ttl(self) -> int | None:
+        value = get_param(self.params, "ttl")
+        return int(value) if value is not None else None
+
+    @property
+    def sent_by(self) -> tuple[str, int | None]:
+        return (self.host, self.port)
+
+    def with_param(self, name: str, value: str | None) -> Via:
+        return self.replace(params=set_param(self.params, name, value))
+
+    def replace(self, **changes: object) -> Via:
+        changed = dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        return dataclasses.replace(changed, text=changed._build())
+
+    def _build(self) -> str:
+        port = f":{self.port}" if self.port is not None else ""
+        return f"SIP/2.0/{self.transport} {format_host(self.host)}{port}{format_params(self.params)}"
+
+    def __str__(self) -> str:
+        return self.text or self._build()
+
+
+def _strip_brackets(host: str) -> str:
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise SipError("malformed IPv6 reference")
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise SipError("malformed IPv6 reference") from None
+        return host[1:-1]
+    return host
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _port(text: str | None) -> int | None:
+    if text is None:
+        return None
+    port = parse_int(text, "port", 65535)
+    return port
+
+
+# ---------------------------------------------------------------- NameAddr
+# name-addr    = [ display-name ] LAQUOT addr-spec RAQUOT
+# display-name = *(token LWS)/ quoted-string
+_NAME_ADDR_RE = re.compile(
+    rf"{SWS}(?:(?P<quoted>{QUOTED_STRING})|(?P<tokens>{TOKEN}(?:[ \t]+{TOKEN})*))?{SWS}<"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NameAddr:
+    """``( name-addr / addr-spec ) *( SEMI generic-param )``.
+
+    ``display_name`` is unquoted; ``bracketed`` records whether the URI was
+    in angle brackets, so that an untouched value prints unchanged.
+    """
+
+    uri: URI
+    display_name: str | None = None
+    params: tuple[Param, ...] = ()
+    bracketed: bool = True
+    text: str = dataclasses.field(default="", compare=False, repr=False)
+
+    @classmethod
+    def parse(cls, text: str) -> NameAddr:
+        m = _NAME_ADDR_RE.match(text)
+        if m is not None:
+            end = text.find(">", m.end())
+            if end < 0:
+                raise SipError("unterminated <URI>")
+            uri_text = text[m.end() : end]
+            if uri_text != uri_text.strip() or " " in uri_text or "\t" in uri_text:
+                # RFC 4475 §3.1.2.14: no LWS inside <addr-spec>.
+                raise SipError("whitespace inside <URI>")
+            quoted = m.group("quoted")
+            display: str | None
+            if quoted is not None:
+                display = unquote(quoted)
+            else:
+                display = m.group("tokens")
+            uri = URI.parse(uri_text)
+            params = parse_params(text[end + 1 :], "header")
+            return cls(uri, display, params, True, text)
+        # addr-spec form: the URI ends at the first ";" (its own parameters
+        # would need brackets, §20.10), and may not contain "," or "?".
+        stripped = text.strip()
+        if stripped.startswith('"'):
+            raise SipError("unterminated quoted display name")
+        semi = stripped.find(";")
+        uri_text = stripped if semi < 0 else stripped[:semi].rstrip()
+        if not uri_text or any(c in uri_text for c in ' \t,?"<>'):
+            raise SipError("malformed addr-spec")
+        uri = URI.parse(uri_text)
+        params = parse_params(stripped[semi:], "header") if semi >= 0 else ()
+        return cls(uri, None, params, False, text)
+
+    @property
+    def tag(self) -> str | None:
+        return get_param(self.params, "tag")
+
+    def param(self, name: str) -> str | None:
+        return get_param(self.params, name)
+
+    def has_param(self, name: str) -> bool:
+        return has_param(self.params, name)
+
+    def with_param(self, name: str, value: str | None) -> NameAddr:
+        return self.replace(params=set_param(self.params, name, value))
+
+    def with_tag(self, tag: str) -> NameAddr:
+        return self.with_param("tag", tag)
+
+    def replace(self, **changes: object) -> NameAddr:
+        changed = dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+        return dataclasses.replace(changed, text=changed._build())
+
+    def _build(self) -> str:
+        params = format_params(self.params)
+        if not self.bracketed and self.display_name is None and not self.uri.params:
+            uri_text = str(self.uri)
+            if not any(c in uri_text for c in ";,?"):
+                return uri_text + params
+        display = ""
+        if self.display_name is not None:
+            display = quote(self.display_name) + " "
+        return f"{display}<{self.uri}>{params}"
+
+    def __str__(self) -> str:
+        return self.text.strip() if self.text else self._build()
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """A Contact value: a :class:`NameAddr`, or the ``*`` of a REGISTER (§10.2.2)."""
+
+    address: NameAddr | None
+    star: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Contact:
+        if text.strip() == "*":
+            return cls(None, True)
+        address = NameAddr.parse(text)
+        contact = cls(address)
+        for name, value in address.params:
+            lname = name.lower()
+            if lname == "expires":
+                if value is None:
+                    raise SipError("malformed Contact expires")
+                parse_int(value, "Contact expires", MAX_DELTA_SECONDS)
+            elif lname == "q":
+                if value is None or re.fullmatch(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?", value) is None:
+                    raise SipError("malformed Contact q")
+        return contact
+
+    @property
+    def uri(self) -> URI | None:
+        return self.address.uri if self.address is not None else None
+
+    @property
+    def expires(self) -> int | None:
+        value = self.address.param("expires") if self.address is not None else None
+        return int(value) if value is not None else None
+
+    @property
+    def q(self) -> float | None:
+        value = self.address.param("q") if self.address is not None else None
+        return float(value) if value is not None else None
+
+    @property
+    def sip_instance(self) -> str | None:
+        """``+sip.instance`` (RFC 5626 §4.1), unquoted."""
+        value = self.address.param("+sip.instance") if self.address is not None else None
+        if value is not None and value.startswith('"'):
+            return unquote(value)
+        return value
+
+    @property
+    def reg_id(self) -> int | None:
+        value = self.address.param("reg-id") if self.address is not None else None
+        if value is None:
+            return None
+        return parse_int(value, "reg-id", MAX_CSEQ)
+
+    def __str__(self) -> str:
+        return "*" if self.star or self.address is None else str(self.address)
+
+
+# -------------------------------------------------------------------- CSeq
+# CSeq = "CSeq" HCOLON 1*DIGIT LWS Method
+_CSEQ_RE = re.compile(rf"{SWS}(?P<number>[0-9]+)[ \t]+(?P<method>{TOKEN}){SWS}")
+
+
+@dataclass(frozen=True, slots=True)
+class CSeq:
+    number: int
+    method: str
+
+    @classmethod
+    def parse(cls, text: str) -> CSeq:
+        m = _CSEQ_RE.fullmatch(text)
+        if m is None:
+            raise SipError("malformed CSeq")
+        number = parse_int(m.group("number"), "CSeq", MAX_CSEQ)
+        return cls(number, m.group("method"))
+
+    def __str__(self) -> str:
+        return f"{self.number} {self.method}"
+
+
+# ------------------------------------------------------------------ others
+# callid = word [ "@" word ]
+_CALL_ID_RE = re.compile(
+    r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+(?:@[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+)?"
+)
+
+
+def parse_call_id(text: str) -> str:
+    value = text.strip()
+    if _CALL_ID_RE.fullmatch(value) is None:
+        raise SipError("malformed Call-ID")
+    return value
+
+
+_TOKEN_RE = re.compile(TOKEN)
+
+
+def parse_token_list(values: list[str], what: str) -> tuple[str, ...]:
+    """Supported / Require / Proxy-Require / Unsupported: ``option-tag *(COMMA option-tag)``."""
+    out = []
+    for value in values:
+        if _TOKEN_RE.fullmatch(value) is None:
+            raise SipError(f"malformed {what}")
+        out.append(value)
+    return tuple(out)
+
+
+# media-type = m-type SLASH m-subtype *(SEMI m-parameter)
+_MEDIA_TYPE_RE = re.compile(rf"{SWS}(?P<type>{TOKEN}){SWS}/{SWS}(?P<subtype>{TOKEN})")
+
+
+@dataclass(frozen=True, slots=True)
+class ContentType:
+    type: str
+    subtype: str
+    params: tuple[Param, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> ContentType:
+        m = _MEDIA_TYPE_RE.match(text)
+        if m is None:
+            raise SipError("malformed Content-Type")
+        params = parse_params(text[m.end() :], "Content-Type")
+        return cls(m.group("type").lower(), m.group("subtype").lower(), params)
+
+    @property
+    def mime(self) -> str:
+        return f"{self.type}/{self.subtype}"
+
+    def __str__(self) -> str:
+        return f"{self.type}/{self.subtype}{format_params(self.params)}"
+
+
+# Date = "Date" HCOLON SIP-date ; SIP-date = rfc1123-date, always "GMT" (§20.17).
+_DATE_RE = re.compile(
+    r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{2} "
+    r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [0-9]{4} "
+    r"[0-9]{2}:[0-9]{2}:[0-9]{2} GMT"
+)
+
+
+def check_date(text: str) -> str:
+    value = text.strip()
+    if _DATE_RE.fullmatch(value) is None:
+        raise SipError("malformed Date")
+    return value

@@ -1,0 +1,825 @@
+"""SIP messages: parse, typed access, edit, serialise (RFC 3261 §7, §20, §25).
+
+Bytes in, objects out, bytes back::
+
+    msg = parse_message(data)          # Request | Response, or SipError
+    msg.top_via.branch, msg.cseq.method, msg.from_.tag, msg.call_id
+    msg.headers.prepend("Via", str(via)); msg.headers.remove_first("Route")
+    bytes(msg)                         # untouched headers keep their exact text
+
+Rules of this module:
+
+- Parsing is strict where a proxy depends on the value: the start line, Via,
+  From, To, Call-ID, CSeq, Max-Forwards, Content-Length, Content-Type,
+  Contact, Route, Record-Route, Expires, Date and the option-tag lists are
+  parsed when the message is parsed, so a message either parses whole or is
+  refused (:class:`~sip.errors.SipError` with the status to answer).  Other
+  headers are checked for a token name and a clean value and kept as text.
+- Every header keeps the text it arrived with (including folding); a header
+  the proxy sets or edits is written as ``Name: value``.
+- Content-Length framing for datagrams follows RFC 3261 §18.3: bytes beyond
+  Content-Length are discarded, fewer bytes than it says is an error.  Stream
+  framing lives in :mod:`sip.framing`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from sip._abnf import TOKEN, split_list
+from sip.errors import SipError
+from sip.headers import (
+    MAX_DELTA_SECONDS,
+    Contact,
+    ContentType,
+    CSeq,
+    NameAddr,
+    Via,
+    check_date,
+    parse_call_id,
+    parse_int,
+    parse_token_list,
+)
+from sip.uri import URI
+
+# RFC 3261 §7.3.3 and the IANA registry of compact forms.
+COMPACT_FORMS = {
+    "a": "accept-contact",
+    "b": "referred-by",
+    "c": "content-type",
+    "d": "request-disposition",
+    "e": "content-encoding",
+    "f": "from",
+    "i": "call-id",
+    "j": "reject-contact",
+    "k": "supported",
+    "l": "content-length",
+    "m": "contact",
+    "n": "identity-info",
+    "o": "event",
+    "r": "refer-to",
+    "s": "subject",
+    "t": "to",
+    "u": "allow-events",
+    "v": "via",
+    "x": "session-expires",
+    "y": "identity",
+}
+
+# Headers whose values are comma-separated lists (RFC 3261 §7.3.1).  Others,
+# e.g. WWW-Authenticate or Date, may contain commas inside one value.
+LIST_HEADERS = frozenset(
+    {
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "allow",
+        "allow-events",
+        "contact",
+        "content-encoding",
+        "content-language",
+        "in-reply-to",
+        "p-asserted-identity",
+        "path",
+        "proxy-require",
+        "record-route",
+        "require",
+        "route",
+        "service-route",
+        "supported",
+        "unsupported",
+        "via",
+        "warning",
+    }
+)
+
+# Headers that may appear at most once (RFC 3261 §7.3.1, RFC 4475 §3.3.8).
+SINGLE_HEADERS = frozenset(
+    {"call-id", "cseq", "from", "to", "max-forwards", "content-length", "content-type", "expires"}
+)
+REQUIRED_HEADERS = ("via", "from", "to", "call-id", "cseq")
+
+_TOKEN_RE = re.compile(TOKEN)
+# Request-Line = Method SP Request-URI SP SIP-Version CRLF (exactly one SP each).
+_REQUEST_LINE_RE = re.compile(rf"({TOKEN}) ([^ \t]+) ([Ss][Ii][Pp]/[0-9]+\.[0-9]+)")
+# Status-Line = SIP-Version SP Status-Code SP Reason-Phrase CRLF
+_STATUS_LINE_RE = re.compile(r"([Ss][Ii][Pp]/[0-9]+\.[0-9]+) ([0-9]{3}) ([^\x00-\x08\x0a-\x1f\x7f]*)")
+_VERSION = "SIP/2.0"
+# Control characters are legal only inside a quoted-pair (§25.1); HT is LWS.
+_CTL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_UNESCAPED_CTL_RE = re.compile(r"(?<!\\)[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+_WSP = " \t"
+
+_CANON_CACHE: dict[str, str] = {}
+
+
+def canonical_name(name: str) -> str:
+    """Lower-case long form of a header name: ``"v"`` and ``"VIA"`` give ``"via"``."""
+    key = _CANON_CACHE.get(name)
+    if key is None:
+        lower = name.lower()
+        key = COMPACT_FORMS.get(lower, lower)
+        if len(_CANON_CACHE) < 1024:  # bounded: names come from the network
+            _CANON_CACHE[name] = key
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what the parser accepts; every limit has a status to answer."""
+
+    max_message_size: int = 65536  # 413
+    max_headers: int = 256  # 400
+    max_line_length: int = 8192  # 400
+    max_uri_length: int = 4096  # 414
+
+
+DEFAULT_LIMITS = Limits()
+
+
+class HeaderField:
+    """One header line: ``name`` as written, ``key`` canonical, ``value`` unfolded.
+
+    ``raw`` is the original text (with any folding) or None once edited.
+    """
+
+    __slots__ = ("name", "key", "value", "raw")
+
+    def __init__(self, name: str, key: str, value: str, raw: str | None) -> None:
+        self.name = name
+        self.key = key
+        self.value = value
+        self.raw = raw
+
+    def line(self) -> str:
+        return self.raw if self.raw is not None else f"{self.name}: {self.value}"
+
+    def __repr__(self) -> str:
+        return f"HeaderField({self.name!r}, {self.value!r})"
+
+
+HeaderValue: TypeAlias = "str | int | URI | Via | NameAddr | Contact | CSeq | ContentType"
+
+
+def _clean_value(value: HeaderValue) -> str:
+    text = str(value)
+    if "\r" in text or "\n" in text or "\x00" in text:
+        # Header injection: a value may never carry a line break of its own.
+        raise SipError("CR, LF or NUL in header value")
+    return text.strip(" \t")
+
+
+def _check_name(name: str) -> None:
+    if _TOKEN_RE.fullmatch(name) is None:
+        raise SipError("malformed header name")
+
+
+def _parse_list(values: list[str], parser: Callable[[str], Any], what: str) -> list[Any]:
+    out = []
+    for value in values:
+        if value == "":
+            raise SipError(f"empty {what} element")
+        out.append(parser(value))
+    return out
+
+
+def _single(values: list[str], what: str) -> str:
+    if len(values) != 1:
+        raise SipError(f"{what} must appear once" if values else f"missing {what}")
+    return values[0]
+
+
+def _route_list(values: list[str]) -> list[NameAddr]:
+    routes = _parse_list(values, NameAddr.parse, "Route")
+    for route in routes:
+        if not route.bracketed:
+            raise SipError("Route and Record-Route values need <>")
+    return routes
+
+
+def _contacts(values: list[str]) -> list[Contact]:
+    contacts = _parse_list(values, Contact.parse, "Contact")
+    if len(contacts) > 1 and any(c.star for c in contacts):
+        raise SipError("Contact * must stand alone")
+    return contacts
+
+
+# key -> parser of the (comma-split for list headers) values of that header.
+_TYPED: dict[str, Callable[[list[str]], Any]] = {
+    "via": lambda v: _parse_list(v, Via.parse, "Via"),
+    "from": lambda v: NameAddr.parse(_single(v, "From")),
+    "to": lambda v: NameAddr.parse(_single(v, "To")),
+    "call-id": lambda v: parse_call_id(_single(v, "Call-ID")),
+    "cseq": lambda v: CSeq.parse(_single(v, "CSeq")),
+    "max-forwards": lambda v: parse_int(_single(v, "Max-Forwards"), "Max-Forwards", 255),
+    "content-length": lambda v: parse_int(
+        _single(v, "Content-Length"), "Content-Length", 2**31 - 1
+    ),
+    "content-type": lambda v: ContentType.parse(_single(v, "Content-Type")),
+    "contact": _contacts,
+    "route": _route_list,
+    "record-route": _route_list,
+    "expires": lambda v: parse_int(_single(v, "Expires"), "Expires", MAX_DELTA_SECONDS),
+    "date": lambda v: [check_date(x) for x in v],
+    "require": lambda v: parse_token_list(v, "Require"),
+    "proxy-require": lambda v: parse_token_list(v, "Proxy-Require"),
+    "supported": lambda v: parse_token_list(v, "Supported"),
+    "unsupported": lambda v: parse_token_list(v, "Unsupported"),
+    "retry-after": lambda v: parse_int(
+        _single(v, "Retry-After").split(";")[0].split("(")[0], "Retry-After", MAX_DELTA_SECONDS
+    ),
+}
+
+
+class Headers:
+    """The ordered header list of a message, with typed views cached per header.
+
+    Lookups take any case and the compact forms.  Editing a header drops its
+    cached typed view, so typed access always reflects the current text.
+    """
+
+    __slots__ = ("_fields", "_typed")
+
+    def __init__(self, fields: Iterable[tuple[str, HeaderValue]] = ()) -> None:
+        self._fields: list[HeaderField] = []
+        self._typed: dict[str, Any] = {}
+        for name, value in fields:
+            self.add(name, value)
+
+    @classmethod
+    def _from_fields(cls, fields: list[HeaderField]) -> Headers:
+        self = cls.__new__(cls)
+        self._fields = fields
+        self._typed = {}
+        return self
+
+    # -- reading -----------------------------------------------------------
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return ((f.name, f.value) for f in self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        key = canonical_name(name)
+        return any(f.key == key for f in self._fields)
+
+    @property
+    def fields(self) -> list[HeaderField]:
+        return self._fields
+
+    def get(self, name: str) -> str | None:
+        """The first value of ``name`` (a whole line's value, not split), or None."""
+        key = canonical_name(name)
+        for f in self._fields:
+            if f.key == key:
+                return f.value
+        return None
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of ``name`` in order; list headers are split at commas."""
+        key = canonical_name(name)
+        values = [f.value for f in self._fields if f.key == key]
+        if key in LIST_HEADERS:
+            out: list[str] = []
+            for value in values:
+                out.extend(split_list(value))
+            return out
+        return values
+
+    def typed(self, name: str) -> Any:
+        """The parsed view of a header known to :mod:`sip.headers` (cached)."""
+        key = canonical_name(name)
+        try:
+            return self._typed[key]
+        except KeyError:
+            pass
+        parser = _TYPED[key]
+        value = parser(self.get_all(key))
+        self._typed[key] = value
+        return value
+
+    # -- editing -----------------------------------------------------------
+    def add(self, name: str, value: HeaderValue) -> None:
+        """Append a header at the end."""
+        _check_name(name)
+        key = canonical_name(name)
+        self._fields.append(HeaderField(name, key, _clean_value(value), None))
+        self._typed.pop(key, None)
+
+    def prepend(self, name: str, value: HeaderValue) -> None:
+        """Insert above the first header of the same name (a new top Via or
+        Record-Route), or at the top if there is none."""
+        _check_name(name)
+        key = canonical_name(name)
+        index = next((i for i, f in enumerate(self._fields) if f.key == key), 0)
+        self._fields.insert(index, HeaderField(name, key, _clean_value(value), None))
+        self._typed.pop(key, None)
+
+    def set(self, name: str, value: HeaderValue) -> None:
+        """Replace every header of this name by one, where the first one was."""
+        _check_name(name)
+        key = canonical_name(name)
+        field = HeaderField(name, key, _clean_value(value), None)
+        index = next((i for i, f in enumerate(self._fields) if f.key == key), None)
+        self._fields = [f for f in self._fields if f.key != key]
+        if index is None:
+            self._fields.append(field)
+        else:
+            self._fields.insert(index, field)
+        self._typed.pop(key, None)
+
+    def remove(self, name: str) -> int:
+        """Remove every header of this name; return how many lines went."""
+        key = canonical_name(name)
+        before = len(self._fields)
+        self._fields = [f for f in self._fields if f.key != key]
+        self._typed.pop(key, None)
+        return before - len(self._fields)
+
+    def remove_first(self, name: str) -> str | None:
+        """Remove the first element of a header (the top Via or Route) and return it.
+
+        For a line holding a comma list only its first element goes.
+        """
+        key = canonical_name(name)
+        for i, f in enumerate(self._fields):
+            if f.key != key:
+                continue
+            self._typed.pop(key, None)
+            parts = split_list(f.value) if key in LIST_HEADERS else [f.value]
+            first = parts[0]
+            if len(parts) > 1:
+                self._fields[i] = HeaderField(f.name, key, ", ".join(parts[1:]), None)
+            else:
+                del self._fields[i]
+            return first
+        return None
+
+    def copy(self) -> Headers:
+        """A copy whose edits do not touch this one (typed views are immutable)."""
+        other = Headers._from_fields(
+            [HeaderField(f.name, f.key, f.value, f.raw) for f in self._fields]
+        )
+        other._typed = dict(self._typed)
+        return other
+
+    def lines(self) -> list[str]:
+        return [f.line() for f in self._fields]
+
+
+class Message:
+    """What requests and responses share: headers, body and typed accessors."""
+
+    __slots__ = ("headers", "_body")
+
+    def __init__(
+        self, headers: Headers | Iterable[tuple[str, HeaderValue]], body: bytes
+    ) -> None:
+        self.headers = headers if isinstance(headers, Headers) else Headers(headers)
+        self._body = body
+
+    # -- body --------------------------------------------------------------
+    @property
+    def body(self) -> bytes:
+        return self._body
+
+    @body.setter
+    def body(self, body: bytes) -> None:
+        """Set the body and keep Content-Length true to it."""
+        self._body = body
+        self.headers.set("Content-Length", str(len(body)))
+
+    def _start_line(self) -> str:
+        raise NotImplementedError
+
+    def serialize(self) -> bytes:
+        lines = [self._start_line()]
+        lines += self.headers.lines()
+        if "content-length" not in self.headers._typed and "Content-Length" not in self.headers:
+            # Stream transports need it (§18.3); we always send it.
+            lines.append(f"Content-Length: {len(self._body)}")
+        lines.append("\r\n")
+        return "\r\n".join(lines).encode() + self._body
+
+    def __bytes__(self) -> bytes:
+        return self.serialize()
+
+    # -- typed accessors -----------------------------------------------------
+    @property
+    def via(self) -> list[Via]:
+        result: list[Via] = self.headers.typed("via")
+        return result
+
+    @property
+    def top_via(self) -> Via:
+        vias = self.via
+        if not vias:
+            raise SipError("missing Via")
+        return vias[0]
+
+    @property
+    def from_(self) -> NameAddr:
+        result: NameAddr = self.headers.typed("from")
+        return result
+
+    @property
+    def to(self) -> NameAddr:
+        result: NameAddr = self.headers.typed("to")
+        return result
+
+    @property
+    def call_id(self) -> str:
+        result: str = self.headers.typed("call-id")
+        return result
+
+    @property
+    def cseq(self) -> CSeq:
+        result: CSeq = self.headers.typed("cseq")
+        return result
+
+    @property
+    def max_forwards(self) -> int | None:
+        if "max-forwards" not in self.headers:
+            return None
+        result: int = self.headers.typed("max-forwards")
+        return result
+
+    @property
+    def content_length(self) -> int | None:
+        if "content-length" not in self.headers:
+            return None
+        result: int = self.headers.typed("content-length")
+        return result
+
+    @property
+    def content_type(self) -> ContentType | None:
+        if "content-type" not in self.headers:
+            return None
+        result: ContentType = self.headers.typed("content-type")
+        return result
+
+    @property
+    def contact(self) -> list[Contact]:
+        result: list[Contact] = self.headers.typed("contact")
+        return result
+
+    @property
+    def route(self) -> list[NameAddr]:
+        result: list[NameAddr] = self.headers.typed("route")
+        return result
+
+    @property
+    def record_route(self) -> list[NameAddr]:
+        result: list[NameAddr] = self.headers.typed("record-route")
+        return result
+
+    @property
+    def expires(self) -> int | None:
+        if "expires" not in self.headers:
+            return None
+        result: int = self.headers.typed("expires")
+        return result
+
+    @property
+    def supported(self) -> tuple[str, ...]:
+        result: tuple[str, ...] = self.headers.typed("supported")
+        return result
+
+    @property
+    def require(self) -> tuple[str, ...]:
+        result: tuple[str, ...] = self.headers.typed("require")
+        return result
+
+    @property
+    def proxy_require(self) -> tuple[str, ...]:
+        result: tuple[str, ...] = self.headers.typed("proxy-require")
+        return result
+
+    @property
+    def user_agent(self) -> str | None:
+        return self.headers.get("user-agent")
+
+    def credentials(self, name: str = "Authorization") -> list[Any]:
+        """Parsed Authorization or Proxy-Authorization values (:mod:`sip.auth`)."""
+        from sip.auth import parse_credentials
+
+        return [parse_credentials(v) for v in self.headers.get_all(name)]
+
+    def challenges(self, name: str = "WWW-Authenticate") -> list[Any]:
+        """Parsed WWW-Authenticate or Proxy-Authenticate values (:mod:`sip.auth`)."""
+        from sip.auth import parse_challenge
+
+        return [parse_challenge(v) for v in self.headers.get_all(name)]
+
+
+class Request(Message):
+    __slots__ = ("method", "uri")
+
+    def __init__(
+        self,
+        method: str,
+        uri: URI | str,
+        headers: Headers | Iterable[tuple[str, HeaderValue]] = (),
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(headers, body)
+        if _TOKEN_RE.fullmatch(method) is None:
+            raise SipError("malformed method")
+        self.method = method
+        self.uri = uri if isinstance(uri, URI) else URI.parse(uri)
+
+    def _start_line(self) -> str:
+        return f"{self.method} {self.uri} {_VERSION}"
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.uri}>"
+
+
+class Response(Message):
+    __slots__ = ("status", "reason")
+
+    def __init__(
+        self,
+        status: int,
+        reason: str = "",
+        headers: Headers | Iterable[tuple[str, HeaderValue]] = (),
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(headers, body)
+        if not 100 <= status <= 699:
+            raise SipError("status code out of range")
+        self.status = status
+        self.reason = reason or REASON_PHRASES.get(status, "")
+
+    def _start_line(self) -> str:
+        return f"{_VERSION} {self.status} {self.reason}"
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.reason}>"
+
+
+# ------------------------------------------------------------------ parsing
+def parse_message(
+    data: bytes, limits: Limits = DEFAULT_LIMITS, *, stream: bool = False
+) -> Request | Response:
+    """Parse one message.
+
+    ``stream=False`` (UDP): bytes past Content-Length are discarded (§18.3).
+    ``stream=True`` (a frame from :class:`sip.framing.StreamFramer`): the body
+    must be exactly Content-Length bytes.
+    """
+    if len(data) > limits.max_message_size:
+        raise SipError("message too large", 413)
+    # §7.5: CRLFs before the start line are ignored (keep-alives, padding).
+    start = 0
+    while data.startswith(b"\r\n", start):
+        start += 2
+    end = data.find(b"\r\n\r\n", start)
+    if end < 0:
+        raise SipError("no empty line after the headers")
+    try:
+        text = data[start:end].decode("utf-8")
+    except UnicodeDecodeError:
+        raise SipError("headers are not UTF-8") from None
+    lines = text.split("\r\n")
+    crlfs = len(lines) - 1
+    if text.count("\r") != crlfs or text.count("\n") != crlfs:
+        raise SipError("bare CR or LF in the headers")
+    if _CTL_RE.search(text) is not None and _UNESCAPED_CTL_RE.search(text) is not None:
+        raise SipError("control character in the headers")
+    if len(lines) - 1 > limits.max_headers:
+        raise SipError("too many header lines")
+
+    fields = _parse_fields(lines, limits)
+    headers = Headers._from_fields(fields)
+    msg = _parse_start_line(lines[0], headers, limits)
+
+    body_start = end + 4
+    if "content-length" in {f.key for f in fields}:
+        length: int = headers.typed("content-length")
+        available = len(data) - body_start
+        if available < length:
+            raise SipError("Content-Length larger than the message")
+        if stream and available > length:
+            raise SipError("bytes after the body")
+        msg._body = data[body_start : body_start + length]
+    elif stream:
+        raise SipError("missing Content-Length on a stream transport")
+    else:
+        msg._body = data[body_start:]
+
+    _check_headers(msg, fields)
+    return msg
+
+
+def _parse_fields(lines: list[str], limits: Limits) -> list[HeaderField]:
+    fields: list[HeaderField] = []
+    max_line = limits.max_line_length
+    canon = canonical_name
+    token_match = _TOKEN_RE.fullmatch
+    for line in lines[1:]:
+        if len(line) > max_line:
+            raise SipError("header line too long")
+        first = line[:1]
+        if first == " " or first == "\t":
+            # Folding (§7.3.1): the continuation joins the line above.
+            if not fields:
+                raise SipError("folded line before the first header")
+            prev = fields[-1]
+            prev.value = (prev.value + " " + line.strip(_WSP)).strip(_WSP)
+            prev.raw = f"{prev.raw}\r\n{line}"
+            continue
+        colon = line.find(":")
+        if colon <= 0:
+            raise SipError("header line without a colon")
+        name = line[:colon].rstrip(" \t")
+        if token_match(name) is None:
+            raise SipError("malformed header name")
+        fields.append(HeaderField(name, canon(name), line[colon + 1 :].strip(" \t"), line))
+    return fields
+
+
+def _parse_start_line(line: str, headers: Headers, limits: Limits) -> Request | Response:
+    if line.startswith(("SIP/", "sip/", "Sip/")) or line[:4].upper() == "SIP/":
+        m = _STATUS_LINE_RE.fullmatch(line)
+        if m is None:
+            raise SipError("malformed Status-Line")
+        if m.group(1).upper() != _VERSION:
+            raise SipError("SIP version not supported", 505)
+        status = int(m.group(2))
+        if status < 100:
+            raise SipError("status code out of range")
+        response = Response.__new__(Response)
+        response.headers = headers
+        response.status = status
+        response.reason = m.group(3)
+        return response
+    m = _REQUEST_LINE_RE.fullmatch(line)
+    if m is None:
+        raise SipError("malformed Request-Line")
+    if m.group(3).upper() != _VERSION:
+        raise SipError("SIP version not supported", 505)
+    uri_text = m.group(2)
+    if len(uri_text) > limits.max_uri_length:
+        raise SipError("Request-URI too long", 414)
+    if uri_text.startswith("<"):
+        raise SipError("Request-URI in <>")
+    request = Request.__new__(Request)
+    request.headers = headers
+    request.method = m.group(1)
+    request.uri = URI.parse(uri_text)
+    if request.uri.headers:
+        # RFC 4475 §3.1.2.11: headers in a Request-URI are refused, never
+        # forwarded or turned into real headers.
+        raise SipError("headers in the Request-URI")
+    return request
+
+
+def _check_headers(msg: Request | Response, fields: list[HeaderField]) -> None:
+    keys = [f.key for f in fields]
+    present = set(keys)
+    for key in REQUIRED_HEADERS:
+        if key not in present:
+            raise SipError(f"missing {key} header")
+    if len(present) != len(keys):
+        for key in SINGLE_HEADERS & present:
+            if keys.count(key) > 1:
+                raise SipError(f"{key} must appear once")
+    headers = msg.headers
+    for key in present.intersection(_TYPED):
+        headers.typed(key)
+    if isinstance(msg, Request) and msg.cseq.method != msg.method:
+        raise SipError("CSeq method does not match the request method")
+
+
+# ------------------------------------------------------------------ building
+REASON_PHRASES = {
+    100: "Trying",
+    180: "Ringing",
+    181: "Call Is Being Forwarded",
+    182: "Queued",
+    183: "Session Progress",
+    200: "OK",
+    202: "Accepted",
+    301: "Moved Permanently",
+    302: "Moved Temporarily",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    413: "Request Entity Too Large",
+    414: "Request-URI Too Long",
+    415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme",
+    420: "Bad Extension",
+    421: "Extension Required",
+    423: "Interval Too Brief",
+    429: "Too Many Requests",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected",
+    483: "Too Many Hops",
+    484: "Address Incomplete",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    491: "Request Pending",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Server Time-out",
+    505: "Version Not Supported",
+    513: "Message Too Large",
+    600: "Busy Everywhere",
+    603: "Decline",
+    604: "Does Not Exist Anywhere",
+    606: "Not Acceptable",
+}
+
+
+def make_response(
+    request: Request,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    headers: Iterable[tuple[str, HeaderValue]] = (),
+    body: bytes = b"",
+) -> Response:
+    """A response to ``request`` per RFC 3261 §8.2.6.2.
+
+    Via (all values, in order), From, Call-ID and CSeq are copied verbatim;
+    To is copied and gets ``to_tag`` if it has no tag yet (a 100 Trying never
+    gets one, §8.2.6.2).
+    """
+    src = request.headers
+    out = Headers()
+    out._fields = [
+        HeaderField(f.name, f.key, f.value, f.raw)
+        for f in src.fields
+        if f.key in ("via", "from", "call-id", "cseq")
+    ]
+    to_value = src.get("to") or ""
+    if to_tag is not None and status > 100 and request.to.tag is None:
+        to_value = str(request.to.with_tag(to_tag))
+    out.add("To", to_value)
+    for name, value in headers:
+        out.add(name, value)
+    out.add("Content-Length", str(len(body)))
+    return Response(status, reason or REASON_PHRASES.get(status, ""), out, body)
+
+
+def error_response(request: Request, error: SipError, *, to_tag: str | None = None) -> Response:
+    """The answer to a request the core refused (a :class:`SipError` from the checks)."""
+    return make_response(
+        request, error.status_hint, REASON_PHRASES.get(error.status_hint), to_tag=to_tag,
+        headers=error.headers,
+    )
+
+
+def salvage_response(data: bytes, error: SipError) -> bytes | None:
+    """Best-effort answer to a request that failed to parse, or None to drop it.
+
+    Copies the raw Via, From, To, Call-ID and CSeq lines when they can be
+    found, so that the sender can match the answer (§8.2.6.2).  Responses
+    are never answered, and neither is a message without a Via: there would
+    be nowhere to route the answer and answering only helps a scanner.
+    """
+    head = data.split(b"\r\n\r\n", 1)[0].lstrip(b"\r\n")
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    lines = text.split("\r\n")
+    if not lines or lines[0][:4].upper() == "SIP/" or " " not in lines[0]:
+        return None
+    keep: list[str] = []
+    for line in lines[1:]:
+        if _CTL_RE.search(line) is not None or "\n" in line or "\r" in line:
+            continue
+        colon = line.find(":")
+        if colon <= 0:
+            continue
+        key = canonical_name(line[:colon].strip(_WSP))
+        if key in ("via", "from", "to", "call-id", "cseq"):
+            keep.append(line.strip(_WSP))
+    if not any(canonical_name(line.split(":", 1)[0].strip(_WSP)) == "via" for line in keep):
+        return None
+    status = error.status_hint
+    reason = REASON_PHRASES.get(status, "Bad Request")
+    out = [f"{_VERSION} {status} {reason}", *keep]
+    out += [f"{name}: {value}" for name, value in error.headers]
+    out += ["Content-Length: 0", "", ""]
+    return "\r\n".join(out).encode()
