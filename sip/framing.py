@@ -1,0 +1,104 @@
+"""Message framing on stream transports (RFC 3261 §18.3) and keep-alives (RFC 5626 §3.5.1).
+
+A :class:`StreamFramer` takes whatever a TCP/TLS read gave and returns whole
+messages, whatever the read boundaries: several messages in one read, one
+message over many reads.  Between messages, a double CRLF is a keep-alive
+*ping* (the server answers with a single CRLF, the *pong*); a single CRLF is
+a pong.  Framing errors are fatal for the connection: after a bad header
+block or a missing Content-Length there is no way to find the next message,
+so the caller answers 400 if it can and closes.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+
+from sip.errors import SipError
+
+CRLF = b"\r\n"
+PING = b"\r\n\r\n"
+PONG = b"\r\n"
+
+# Content-Length or its compact form l, at the start of a header line.  The
+# full parse checks the value again (and refuses a second Content-Length);
+# here it only has to say where the message ends.
+_CONTENT_LENGTH_RE = re.compile(rb"\r\n(?:content-length|l)[ \t]*:[ \t]*([0-9]+)[ \t]*\r\n", re.I)
+
+
+class KeepAlive(enum.Enum):
+    PING = "ping"
+    PONG = "pong"
+
+
+Frame = bytes | KeepAlive
+
+
+class StreamFramer:
+    """Cuts a byte stream into SIP messages and keep-alives.
+
+    ``max_message_size`` bounds what is buffered: a peer that sends an
+    endless header block or announces a huge body is cut off with 413
+    rather than allowed to hold memory.
+    """
+
+    __slots__ = ("_buf", "_scan_from", "max_message_size")
+
+    def __init__(self, max_message_size: int = 65536) -> None:
+        self._buf = bytearray()
+        self._scan_from = 0
+        self.max_message_size = max_message_size
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held waiting for the rest of a message (for idle/slow-loris checks)."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """Add bytes; return the messages and keep-alives they complete, in order."""
+        buf = self._buf
+        buf += data
+        out: list[Frame] = []
+        while buf:
+            if buf[:2] == CRLF:
+                if buf[:4] == PING:
+                    out.append(KeepAlive.PING)
+                    del buf[:4]
+                    self._scan_from = 0
+                    continue
+                if len(buf) < 4 and PING.startswith(bytes(buf)):
+                    break  # could still become a ping
+                out.append(KeepAlive.PONG)
+                del buf[:2]
+                self._scan_from = 0
+                continue
+            end = buf.find(PING, self._scan_from)
+            if end < 0:
+                if len(buf) > self.max_message_size:
+                    raise SipError("header block too large", 413)
+                self._scan_from = max(0, len(buf) - 3)
+                break
+            lengths = _CONTENT_LENGTH_RE.findall(buf, 0, end + 2)
+            if len(lengths) != 1:
+                raise SipError(
+                    "missing Content-Length on a stream transport"
+                    if not lengths
+                    else "Content-Length must appear once"
+                )
+            if len(lengths[0]) > 10:
+                raise SipError("Content-Length out of range")
+            total = end + 4 + int(lengths[0])
+            if total > self.max_message_size:
+                raise SipError("message too large", 413)
+            if len(buf) < total:
+                self._scan_from = end  # the header end is known; wait for the body
+                break
+            out.append(bytes(buf[:total]))
+            del buf[:total]
+            self._scan_from = 0
+        return out
+
+
+def is_keepalive(datagram: bytes) -> bool:
+    """True for a CRLF keep-alive datagram (phones send these over UDP)."""
+    return bool(datagram) and datagram.strip(b"\r\n") == b""
