@@ -1,0 +1,82 @@
+# sipedge developer entry points (GNU make).  `make help` lists them.
+#
+# Everything lands in the repository: the venv in .venv/ (with the C extension
+# built in place by the editable install) and the dev certificate in .sipedge/.
+# Stamp files keep a second `make test` from reinstalling anything.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-builtin-rules
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.sipedge-installed
+CERT_DIR := .sipedge
+CERT := $(CERT_DIR)/dev-cert.pem
+KEY := $(CERT_DIR)/dev-key.pem
+CONFIG ?= configs/dev.toml
+PYTEST_ARGS ?=
+
+.PHONY: help deps venv install devcert run lint format test bench clean distclean
+
+help:
+	@echo "make install    .venv with sipedge editable + test extras, C extension built"
+	@echo "                (as root, apt-gets missing Debian packages first: scripts/debian-deps.sh)"
+	@echo "make devcert    self-signed dev certificate in $(CERT_DIR)/"
+	@echo "make run        install + devcert, then sipedge run --config $(CONFIG)"
+	@echo "make lint       ruff check, ruff format --check, mypy (strict on sip/)"
+	@echo "make format     ruff format + ruff check --fix (rewrites files)"
+	@echo "make test       install + devcert, lint, then the whole pytest suite"
+	@echo "make bench      run bench/bench_*.py"
+	@echo "make clean      remove the venv, build output and caches (distclean: also $(CERT_DIR)/)"
+
+# Cheap (dpkg-query only) when nothing is missing, so it runs on every install.
+deps:
+	@PYTHON=$(PYTHON) scripts/debian-deps.sh
+
+$(BIN)/python: | deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# SIPEDGE_STRICT_BUILD=1: the C extension must compile without a warning (-Werror).
+$(INSTALLED): pyproject.toml setup.py media/_srtp.c | $(BIN)/python deps
+	SIPEDGE_STRICT_BUILD=1 $(BIN)/python -m pip install --progress-bar off -e '.[test]'
+	$(BIN)/python -c 'import media._srtp as s; print("media._srtp:", s.backend(), s.openssl_version())'
+	touch $@
+
+venv install: $(INSTALLED)
+
+$(CERT) $(KEY) &:
+	scripts/devcert.sh $(CERT_DIR)
+
+devcert: $(CERT) $(KEY)
+
+run: install devcert
+	$(BIN)/sipedge run --config $(CONFIG)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: install devcert lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install
+	@shopt -s nullglob; scripts=(bench/bench_*.py); \
+	if [ $${#scripts[@]} -eq 0 ]; then echo "bench: no bench/bench_*.py yet"; exit 0; fi; \
+	for f in "$${scripts[@]}"; do echo "== $$f"; $(BIN)/python "$$f"; done
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -f media/*.so
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(CERT_DIR)
