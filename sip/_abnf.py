@@ -42,7 +42,10 @@ SWS = r"[ \t]*"
 
 # generic-param = token [ EQUAL gen-value ] ; gen-value = token / host / quoted-string
 # EQUAL = SWS "=" SWS ; SEMI = SWS ";" SWS
-GEN_VALUE = rf"(?:{TOKEN}|{IPV6_REFERENCE}|{QUOTED_STRING})"
+# An IPv6 address without brackets is accepted too: RFC 5118 §4.5 says
+# received= carries one either way.
+_BARE_IPV6 = r"[0-9A-Fa-f]*:[0-9A-Fa-f:.]+"
+GEN_VALUE = rf"(?:{_BARE_IPV6}|{TOKEN}|{IPV6_REFERENCE}|{QUOTED_STRING})"
 GENERIC_PARAM_RE = re.compile(
     rf"{SWS};{SWS}(?P<name>{TOKEN})(?:{SWS}={SWS}(?P<value>{GEN_VALUE}))?"
 )

@@ -1,0 +1,261 @@
+"""Messages: typed access, editing, limits, responses (RFC 3261 §7, §8.2.6, §20)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sip.errors import SipError
+from sip.headers import CSeq, NameAddr, Via
+from sip.message import (
+    Limits,
+    Request,
+    Response,
+    error_response,
+    make_response,
+    parse_message,
+    salvage_response,
+)
+from tests.sipdata import INVITE, OK_200, build
+
+
+def test_invite_typed_headers() -> None:
+    msg = parse_message(INVITE)
+    assert isinstance(msg, Request)
+    assert msg.method == "INVITE"
+    assert msg.uri.user == "bob" and msg.uri.host == "biloxi.example.com"
+    assert msg.top_via.branch == "z9hG4bK776asdhds"
+    assert msg.top_via.wants_rport and msg.top_via.rport is None
+    assert msg.top_via.sent_by == ("pc33.atlanta.example.com", 5060)
+    assert msg.from_.display_name == "Alice" and msg.from_.tag == "1928301774"
+    assert msg.to.tag is None
+    assert msg.call_id == "a84b4c76e66710@pc33.atlanta.example.com"
+    assert msg.cseq == CSeq(314159, "INVITE")
+    assert msg.max_forwards == 70
+    assert msg.contact[0].uri is not None and msg.contact[0].uri.transport == "tcp"
+    assert msg.content_type is not None and msg.content_type.mime == "application/sdp"
+    assert msg.content_length == len(msg.body)
+    assert msg.supported == ("replaces", "timer")
+    assert msg.user_agent == "baresip v1.0.0 (x86_64/linux)"
+    assert bytes(msg) == INVITE
+
+
+def test_response_typed_headers() -> None:
+    msg = parse_message(OK_200)
+    assert isinstance(msg, Response)
+    assert (msg.status, msg.reason) == (200, "OK")
+    assert msg.to.tag == "a6c85cf"
+    assert [str(r.uri) for r in msg.record_route] == [
+        "sip:proxy2.example.com;lr",
+        "sip:proxy1.example.com;lr",
+    ]
+    assert bytes(msg) == OK_200
+
+
+def test_compact_forms_and_case() -> None:
+    msg = parse_message(
+        build(
+            "OPTIONS sip:a@example.com SIP/2.0",
+            "v: SIP/2.0/UDP h.example.com;branch=z9hG4bK1",
+            "f: <sip:b@example.com>;tag=1",
+            "t: <sip:a@example.com>",
+            "i: cid",
+            "CSEQ: 1 OPTIONS",
+            "k: path",
+            "l: 0",
+        )
+    )
+    assert msg.headers.get("Call-ID") == "cid"
+    assert msg.headers.get("SUPPORTED") == "path"
+    assert msg.headers.get("i") == "cid"
+    assert "content-length" in msg.headers
+    assert msg.content_length == 0
+
+
+def test_proxy_edits_keep_other_headers_verbatim() -> None:
+    msg = parse_message(INVITE)
+    assert isinstance(msg, Request)
+    via = Via("UDP", "192.0.2.10", 5060, (("branch", "z9hG4bKproxy1"), ("rport", None)))
+    msg.headers.prepend("Via", via)
+    msg.headers.prepend("Record-Route", "<sip:192.0.2.10;lr>")
+    msg.headers.set("Max-Forwards", str((msg.max_forwards or 70) - 1))
+    out = bytes(msg)
+    assert out.startswith(
+        b"INVITE sip:bob@biloxi.example.com SIP/2.0\r\n"
+        b"Record-Route: <sip:192.0.2.10;lr>\r\n"
+        b"Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKproxy1;rport\r\n"
+        b"Via: SIP/2.0/UDP pc33.atlanta.example.com:5060;branch=z9hG4bK776asdhds;rport\r\n"
+        b"Max-Forwards: 69\r\n"
+    )
+    again = parse_message(out)
+    assert [v.branch for v in again.via] == ["z9hG4bKproxy1", "z9hG4bK776asdhds"]
+    assert again.max_forwards == 69
+    # Every header the proxy did not touch is byte-identical.
+    for line in INVITE.split(b"\r\n\r\n")[0].split(b"\r\n")[1:]:
+        if not line.startswith(b"Max-Forwards"):
+            assert line in out
+
+
+def test_remove_first_takes_one_list_element() -> None:
+    msg = parse_message(
+        build(
+            "BYE sip:a@example.com SIP/2.0",
+            "Via: SIP/2.0/UDP h.example.com;branch=z9hG4bK1",
+            "Route: <sip:p1.example.com;lr>, <sip:p2.example.com;lr>",
+            "Route: <sip:p3.example.com;lr>",
+            "From: <sip:b@example.com>;tag=1",
+            "To: <sip:a@example.com>;tag=2",
+            "Call-ID: cid",
+            "CSeq: 2 BYE",
+            "Content-Length: 0",
+        )
+    )
+    assert len(msg.route) == 3
+    assert msg.headers.remove_first("Route") == "<sip:p1.example.com;lr>"
+    assert [r.uri.host for r in msg.route] == ["p2.example.com", "p3.example.com"]
+    assert msg.headers.remove_first("route") == "<sip:p2.example.com;lr>"
+    assert msg.headers.remove_first("Route") == "<sip:p3.example.com;lr>"
+    assert msg.headers.remove_first("Route") is None
+    assert msg.route == []
+
+
+@pytest.mark.parametrize("value", ["a\r\nInjected: 1", "a\nb", "a\rb", "a\x00b"])
+def test_header_injection_is_refused(value: str) -> None:
+    msg = parse_message(INVITE)
+    with pytest.raises(SipError):
+        msg.headers.add("X-Test", value)
+    with pytest.raises(SipError):
+        msg.headers.set("Subject", value)
+
+
+def test_bad_header_name_is_refused() -> None:
+    msg = parse_message(INVITE)
+    with pytest.raises(SipError):
+        msg.headers.add("X Bad", "1")
+    with pytest.raises(SipError):
+        msg.headers.add("", "1")
+
+
+def test_body_setter_keeps_content_length_true() -> None:
+    msg = parse_message(INVITE)
+    msg.body = b"v=0\r\n"
+    assert msg.content_length == 5
+    assert parse_message(bytes(msg)).body == b"v=0\r\n"
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"INVITE sip:a@b SIP/2.0\r\n", 400),  # no end of headers
+        (b"INVITE sip:a@b SIP/2.0\r\nVia: x\nFrom: y\r\n\r\n", 400),  # bare LF
+        (b"INVITE sip:a@b SIP/2.0\r\nVia: x\rFrom: y\r\n\r\n", 400),  # bare CR
+        (b"INVITE sip:a@b SIP/2.0\r\nX: \x00\r\n\r\n", 400),  # raw NUL
+        (b"INVITE sip:a@b SIP/2.0\r\nX: \xff\r\n\r\n", 400),  # not UTF-8
+        (b"INVITE sip:a@b SIP/2.0\r\n folded: first\r\n\r\n", 400),
+        (b"INVITE sip:a@b SIP/2.0\r\nNoColon\r\n\r\n", 400),
+        (b"INVITE sip:a@b HTTP/1.1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"SIP/3.0 200 OK\r\n\r\n", 505),
+        (b"SIP/2.0 099 Low\r\n\r\n", 400),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400),  # a TLS ClientHello
+    ],
+)
+def test_malformed_messages(data: bytes, status: int) -> None:
+    with pytest.raises(SipError) as info:
+        parse_message(data)
+    assert info.value.status_hint == status
+
+
+def test_limits() -> None:
+    big = INVITE.replace(b"Subject: ", b"Subject: " + b"x" * 70000)
+    with pytest.raises(SipError) as info:
+        parse_message(big)
+    assert info.value.status_hint == 413
+    with pytest.raises(SipError) as info:
+        parse_message(INVITE, Limits(max_line_length=40))
+    assert info.value.status_hint == 400
+    with pytest.raises(SipError) as info:
+        parse_message(INVITE, Limits(max_headers=5))
+    assert info.value.status_hint == 400
+    long_uri = INVITE.replace(b"sip:bob@", b"sip:" + b"b" * 5000 + b"@", 1)
+    with pytest.raises(SipError) as info:
+        parse_message(long_uri)
+    assert info.value.status_hint == 414
+
+
+def test_content_length_framing_on_datagrams() -> None:
+    head, _, body = INVITE.partition(b"\r\n\r\n")
+    # Extra bytes after the body are dropped (§18.3).
+    assert parse_message(INVITE + b"garbage").body == body
+    # Fewer bytes than Content-Length: refused.
+    with pytest.raises(SipError):
+        parse_message(INVITE[:-10])
+    # stream=True wants the frame exact.
+    with pytest.raises(SipError):
+        parse_message(INVITE + b"x", stream=True)
+
+
+def test_make_response_copies_what_8_2_6_2_says() -> None:
+    req = parse_message(INVITE)
+    assert isinstance(req, Request)
+    trying = make_response(req, 100, to_tag="should-not-appear")
+    assert trying.to.tag is None
+    ringing = make_response(req, 180, to_tag="abc")
+    assert ringing.to.tag == "abc"
+    assert [str(v) for v in ringing.via] == [str(v) for v in req.via]
+    assert ringing.from_ == req.from_ and ringing.call_id == req.call_id
+    assert ringing.cseq == req.cseq
+    parsed = parse_message(bytes(ringing))
+    assert isinstance(parsed, Response) and parsed.status == 180 and parsed.reason == "Ringing"
+    assert parsed.to.tag == "abc"
+    # A request already carrying a To tag (in-dialog) keeps it.
+    req.headers.set("To", str(req.to.with_tag("existing")))
+    assert make_response(req, 200, to_tag="new").to.tag == "existing"
+
+
+def test_error_response_carries_extra_headers() -> None:
+    req = parse_message(INVITE)
+    assert isinstance(req, Request)
+    resp = error_response(req, SipError("x", 420, (("Unsupported", "foo"),)), to_tag="t")
+    assert resp.status == 420 and resp.reason == "Bad Extension"
+    assert resp.headers.get("Unsupported") == "foo"
+
+
+def test_salvage_response_for_unparseable_request() -> None:
+    bad = INVITE.replace(b"CSeq: 314159 INVITE", b"CSeq: 314159 BYE")
+    with pytest.raises(SipError) as info:
+        parse_message(bad)
+    answer = salvage_response(bad, info.value)
+    assert answer is not None
+    resp = parse_message(answer)
+    assert isinstance(resp, Response) and resp.status == 400
+    assert resp.top_via.branch == "z9hG4bK776asdhds"
+    # Responses are never answered; neither is anything without a Via.
+    assert salvage_response(OK_200, SipError("x")) is None
+    assert salvage_response(b"INVITE sip:a@b SIP/2.0\r\nTo: x\r\n\r\n", SipError("x")) is None
+    assert salvage_response(b"\xff\xfe", SipError("x")) is None
+
+
+def test_constructed_request_round_trips() -> None:
+    req = Request(
+        "OPTIONS",
+        "sip:edge.example.com",
+        [
+            ("Via", "SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKx;rport"),
+            ("From", NameAddr.parse("<sip:probe@example.com>").with_tag("t1")),
+            ("To", "<sip:edge.example.com>"),
+            ("Call-ID", "abc"),
+            ("CSeq", CSeq(1, "OPTIONS")),
+            ("Max-Forwards", 70),
+        ],
+    )
+    data = bytes(req)
+    assert data.endswith(b"Content-Length: 0\r\n\r\n")
+    again = parse_message(data)
+    assert isinstance(again, Request)
+    assert again.from_.tag == "t1" and again.cseq.number == 1
+    assert bytes(again) == data
+
+
+def test_leading_crlf_is_ignored() -> None:
+    msg = parse_message(b"\r\n\r\n" + INVITE)
+    assert isinstance(msg, Request)
