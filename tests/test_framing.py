@@ -1,0 +1,89 @@
+"""Stream framing (RFC 3261 §18.3) and CRLF keep-alives (RFC 5626 §3.5.1)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sip.errors import SipError
+from sip.framing import KeepAlive, StreamFramer, is_keepalive
+from sip.message import parse_message
+from tests.sipdata import INVITE, OK_200
+
+
+def test_several_messages_in_one_read() -> None:
+    framer = StreamFramer()
+    frames = framer.feed(INVITE + OK_200 + INVITE)
+    assert frames == [INVITE, OK_200, INVITE]
+    assert framer.buffered == 0
+
+
+def test_one_message_over_many_reads() -> None:
+    framer = StreamFramer()
+    out: list[bytes | KeepAlive] = []
+    for i in range(len(INVITE)):
+        out += framer.feed(INVITE[i : i + 1])
+        if i < len(INVITE) - 1:
+            assert out == []
+    assert out == [INVITE]
+    assert parse_message(INVITE, stream=True).body.startswith(b"v=0")
+
+
+def test_keepalives_between_messages() -> None:
+    framer = StreamFramer()
+    frames = framer.feed(b"\r\n\r\n" + INVITE + b"\r\n" + OK_200 + b"\r\n\r\n")
+    assert frames == [KeepAlive.PING, INVITE, KeepAlive.PONG, OK_200, KeepAlive.PING]
+
+
+def test_a_lone_crlf_waits_to_see_whether_it_is_a_ping() -> None:
+    framer = StreamFramer()
+    assert framer.feed(b"\r\n") == []
+    assert framer.feed(b"\r\n") == [KeepAlive.PING]
+    assert framer.feed(b"\r\n") == []
+    assert framer.feed(INVITE) == [KeepAlive.PONG, INVITE]
+
+
+def test_missing_content_length_is_fatal() -> None:
+    framer = StreamFramer()
+    no_length = INVITE.replace(b"Content-Length: ", b"X-Length: ")
+    with pytest.raises(SipError, match="Content-Length"):
+        framer.feed(no_length)
+
+
+def test_two_content_lengths_are_fatal() -> None:
+    framer = StreamFramer()
+    two = INVITE.replace(b"Subject: call", b"l: 3")
+    with pytest.raises(SipError, match="once"):
+        framer.feed(two)
+
+
+def test_compact_content_length() -> None:
+    framer = StreamFramer()
+    compact = INVITE.replace(b"Content-Length:", b"l  :")
+    assert framer.feed(compact) == [compact]
+
+
+def test_endless_headers_are_cut_off() -> None:
+    framer = StreamFramer(max_message_size=4096)
+    framer.feed(b"INVITE sip:a@b SIP/2.0\r\n")
+    with pytest.raises(SipError) as info:
+        for _ in range(1000):
+            framer.feed(b"X-Slow: " + b"a" * 60 + b"\r\n")
+    assert info.value.status_hint == 413
+    assert framer.buffered <= 4096 + 100
+
+
+def test_huge_announced_body_is_refused_before_buffering() -> None:
+    framer = StreamFramer(max_message_size=65536)
+    head = INVITE.split(b"\r\n\r\n")[0]
+    head = head[: head.index(b"Content-Length: ")] + b"Content-Length: 9999999"
+    assert head.count(b"Content-Length") == 1
+    with pytest.raises(SipError) as info:
+        framer.feed(head + b"\r\n\r\n")
+    assert info.value.status_hint == 413
+
+
+def test_udp_keepalive_datagrams() -> None:
+    assert is_keepalive(b"\r\n\r\n")
+    assert is_keepalive(b"\r\n")
+    assert not is_keepalive(b"")
+    assert not is_keepalive(INVITE)
