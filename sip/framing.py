@@ -5,8 +5,10 @@ messages, whatever the read boundaries: several messages in one read, one
 message over many reads.  Between messages, a double CRLF is a keep-alive
 *ping* (the server answers with a single CRLF, the *pong*); a single CRLF is
 a pong.  Framing errors are fatal for the connection: after a bad header
-block or a missing Content-Length there is no way to find the next message,
-so the caller answers 400 if it can and closes.
+block or a missing Content-Length there is no way to find the next message.
+The error comes back as the last item of what :meth:`StreamFramer.feed`
+returns, after every message that was whole before it (nothing that arrived
+intact is lost); the caller answers 400 if it can and closes.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class KeepAlive(enum.Enum):
     PONG = "pong"
 
 
-Frame = bytes | KeepAlive
+Frame = bytes | KeepAlive | SipError
 
 
 class StreamFramer:
@@ -42,12 +44,13 @@ class StreamFramer:
     rather than allowed to hold memory.
     """
 
-    __slots__ = ("_buf", "_scan_from", "max_message_size")
+    __slots__ = ("_buf", "_scan_from", "max_message_size", "failed")
 
     def __init__(self, max_message_size: int = 65536) -> None:
         self._buf = bytearray()
         self._scan_from = 0
         self.max_message_size = max_message_size
+        self.failed: SipError | None = None
 
     @property
     def buffered(self) -> int:
@@ -55,10 +58,25 @@ class StreamFramer:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[Frame]:
-        """Add bytes; return the messages and keep-alives they complete, in order."""
+        """Add bytes; return the messages and keep-alives they complete, in order.
+
+        A framing error ends the list (as a :class:`SipError` item) and the
+        framer: later calls return nothing.
+        """
+        if self.failed is not None:
+            return []
+        out: list[Frame] = []
+        try:
+            self._cut(data, out)
+        except SipError as error:
+            self.failed = error
+            self._buf.clear()
+            out.append(error)
+        return out
+
+    def _cut(self, data: bytes, out: list[Frame]) -> None:
         buf = self._buf
         buf += data
-        out: list[Frame] = []
         while buf:
             if buf[:2] == CRLF:
                 if buf[:4] == PING:
@@ -96,7 +114,6 @@ class StreamFramer:
             out.append(bytes(buf[:total]))
             del buf[:total]
             self._scan_from = 0
-        return out
 
 
 def is_keepalive(datagram: bytes) -> bool:

@@ -267,8 +267,8 @@ def test_dblreq_over_udp_and_tcp() -> None:
     frames = framer.feed(data[:invite_end])
     methods = [parse_message(f, stream=True) for f in frames if isinstance(f, bytes)]
     assert [m.method for m in methods if isinstance(m, Request)] == ["REGISTER", "INVITE"]
-    with pytest.raises(SipError):
-        framer.feed(data[invite_end:])
+    (error,) = framer.feed(data[invite_end:])
+    assert isinstance(error, SipError)
 
 
 def test_semiuri_user_with_semicolon() -> None:
