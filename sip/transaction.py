@@ -25,7 +25,7 @@ Rules of this file
 5. Entering Terminated cancels every timer still running and ends with one
    :class:`Terminated` action; the owner then drops the transaction (§17.1.1.2: "MUST
    be destroyed immediately").
-6. 2xx responses to INVITE are end to end (RFC 6026 §7.1): the INVITE server
+6. 2xx responses to INVITE are end to end (RFC 6026 §8.4, §8.7): the INVITE server
    transaction never retransmits a 2xx on its own (the TU does, through
    ``send_response`` while Accepted), and the INVITE client transaction never ACKs one
    (the TU does).  ACKs for 3xx-6xx are hop by hop and are built and absorbed here.
@@ -40,7 +40,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import ClassVar, Final, Literal
+from typing import ClassVar, Final, Literal, cast
 
 from sip.errors import SipError
 from sip.message import Request, Response, make_response
@@ -75,8 +75,9 @@ __all__ = [
 ]
 
 # §8.1.1.7: a branch made by an RFC 3261 element "MUST always begin with the characters
-# z9hG4bK".  The check is case-sensitive: the RFC defines the cookie as those characters,
-# and both widely deployed open stacks (pjsip, Kamailio) compare it byte for byte.
+# z9hG4bK".  The check is case-sensitive: the RFC names those characters, and deployed
+# stacks test them byte for byte (pjsip's pjsip_tsx_create_key uses pj_strncmp).  Branch
+# values themselves are compared case-insensitively (see client_key).
 MAGIC_COOKIE: Final = "z9hG4bK"
 
 # §18: the transports that are reliable.  Anything else (UDP, DTLS, unknown) is treated
@@ -124,8 +125,7 @@ class TimerConfig:
             # Retransmit timers: unreliable transports only.
             return None if reliable else self.t1
         if name in ("B", "F", "H", "L", "M"):
-            # Transaction timeouts, the same on every transport.  L and M are
-            # RFC 6026 §8.1.
+            # Transaction timeouts, the same on every transport (L and M: RFC 6026).
             return 64 * self.t1
         if reliable:
             # D, I, J, K: wait out retransmissions, which do not happen here.
@@ -225,21 +225,6 @@ Event = Literal[
     "timer M",
     "transport error",
 ]
-
-_TIMER_EVENTS: Final[Mapping[TimerName, Event]] = {
-    "A": "timer A",
-    "B": "timer B",
-    "D": "timer D",
-    "E": "timer E",
-    "F": "timer F",
-    "G": "timer G",
-    "H": "timer H",
-    "I": "timer I",
-    "J": "timer J",
-    "K": "timer K",
-    "L": "timer L",
-    "M": "timer M",
-}
 
 
 class _Op(StrEnum):
@@ -413,10 +398,7 @@ class _Transaction:
     def timer_fired(self, name: TimerName, now: float) -> list[Action]:
         """A timer started by a :class:`StartTimer` of this transaction has expired."""
         self.last_activity = now
-        if name not in self._running:
-            return []  # cancelled or replaced meanwhile (rule 3)
-        self._running.discard(name)
-        return self._handle(_TIMER_EVENTS[name], None)
+        return self._fire(name)
 
     def transport_error(self, now: float) -> list[Action]:
         """The transport failed to send a message of this transaction."""
@@ -439,14 +421,14 @@ class _Transaction:
             out.append(Terminated())
         # Rule 4: a zero-length timer fires now, through its own row.
         for name in zero:
-            out.extend(self._fire_now(name))
+            out.extend(self._fire(name))
         return out
 
-    def _fire_now(self, name: TimerName) -> list[Action]:
+    def _fire(self, name: TimerName) -> list[Action]:
         if name not in self._running:
-            return []
+            return []  # cancelled meanwhile: the adapter lost a race (rule 3)
         self._running.discard(name)
-        return self._handle(_TIMER_EVENTS[name], None)
+        return self._handle(cast(Event, f"timer {name}"), None)
 
     def _do(
         self,

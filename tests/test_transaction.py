@@ -175,6 +175,10 @@ def names(actions: list[Action]) -> list[str]:
     return out
 
 
+def timeline(log: list[tuple[float, Action]]) -> list[tuple[float, str]]:
+    return [(t, name) for (t, _), name in zip(log, names([a for _, a in log]), strict=True)]
+
+
 def sent(actions: list[Action]) -> list[Request | Response]:
     return [a.message for a in actions if isinstance(a, Send)]
 
@@ -194,9 +198,7 @@ def test_invite_client_udp_retransmits_at_t1_doubling_until_timer_b() -> None:
     # §17.1.1.2: A at T1, 2T1, 4T1, ... (not capped at T2); B at 64*T1 ends it.
     assert send_times(log) == [0.5, 1.5, 3.5, 7.5, 15.5, 31.5]
     assert all(a.message is invite for _, a in log if isinstance(a, Send))
-    assert [
-        (t, n) for (t, _), n in zip(log[-3:], names([a for _, a in log[-3:]]), strict=True)
-    ] == [
+    assert timeline(log[-3:]) == [
         (32.0, "TimeoutToTU"),
         (32.0, "CancelTimer A"),
         (32.0, "Terminated"),
@@ -209,8 +211,7 @@ def test_invite_client_tcp_sends_once_and_times_out_with_b() -> None:
     assert d.txn.reliable
     assert names(d.start()) == ["Send", "StartTimer B 32"]
     log = d.advance(100.0)
-    assert names([a for _, a in log]) == ["TimeoutToTU", "Terminated"]
-    assert log[0][0] == 32.0
+    assert timeline(log) == [(32.0, "TimeoutToTU"), (32.0, "Terminated")]
 
 
 @pytest.mark.parametrize("transport", ["UDP", "TCP"])
@@ -403,6 +404,8 @@ def test_invite_client_needs_rfc3261_branch_and_invite() -> None:
         InviteClientTransaction(request(branch="1234"))
     with pytest.raises(ValueError, match="branch"):
         InviteClientTransaction(request(branch=None))
+    with pytest.raises(ValueError, match="branch"):
+        InviteClientTransaction(request(branch="Z9HG4BK776asdhds"))
     with pytest.raises(ValueError, match="INVITE"):
         InviteClientTransaction(request("OPTIONS"))
 
@@ -421,8 +424,11 @@ def test_non_invite_client_udp_timer_e_doubles_to_t2_until_timer_f() -> None:
     assert sends[:5] == [0.5, 1.5, 3.5, 7.5, 11.5]
     assert [b - a for a, b in itertools.pairwise(sends[3:])] == [4.0] * (len(sends) - 4)
     assert sends[-1] == 31.5
-    assert names([a for _, a in log[-3:]]) == ["TimeoutToTU", "CancelTimer E", "Terminated"]
-    assert log[-1][0] == 32.0
+    assert timeline(log[-3:]) == [
+        (32.0, "TimeoutToTU"),
+        (32.0, "CancelTimer E"),
+        (32.0, "Terminated"),
+    ]
 
 
 def test_non_invite_client_timer_e_stays_at_t2_once_proceeding() -> None:
@@ -440,8 +446,11 @@ def test_non_invite_client_timer_e_stays_at_t2_once_proceeding() -> None:
     again = response(register, 100)
     assert d.receive_response(again) == [DeliverToTU(again)]
     log = d.advance(40.0)
-    assert names([a for _, a in log[-3:]]) == ["TimeoutToTU", "CancelTimer E", "Terminated"]
-    assert log[-1][0] == 32.0
+    assert timeline(log[-3:]) == [
+        (32.0, "TimeoutToTU"),
+        (32.0, "CancelTimer E"),
+        (32.0, "Terminated"),
+    ]
 
 
 @pytest.mark.parametrize("status", [200, 404])
@@ -482,10 +491,7 @@ def test_non_invite_client_tcp_timer_f_in_proceeding() -> None:
     d.start()
     d.receive_response(response(message, 100))
     log = d.advance(100.0)
-    assert [(t, type(a).__name__) for t, a in log] == [
-        (32.0, "TimeoutToTU"),
-        (32.0, "Terminated"),
-    ]
+    assert timeline(log) == [(32.0, "TimeoutToTU"), (32.0, "Terminated")]
 
 
 @pytest.mark.parametrize("provisional_first", [False, True])
@@ -606,10 +612,7 @@ def test_invite_server_udp_timer_h_without_ack() -> None:
     log = d.advance(100.0)
     sends = send_times(log)
     assert sends[:5] == [0.5, 1.5, 3.5, 7.5, 11.5] and sends[-1] == 31.5
-    assert [
-        (t, n)
-        for t, n in zip([t for t, _ in log[-3:]], names([a for _, a in log[-3:]]), strict=True)
-    ] == [
+    assert timeline(log[-3:]) == [
         (32.0, "TimeoutToTU"),
         (32.0, "CancelTimer G"),
         (32.0, "Terminated"),
@@ -690,10 +693,16 @@ def test_non_invite_server_udp_walk() -> None:
 
 
 @pytest.mark.parametrize("status", [202, 403])
-def test_non_invite_server_final_straight_from_trying(status: int) -> None:
+@pytest.mark.parametrize("provisional_first", [False, True])
+def test_non_invite_server_final_from_trying_or_proceeding(
+    status: int, provisional_first: bool
+) -> None:
     message = request("MESSAGE")
     d = Driver(NonInviteServerTransaction(message))
     d.receive_request(message)
+    if provisional_first:
+        d.send_response(response(message, 100))
+        assert d.state() is State.PROCEEDING
     final = response(message, status)
     assert d.send_response(final) == [Send(final), StartTimer("J", 32.0)]
     assert d.receive_request(message) == [Send(final)]
