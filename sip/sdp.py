@@ -1,0 +1,1208 @@
+"""SDP (RFC 8866) parsing and serialisation for a media relay.
+
+The model is a mutable tree of small objects that round-trips exactly::
+
+    sd = SessionDescription.parse(body)  # or parse_sdp(body)
+    for m in sd.media:
+        m.port = 40000
+        m.set_connection(Connection.for_address("203.0.113.7"))
+        m.remove("candidate", "end-of-candidates", "ice-ufrag", "ice-pwd")
+    out = bytes(sd)  # == sd.serialize()
+
+Public API
+    ``SessionDescription``  v/o/s/i/u/e/p/c/b/t+r/z/k/a fields and ``media``; ``parse``,
+        ``serialize``, ``copy``, effective-value helpers (``connection_for``, ``direction_for``,
+        ``is_on_hold``, ``value_for``, ``fingerprints_for``, ``setup_for``), ``groups``,
+        ``ice_lite``, ``set_connection_address``.
+    ``MediaDescription``    m/i/c/b/k/a; typed views ``rtpmaps``, ``fmtps``, ``rtcp``,
+        ``rtcp_mux``, ``crypto``, ``candidates``, ``end_of_candidates``, ``mid``, ``ptime``,
+        ``rtcp_fb``; ``set_connection``, ``is_rejected``.
+    Both sections: the ``attributes`` list (edit it freely) with ``attribute``, ``has``,
+        ``value``, ``values``, ``add``, ``remove``, ``replace``, ``direction``,
+        ``set_direction``, ``fingerprints``, ``setup``, ``ice_ufrag``, ``ice_pwd``,
+        ``ice_options``.
+    Value types (frozen; ``X.parse(text)`` and ``str(x)`` are inverses for well-formed text):
+        ``Attribute``, ``Origin``, ``Connection``, ``Bandwidth``, ``Timing``, ``RtpMap``,
+        ``Fmtp``, ``Rtcp``, ``RtcpFb``, ``Crypto``, ``CryptoKey``, ``Fingerprint``,
+        ``Candidate``, ``Group``; enums ``Direction``, ``Setup``, ``Proto``.
+    ``parse_sdp`` is ``SessionDescription.parse``.
+
+Round trip
+    For input whose lines are in RFC 8866 §5 order and end in CRLF, ``bytes(parse(x)) == x``.
+    LF-only line ends (and a missing final line end) are accepted and written back as CRLF;
+    trailing empty lines are dropped. Lines out of §5 order are accepted and written back in
+    §5 order; attributes keep their relative order. Numbers are kept as integers, so a leading
+    zero ("m=audio 049170") is not preserved. Attribute values are kept as text and only
+    parsed when a typed view asks, so unknown attributes round-trip untouched.
+
+Leniency (an SBC meets every dialect)
+    ``t=`` is required (RFC 8866 §5.9): every endpoint we know sends it and a relay must not
+    forward an SDP its peer may reject. An empty ``s=`` is accepted. Type letters this module
+    does not know (e.g. ``y=``/``f=`` of GB28181 cameras) are kept in ``unknown_lines`` and
+    written after the section's attributes rather than rejecting the whole description (RFC
+    8866 §5 allows "ignore or reject"); a strict caller can reject when the list is non-empty.
+
+Errors and limits
+    Malformed input raises :class:`~sip.errors.SipError` (status_hint 400); exceeding
+    ``max_size`` (16 KiB), ``max_lines`` or ``max_media`` raises status_hint 413. Typed views
+    raise ``SipError`` when the attribute they parse is malformed. Reasons never quote the
+    input, which may carry keys (``a=crypto``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final, NamedTuple
+
+from sip.errors import SipError
+
+__all__ = [
+    "MAX_LINES",
+    "MAX_MEDIA",
+    "MAX_SIZE",
+    "Attribute",
+    "Bandwidth",
+    "Candidate",
+    "Connection",
+    "Crypto",
+    "CryptoKey",
+    "Direction",
+    "Fingerprint",
+    "Fmtp",
+    "Group",
+    "MediaDescription",
+    "Origin",
+    "Proto",
+    "Rtcp",
+    "RtcpFb",
+    "RtpMap",
+    "SessionDescription",
+    "Setup",
+    "Timing",
+    "parse_sdp",
+    "proto_is_avpf",
+    "proto_is_dtls",
+    "proto_is_srtp",
+]
+
+MAX_SIZE: Final = 16 * 1024
+MAX_LINES: Final = 1024
+MAX_MEDIA: Final = 32
+
+# RFC 8866 §9: token-char = %x21 / %x23-27 / %x2A-2B / %x2D-2E / %x30-39 / %x41-5A / %x5E-7E
+_TOKEN: Final = r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+"
+_TOKEN_RE: Final = re.compile(_TOKEN)
+# RFC 8866 §5.14: media-field = %s"m" "=" media SP port ["/" integer] SP proto 1*(SP fmt)
+# proto = token *("/" token); an empty fmt list is tolerated for rejected (port 0) streams.
+_MEDIA_RE: Final = re.compile(
+    rf"({_TOKEN}) ([0-9]{{1,5}})(?:/([0-9]{{1,5}}))? ({_TOKEN}(?:/{_TOKEN})*)((?: {_TOKEN})*)"
+)
+# A host name in c=/o=/candidates. RFC 8866 §9 has FQDN = 4*(alpha-numeric / "-" / "."); we
+# take the usual label form (as RFC 1123) without the 4-character minimum.
+_LABEL: Final = r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
+_FQDN_RE: Final = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
+_NUMBER_RE: Final = re.compile(r"[0-9]{1,6}(?:\.[0-9]{1,6})?")
+# RFC 8122 §5: fingerprint = 2UHEX *(":" 2UHEX); lower case accepted as some stacks send it.
+_FINGERPRINT_RE: Final = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2})*")
+# RFC 8839 §5.1: ice-char = ALPHA / DIGIT / "+" / "/"
+_ICE_CHARS_RE: Final = re.compile(r"[A-Za-z0-9+/]{1,32}")
+_IPV4_OCTET: Final = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4_RE: Final = re.compile(rf"(?:{_IPV4_OCTET}\.){{3}}{_IPV4_OCTET}")
+# Attribute names seen in nearly every SDP; a set lookup spares the token regex per line.
+# fmt: off
+_COMMON_NAMES: Final = frozenset((
+    "rtpmap", "fmtp", "ptime", "maxptime", "sendrecv", "sendonly", "recvonly", "inactive",
+    "rtcp", "rtcp-mux", "rtcp-rsize", "rtcp-fb", "crypto", "fingerprint", "setup", "mid",
+    "group", "msid", "msid-semantic", "ssrc", "ssrc-group", "extmap", "extmap-allow-mixed",
+    "candidate", "end-of-candidates", "ice-ufrag", "ice-pwd", "ice-options", "ice-lite",
+    "label", "tool",
+))
+# fmt: on
+_SESSION_LETTERS: Final = frozenset("vosiuepcbtrzka")
+_MEDIA_LETTERS: Final = frozenset("icbka")
+
+
+def _digits(text: str, what: str, hi: int | None = None, max_len: int = 20) -> int:
+    # str.isdigit() alone would accept non-ASCII digits; the length cap keeps int() away from
+    # its 4300-digit ValueError and rejects absurd values early.
+    if not (0 < len(text) <= max_len and text.isascii() and text.isdigit()):
+        raise SipError(f"bad {what}")
+    n = int(text)
+    if hi is not None and n > hi:
+        raise SipError(f"{what} out of range")
+    return n
+
+
+def _token(text: str, what: str) -> str:
+    if _TOKEN_RE.fullmatch(text) is None:
+        raise SipError(f"bad {what}")
+    return text
+
+
+def _check_host(addrtype: str, host: str, what: str) -> None:
+    """Validate an IP4/IP6 literal or FQDN (RFC 8866 §5.7 and §9)."""
+    try:
+        if ":" in host:
+            if addrtype != "IP6":
+                raise SipError(f"{what}: IPv6 address with addrtype {addrtype}")
+            ipaddress.IPv6Address(host)
+            return
+    except ValueError:
+        raise SipError(f"bad {what} address") from None
+    if host.replace(".", "").isdigit():
+        # A regex rather than ipaddress.IPv4Address: five times faster on the per-call path.
+        if addrtype != "IP4":
+            raise SipError(f"{what}: IPv4 address with addrtype {addrtype}")
+        if _IPV4_RE.fullmatch(host) is None:
+            raise SipError(f"bad {what} address")
+        return
+    if len(host) > 255 or _FQDN_RE.fullmatch(host) is None:
+        raise SipError(f"bad {what} address")
+
+
+def _check_net(nettype: str, addrtype: str, what: str) -> None:
+    if nettype == "IN" and addrtype in ("IP4", "IP6"):
+        return
+    _token(nettype, f"{what} nettype")
+    _token(addrtype, f"{what} addrtype")
+    # RFC 8866 §5.7: for nettype IN the address types are IP4 and IP6. Other nettypes
+    # (RFC 3108 ATM, ...) are carried opaquely; a relay will not touch them.
+    if nettype == "IN" and addrtype not in ("IP4", "IP6"):
+        raise SipError(f"bad {what} addrtype")
+
+
+class Direction(enum.StrEnum):
+    """Media direction attributes (RFC 8866 §6.7; RFC 3264 §5.1 / §6.1)."""
+
+    SENDRECV = "sendrecv"
+    SENDONLY = "sendonly"
+    RECVONLY = "recvonly"
+    INACTIVE = "inactive"
+
+
+class Setup(enum.StrEnum):
+    """``a=setup`` roles (RFC 4145 §4, used for DTLS by RFC 5763 §5)."""
+
+    ACTIVE = "active"
+    PASSIVE = "passive"
+    ACTPASS = "actpass"
+    HOLDCONN = "holdconn"
+
+
+class Proto(enum.StrEnum):
+    """Common m= transport protocols. ``MediaDescription.proto`` is a plain ``str`` since any
+    token is legal (``udptl`` for T.38, ``TCP/MSRP``, ...); these members compare equal to it."""
+
+    RTP_AVP = "RTP/AVP"  # RFC 3551
+    RTP_SAVP = "RTP/SAVP"  # RFC 3711 §12
+    RTP_AVPF = "RTP/AVPF"  # RFC 4585
+    RTP_SAVPF = "RTP/SAVPF"  # RFC 5124
+    UDP_TLS_RTP_SAVP = "UDP/TLS/RTP/SAVP"  # RFC 5764 §8
+    UDP_TLS_RTP_SAVPF = "UDP/TLS/RTP/SAVPF"  # RFC 5764 §8
+
+
+def proto_is_srtp(proto: str) -> bool:
+    """True for the SRTP profiles (SAVP, SAVPF, with or without DTLS)."""
+    return proto.endswith(("/SAVP", "/SAVPF"))
+
+
+def proto_is_dtls(proto: str) -> bool:
+    """True when keys come from DTLS-SRTP (RFC 5764 §8) rather than SDES or nothing."""
+    return proto.startswith(("UDP/TLS/", "TCP/DTLS/", "TCP/TLS/"))
+
+
+def proto_is_avpf(proto: str) -> bool:
+    """True for the feedback profiles (RFC 4585, RFC 5124) that allow ``a=rtcp-fb``."""
+    return proto.endswith(("/AVPF", "/SAVPF"))
+
+
+class Attribute(NamedTuple):
+    """One ``a=`` line: ``a=name`` (value None) or ``a=name:value`` (RFC 8866 §5.13).
+
+    A named tuple rather than a frozen dataclass: it is the one object made per SDP line and a
+    tuple is about three times cheaper to build. Like the other value types it is immutable,
+    so copies of a description can share it."""
+
+    name: str
+    value: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Attribute:
+        """Parse the text after ``a=``."""
+        name, sep, value = text.partition(":")
+        if name not in _COMMON_NAMES and _TOKEN_RE.fullmatch(name) is None:
+            raise SipError("bad attribute name")
+        return cls(name, value if sep else None)
+
+    def __str__(self) -> str:
+        return self.name if self.value is None else f"{self.name}:{self.value}"
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """``o=`` (RFC 8866 §5.2). ``sess_id`` stays text (an identifier); ``sess_version`` is the
+    counter RFC 3264 §8 increments on every changed offer."""
+
+    username: str
+    sess_id: str
+    sess_version: int
+    nettype: str
+    addrtype: str
+    address: str
+
+    @classmethod
+    def parse(cls, text: str) -> Origin:
+        parts = text.split(" ")
+        if len(parts) != 6 or not parts[0]:
+            raise SipError("bad o= line")
+        user, sess_id, version, nettype, addrtype, address = parts
+        _digits(sess_id, "o= sess-id", max_len=64)
+        _check_net(nettype, addrtype, "o=")
+        if nettype == "IN":
+            _check_host(addrtype, address, "o=")
+        elif not address:
+            raise SipError("bad o= address")
+        return cls(user, sess_id, _digits(version, "o= sess-version"), nettype, addrtype, address)
+
+    def next_version(self) -> Origin:
+        """The same origin with ``sess_version`` incremented (RFC 3264 §8)."""
+        return Origin(
+            self.username,
+            self.sess_id,
+            self.sess_version + 1,
+            self.nettype,
+            self.addrtype,
+            self.address,
+        )
+
+    def __str__(self) -> str:
+        return (
+            f"{self.username} {self.sess_id} {self.sess_version} "
+            f"{self.nettype} {self.addrtype} {self.address}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """``c=`` (RFC 8866 §5.7). ``address`` is the wire text, multicast ``/ttl/count`` included."""
+
+    nettype: str
+    addrtype: str
+    address: str
+
+    @classmethod
+    def parse(cls, text: str) -> Connection:
+        parts = text.split(" ")
+        if len(parts) != 3:
+            raise SipError("bad c= line")
+        nettype, addrtype, address = parts
+        _check_net(nettype, addrtype, "c=")
+        host, *suffix = address.split("/")
+        # RFC 8866 §5.7: IP4 multicast is addr/ttl[/count], IP6 multicast is addr[/count].
+        if len(suffix) > (2 if addrtype == "IP4" else 1):
+            raise SipError("bad c= address")
+        for part in suffix:
+            _digits(part, "c= ttl or count", max_len=5)
+        if nettype == "IN":
+            _check_host(addrtype, host, "c=")
+        elif not host:
+            raise SipError("bad c= address")
+        return cls(nettype, addrtype, address)
+
+    @classmethod
+    def for_address(cls, address: str) -> Connection:
+        """``IN IP4`` or ``IN IP6`` chosen from the address literal (or IP4 for a name)."""
+        addrtype = "IP6" if ":" in address else "IP4"
+        _check_host(addrtype, address, "c=")
+        return cls("IN", addrtype, address)
+
+    @property
+    def host(self) -> str:
+        """The address without any multicast TTL / count suffix."""
+        return self.address.partition("/")[0]
+
+    @property
+    def is_unspecified(self) -> bool:
+        """``0.0.0.0`` (or ``::``): the RFC 2543 hold address, see RFC 3264 §8.4."""
+        return self.nettype == "IN" and self.host in ("0.0.0.0", "::")
+
+    def __str__(self) -> str:
+        return f"{self.nettype} {self.addrtype} {self.address}"
+
+
+@dataclass(frozen=True, slots=True)
+class Bandwidth:
+    """``b=<bwtype>:<bandwidth>`` (RFC 8866 §5.8), e.g. AS, CT, TIAS (RFC 3890), RS/RR."""
+
+    bwtype: str
+    bandwidth: int
+
+    @classmethod
+    def parse(cls, text: str) -> Bandwidth:
+        bwtype, sep, value = text.partition(":")
+        if not sep:
+            raise SipError("bad b= line")
+        return cls(_token(bwtype, "b= bwtype"), _digits(value, "b= bandwidth"))
+
+    def __str__(self) -> str:
+        return f"{self.bwtype}:{self.bandwidth}"
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """``t=<start> <stop>`` and the ``r=`` lines that follow it (RFC 8866 §5.9, §5.10).
+    Repeat lines are kept as text: no relay reads them."""
+
+    start: int = 0
+    stop: int = 0
+    repeats: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> Timing:
+        start, sep, stop = text.partition(" ")
+        if not sep:
+            raise SipError("bad t= line")
+        return cls(_digits(start, "t= start"), _digits(stop, "t= stop"))
+
+    def __str__(self) -> str:
+        return f"{self.start} {self.stop}"
+
+
+@dataclass(frozen=True, slots=True)
+class RtpMap:
+    """``a=rtpmap:<pt> <encoding>/<clock rate>[/<channels>]`` (RFC 8866 §6.6)."""
+
+    payload_type: int
+    encoding: str
+    clock_rate: int
+    channels: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> RtpMap:
+        pt, sep, rest = text.partition(" ")
+        parts = rest.split("/")
+        if not sep or len(parts) not in (2, 3):
+            raise SipError("bad rtpmap")
+        channels = _digits(parts[2], "rtpmap channels", max_len=3) if len(parts) == 3 else None
+        return cls(
+            _digits(pt, "rtpmap payload type", 127),
+            _token(parts[0], "rtpmap encoding"),
+            _digits(parts[1], "rtpmap clock rate", max_len=10),
+            channels,
+        )
+
+    def __str__(self) -> str:
+        tail = "" if self.channels is None else f"/{self.channels}"
+        return f"{self.payload_type} {self.encoding}/{self.clock_rate}{tail}"
+
+
+@dataclass(frozen=True, slots=True)
+class Fmtp:
+    """``a=fmtp:<format> <parameters>`` (RFC 8866 §6.15); parameters kept as text."""
+
+    fmt: str
+    params: str
+
+    @classmethod
+    def parse(cls, text: str) -> Fmtp:
+        fmt, _, params = text.partition(" ")
+        return cls(_token(fmt, "fmtp format"), params)
+
+    def parameters(self) -> dict[str, str]:
+        """``a=b;c=d`` as a dict; a bare item (``0-15`` of telephone-event) maps to ``""``."""
+        out: dict[str, str] = {}
+        for item in self.params.split(";"):
+            key, _, value = item.strip().partition("=")
+            if key:
+                out[key] = value
+        return out
+
+    def __str__(self) -> str:
+        return f"{self.fmt} {self.params}"
+
+
+@dataclass(frozen=True, slots=True)
+class Rtcp:
+    """``a=rtcp:<port> [<nettype> <addrtype> <address>]`` (RFC 3605 §2.1)."""
+
+    port: int
+    connection: Connection | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Rtcp:
+        port, sep, rest = text.partition(" ")
+        return cls(_digits(port, "rtcp port", 65535), Connection.parse(rest) if sep else None)
+
+    def __str__(self) -> str:
+        return str(self.port) if self.connection is None else f"{self.port} {self.connection}"
+
+
+@dataclass(frozen=True, slots=True)
+class RtcpFb:
+    """``a=rtcp-fb:<pt|*> <type> [<parameter>]`` (RFC 4585 §4.2), e.g. ``96 nack pli``."""
+
+    fmt: str
+    type: str
+    parameter: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> RtcpFb:
+        parts = text.split(" ", 2)
+        if len(parts) < 2:
+            raise SipError("bad rtcp-fb")
+        fmt = parts[0] if parts[0] == "*" else _token(parts[0], "rtcp-fb format")
+        return cls(fmt, _token(parts[1], "rtcp-fb type"), parts[2] if len(parts) == 3 else None)
+
+    def __str__(self) -> str:
+        tail = "" if self.parameter is None else f" {self.parameter}"
+        return f"{self.fmt} {self.type}{tail}"
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """``a=group:<semantics> <mid>...`` (RFC 5888 §5), e.g. BUNDLE (RFC 9143)."""
+
+    semantics: str
+    mids: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> Group:
+        semantics, *mids = text.split(" ")
+        for mid in mids:
+            _token(mid, "group identification-tag")
+        return cls(_token(semantics, "group semantics"), tuple(mids))
+
+    def __str__(self) -> str:
+        return " ".join((self.semantics, *self.mids))
+
+
+# Fingerprint digest sizes for the hash functions of RFC 8122 §5 (RFC 3279 names).
+_DIGEST_SIZES: Final[dict[str, int]] = {
+    "sha-1": 20,
+    "sha-224": 28,
+    "sha-256": 32,
+    "sha-384": 48,
+    "sha-512": 64,
+    "md5": 16,
+    "md2": 16,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Fingerprint:
+    """``a=fingerprint:<hash-func> <XX:XX:...>`` (RFC 8122 §5)."""
+
+    hash_func: str
+    value: str
+
+    @classmethod
+    def parse(cls, text: str) -> Fingerprint:
+        hash_func, sep, value = text.partition(" ")
+        if not sep or _FINGERPRINT_RE.fullmatch(value) is None:
+            raise SipError("bad fingerprint")
+        size = _DIGEST_SIZES.get(hash_func.lower())
+        if size is not None and len(value) != 3 * size - 1:
+            raise SipError("fingerprint length does not match its hash function")
+        return cls(_token(hash_func, "fingerprint hash function"), value)
+
+    @classmethod
+    def from_digest(cls, hash_func: str, digest: bytes) -> Fingerprint:
+        return cls(hash_func, digest.hex(":").upper())
+
+    def digest(self) -> bytes:
+        return bytes.fromhex(self.value.replace(":", ""))
+
+    def __str__(self) -> str:
+        return f"{self.hash_func} {self.value}"
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """``a=candidate`` (RFC 8839 §5.1)::
+
+    foundation SP component-id SP transport SP priority SP connection-address SP port
+    SP "typ" SP cand-type [SP "raddr" SP addr] [SP "rport" SP port] *(SP name SP value)
+    """
+
+    foundation: str
+    component: int
+    transport: str
+    priority: int
+    address: str
+    port: int
+    type: str
+    related_address: str | None = None
+    related_port: int | None = None
+    extensions: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> Candidate:
+        parts = text.split(" ")
+        if len(parts) < 8 or parts[6] != "typ" or len(parts) % 2:
+            raise SipError("bad candidate")
+        if _ICE_CHARS_RE.fullmatch(parts[0]) is None:
+            raise SipError("bad candidate foundation")
+        address = parts[4]
+        # The address may be IP4, IP6 or an FQDN (RFC 8839 §5.1; mDNS "<uuid>.local").
+        _check_host("IP6" if ":" in address else "IP4", address, "candidate")
+        rest = parts[8:]
+        raddr = rport = None
+        if rest[:1] == ["raddr"]:
+            raddr = rest[1]
+            _check_host("IP6" if ":" in raddr else "IP4", raddr, "candidate raddr")
+            rest = rest[2:]
+        if rest[:1] == ["rport"]:
+            rport = _digits(rest[1], "candidate rport", 65535)
+            rest = rest[2:]
+        ext = tuple(
+            (_token(rest[i], "candidate extension"), rest[i + 1]) for i in range(0, len(rest), 2)
+        )
+        return cls(
+            parts[0],
+            _digits(parts[1], "candidate component", 256, max_len=3),
+            _token(parts[2], "candidate transport"),
+            _digits(parts[3], "candidate priority", 2**32 - 1, max_len=10),
+            address,
+            _digits(parts[5], "candidate port", 65535),
+            _token(parts[7], "candidate type"),
+            raddr,
+            rport,
+            ext,
+        )
+
+    def __str__(self) -> str:
+        out = [
+            self.foundation,
+            str(self.component),
+            self.transport,
+            str(self.priority),
+            self.address,
+            str(self.port),
+            "typ",
+            self.type,
+        ]
+        if self.related_address is not None:
+            out += ("raddr", self.related_address)
+        if self.related_port is not None:
+            out += ("rport", str(self.related_port))
+        for name, value in self.extensions:
+            out += (name, value)
+        return " ".join(out)
+
+
+# SDES suites: (master key, master salt) lengths in bytes. RFC 4568 §6.2 (AES_CM_128, F8),
+# RFC 6188 §7.1 (AES_192/256_CM), RFC 7714 (AEAD_AES_*_GCM, 96-bit salt).
+SRTP_KEY_SALT_LENGTHS: Final[dict[str, tuple[int, int]]] = {
+    "AES_CM_128_HMAC_SHA1_80": (16, 14),
+    "AES_CM_128_HMAC_SHA1_32": (16, 14),
+    "F8_128_HMAC_SHA1_80": (16, 14),
+    "AES_192_CM_HMAC_SHA1_80": (24, 14),
+    "AES_192_CM_HMAC_SHA1_32": (24, 14),
+    "AES_256_CM_HMAC_SHA1_80": (32, 14),
+    "AES_256_CM_HMAC_SHA1_32": (32, 14),
+    "AEAD_AES_128_GCM": (16, 12),
+    "AEAD_AES_256_GCM": (32, 12),
+}
+
+
+def _b64decode(text: str) -> bytes:
+    # Some stacks drop the "=" padding of 46-byte AES-256 keys; restore it before decoding.
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise SipError("bad crypto key encoding") from None
+
+
+@dataclass(frozen=True, slots=True)
+class CryptoKey:
+    """One ``inline:<key||salt>[|<lifetime>][|<mki>:<length>]`` key-param (RFC 4568 §9.2).
+    ``key_salt`` is the base64 text; it is left out of ``repr`` so keys do not reach logs."""
+
+    key_salt: str = field(repr=False)
+    lifetime: str | None = None
+    mki: int | None = None
+    mki_length: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> CryptoKey:
+        method, sep, info = text.partition(":")
+        if method != "inline" or not sep:
+            raise SipError("unsupported crypto key method")
+        key_salt, *extra = info.split("|")
+        if not key_salt or len(extra) > 2:
+            raise SipError("bad crypto key-params")
+        _b64decode(key_salt)
+        lifetime = mki = mki_length = None
+        if extra and ":" not in extra[0]:
+            # lifetime = ["2^"] 1*(DIGIT)
+            lifetime = extra.pop(0)
+            _digits(lifetime.removeprefix("2^"), "crypto lifetime")
+        if extra:
+            value, sep, length = extra.pop().partition(":")
+            if not sep or extra:
+                raise SipError("bad crypto key-params")
+            mki = _digits(value, "crypto MKI value", max_len=40)
+            mki_length = _digits(length, "crypto MKI length", 128, max_len=3)
+            if mki_length == 0:
+                raise SipError("crypto MKI length out of range")
+        return cls(key_salt, lifetime, mki, mki_length)
+
+    def decode(self) -> bytes:
+        """The concatenated master key and salt."""
+        return _b64decode(self.key_salt)
+
+    def __str__(self) -> str:
+        out = "inline:" + self.key_salt
+        if self.lifetime is not None:
+            out += "|" + self.lifetime
+        if self.mki is not None:
+            out += f"|{self.mki}:{self.mki_length}"
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Crypto:
+    """``a=crypto:<tag> <suite> <key-params> [<session-params>]`` (RFC 4568 §9.1)."""
+
+    tag: int
+    suite: str
+    keys: tuple[CryptoKey, ...]
+    session_params: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> Crypto:
+        # RFC 4568 §9.1 separates fields by 1*WSP.
+        parts = text.split()
+        if len(parts) < 3:
+            raise SipError("bad crypto attribute")
+        tag = _digits(parts[0], "crypto tag", max_len=9)
+        suite = _token(parts[1], "crypto suite")
+        keys = tuple(CryptoKey.parse(k) for k in parts[2].split(";"))
+        lengths = SRTP_KEY_SALT_LENGTHS.get(suite)
+        if lengths is not None:
+            for key in keys:
+                if len(key.decode()) != sum(lengths):
+                    raise SipError("crypto key length does not match its suite")
+        return cls(tag, suite, keys, tuple(parts[3:]))
+
+    @classmethod
+    def make(
+        cls, tag: int, suite: str, key: bytes, salt: bytes, lifetime: str | None = None
+    ) -> Crypto:
+        """A single-key crypto attribute; raises SipError if the lengths do not fit ``suite``."""
+        lengths = SRTP_KEY_SALT_LENGTHS.get(suite)
+        if lengths is not None and (len(key), len(salt)) != lengths:
+            raise SipError("crypto key length does not match its suite")
+        encoded = base64.b64encode(key + salt).decode("ascii")
+        return cls(tag, suite, (CryptoKey(encoded, lifetime),))
+
+    def key_and_salt(self, index: int = 0) -> tuple[bytes, bytes]:
+        """Master key and master salt of key-param ``index``, split per the suite table."""
+        lengths = SRTP_KEY_SALT_LENGTHS.get(self.suite)
+        if lengths is None:
+            raise SipError("unknown crypto suite")
+        if not 0 <= index < len(self.keys):
+            raise SipError("no such crypto key-param")
+        raw = self.keys[index].decode()
+        if len(raw) != sum(lengths):
+            raise SipError("crypto key length does not match its suite")
+        return raw[: lengths[0]], raw[lengths[0] :]
+
+    def __str__(self) -> str:
+        keys = ";".join(str(k) for k in self.keys)
+        return " ".join((str(self.tag), self.suite, keys, *self.session_params))
+
+
+_DIRECTIONS: Final = frozenset(d.value for d in Direction)
+
+
+class _Attributes:
+    """Attribute-list helpers shared by session and media sections."""
+
+    __slots__ = ()
+    attributes: list[Attribute]
+
+    def attribute(self, name: str) -> Attribute | None:
+        """The first attribute called ``name``."""
+        for a in self.attributes:
+            if a.name == name:
+                return a
+        return None
+
+    def has(self, name: str) -> bool:
+        return any(a.name == name for a in self.attributes)
+
+    def value(self, name: str) -> str | None:
+        """The value of the first attribute called ``name`` (None if absent or valueless)."""
+        a = self.attribute(name)
+        return None if a is None else a.value
+
+    def values(self, name: str) -> list[str]:
+        """The values of all attributes called ``name``, in order (valueless ones skipped)."""
+        return [a.value for a in self.attributes if a.name == name and a.value is not None]
+
+    def add(self, name: str, value: str | None = None) -> Attribute:
+        """Append an attribute at the end of the section."""
+        attr = Attribute(name, value)
+        self.attributes.append(attr)
+        return attr
+
+    def remove(self, *names: str) -> int:
+        """Remove every attribute whose name is in ``names``; return how many went."""
+        before = len(self.attributes)
+        self.attributes[:] = [a for a in self.attributes if a.name not in names]
+        return before - len(self.attributes)
+
+    def replace(self, name: str, value: str | None = None) -> Attribute:
+        """Leave exactly one ``name`` attribute, where the first one was (else at the end)."""
+        return self._replace((name,), Attribute(name, value))
+
+    def _replace(self, names: Iterable[str], attr: Attribute) -> Attribute:
+        names = frozenset(names)
+        kept: list[Attribute] = []
+        at = None
+        for a in self.attributes:
+            if a.name in names:
+                if at is None:
+                    at = len(kept)
+            else:
+                kept.append(a)
+        kept.insert(len(kept) if at is None else at, attr)
+        self.attributes[:] = kept
+        return attr
+
+    @property
+    def direction(self) -> Direction | None:
+        """The direction attribute of this section alone (None if it has none)."""
+        found = {a.name for a in self.attributes if a.name in _DIRECTIONS}
+        if len(found) > 1:
+            raise SipError("conflicting direction attributes")
+        return Direction(found.pop()) if found else None
+
+    def set_direction(self, direction: Direction | None) -> None:
+        """Replace any direction attribute by ``direction`` (None: remove them)."""
+        if direction is None:
+            self.remove(*_DIRECTIONS)
+        else:
+            self._replace(_DIRECTIONS, Attribute(str(direction)))
+
+    def fingerprints(self) -> list[Fingerprint]:
+        return [Fingerprint.parse(v) for v in self.values("fingerprint")]
+
+    def setup(self) -> Setup | None:
+        value = self.value("setup")
+        if value is None:
+            return None
+        try:
+            return Setup(value)
+        except ValueError:
+            raise SipError("bad setup attribute") from None
+
+    @property
+    def ice_ufrag(self) -> str | None:
+        return self.value("ice-ufrag")
+
+    @property
+    def ice_pwd(self) -> str | None:
+        return self.value("ice-pwd")
+
+    def ice_options(self) -> list[str]:
+        """Tags of ``a=ice-options`` (RFC 8839 §5.6), e.g. ``["trickle", "ice2"]``."""
+        return [t for v in self.values("ice-options") for t in v.split()]
+
+
+@dataclass(slots=True)
+class MediaDescription(_Attributes):
+    """One media section (RFC 8866 §5.14 and the i/c/b/k/a lines under it)."""
+
+    media: str
+    port: int
+    proto: str
+    formats: list[str]
+    port_count: int | None = None
+    information: str | None = None
+    connections: list[Connection] = field(default_factory=list)
+    bandwidths: list[Bandwidth] = field(default_factory=list)
+    key: str | None = None
+    attributes: list[Attribute] = field(default_factory=list)
+    unknown_lines: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def is_rejected(self) -> bool:
+        """Port 0: the stream is rejected or disabled (RFC 3264 §6, §8.2)."""
+        return self.port == 0
+
+    @property
+    def connection(self) -> Connection | None:
+        """The first media-level ``c=`` (more than one only occurs for layered multicast)."""
+        return self.connections[0] if self.connections else None
+
+    def set_connection(self, connection: Connection | None) -> None:
+        """Replace the media-level ``c=`` lines by ``connection`` (None: remove them)."""
+        self.connections[:] = [] if connection is None else [connection]
+
+    def rtpmaps(self) -> dict[str, RtpMap]:
+        """``a=rtpmap`` by payload type as written in ``formats`` (e.g. ``"111"``)."""
+        maps = (RtpMap.parse(v) for v in self.values("rtpmap"))
+        return {str(m.payload_type): m for m in maps}
+
+    def fmtps(self) -> dict[str, Fmtp]:
+        return {f.fmt: f for f in (Fmtp.parse(v) for v in self.values("fmtp"))}
+
+    def rtcp(self) -> Rtcp | None:
+        value = self.value("rtcp")
+        return None if value is None else Rtcp.parse(value)
+
+    @property
+    def rtcp_mux(self) -> bool:
+        """``a=rtcp-mux`` (RFC 5761 §5.1.3)."""
+        return self.has("rtcp-mux")
+
+    def crypto(self) -> list[Crypto]:
+        return [Crypto.parse(v) for v in self.values("crypto")]
+
+    def candidates(self) -> list[Candidate]:
+        return [Candidate.parse(v) for v in self.values("candidate")]
+
+    @property
+    def end_of_candidates(self) -> bool:
+        """``a=end-of-candidates`` (RFC 8840 §8.2)."""
+        return self.has("end-of-candidates")
+
+    @property
+    def mid(self) -> str | None:
+        """``a=mid`` (RFC 5888 §4)."""
+        return self.value("mid")
+
+    def ptime(self) -> float | None:
+        """``a=ptime`` in milliseconds (RFC 8866 §6.4; the grammar allows a fraction)."""
+        value = self.value("ptime")
+        if value is None:
+            return None
+        if _NUMBER_RE.fullmatch(value) is None or float(value) == 0:
+            raise SipError("bad ptime")
+        return float(value)
+
+    def rtcp_fb(self) -> list[RtcpFb]:
+        return [RtcpFb.parse(v) for v in self.values("rtcp-fb")]
+
+    def _serialize_into(self, out: list[str]) -> None:
+        port = str(self.port) if self.port_count is None else f"{self.port}/{self.port_count}"
+        out.append(" ".join((f"m={self.media}", port, self.proto, *self.formats)))
+        if self.information is not None:
+            out.append("i=" + self.information)
+        out += ["c=" + str(c) for c in self.connections]
+        out += ["b=" + str(b) for b in self.bandwidths]
+        if self.key is not None:
+            out.append("k=" + self.key)
+        out += ["a=" + str(a) for a in self.attributes]
+        out += [f"{letter}={value}" for letter, value in self.unknown_lines]
+
+    @classmethod
+    def _parse_m(cls, value: str) -> MediaDescription:
+        match = _MEDIA_RE.fullmatch(value)
+        if match is None:
+            raise SipError("bad m= line")
+        media, port, count, proto, fmts = match.groups()
+        formats = fmts.split(" ")[1:]
+        port_n = _digits(port, "m= port", 65535)
+        if not formats and port_n != 0:
+            raise SipError("m= line without formats")
+        port_count = None if count is None else _digits(count, "m= port count", 65535)
+        if port_count == 0:
+            raise SipError("bad m= port count")
+        return cls(media, port_n, proto, formats, port_count)
+
+
+@dataclass(slots=True)
+class SessionDescription(_Attributes):
+    """A whole SDP body (RFC 8866 §5). ``v=0`` is implied; ``times`` holds ``t=``/``r=``."""
+
+    origin: Origin
+    name: str = "-"
+    information: str | None = None
+    uri: str | None = None
+    emails: list[str] = field(default_factory=list)
+    phones: list[str] = field(default_factory=list)
+    connection: Connection | None = None
+    bandwidths: list[Bandwidth] = field(default_factory=list)
+    times: list[Timing] = field(default_factory=lambda: [Timing()])
+    zone: str | None = None
+    key: str | None = None
+    attributes: list[Attribute] = field(default_factory=list)
+    unknown_lines: list[tuple[str, str]] = field(default_factory=list)
+    media: list[MediaDescription] = field(default_factory=list)
+
+    @classmethod
+    def parse(
+        cls,
+        data: bytes | str,
+        *,
+        max_size: int = MAX_SIZE,
+        max_lines: int = MAX_LINES,
+        max_media: int = MAX_MEDIA,
+    ) -> SessionDescription:
+        """Parse an SDP body; see the module docstring for what is accepted."""
+        if isinstance(data, str):
+            try:
+                data = data.encode("utf-8")
+            except UnicodeEncodeError:
+                raise SipError("SDP is not valid UTF-8") from None
+        if len(data) > max_size:
+            raise SipError("SDP too large", 413)
+        if b"\x00" in data:
+            raise SipError("NUL in SDP")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SipError("SDP is not valid UTF-8") from None
+        if "\r" in text:
+            text = text.replace("\r\n", "\n")
+            if "\r" in text:
+                raise SipError("bare CR in SDP")
+        lines = text.split("\n")
+        while lines and not lines[-1]:
+            lines.pop()
+        if len(lines) > max_lines:
+            raise SipError("too many SDP lines", 413)
+        if not lines or lines[0] != "v=0":
+            raise SipError("SDP must start with v=0")
+        return _Parser(max_media).run(lines)
+
+    def serialize(self) -> bytes:
+        out = ["v=0", f"o={self.origin}", f"s={self.name}"]
+        if self.information is not None:
+            out.append("i=" + self.information)
+        if self.uri is not None:
+            out.append("u=" + self.uri)
+        out += ["e=" + e for e in self.emails]
+        out += ["p=" + p for p in self.phones]
+        if self.connection is not None:
+            out.append(f"c={self.connection}")
+        out += ["b=" + str(b) for b in self.bandwidths]
+        for t in self.times:
+            out.append(f"t={t.start} {t.stop}")
+            out += ["r=" + r for r in t.repeats]
+        if self.zone is not None:
+            out.append("z=" + self.zone)
+        if self.key is not None:
+            out.append("k=" + self.key)
+        out += ["a=" + str(a) for a in self.attributes]
+        out += [f"{letter}={value}" for letter, value in self.unknown_lines]
+        for m in self.media:
+            m._serialize_into(out)
+        out.append("")
+        text = "\r\n".join(out)
+        # A value edited to hold a line break would smuggle extra lines to the peer.
+        n = len(out) - 1
+        if text.count("\n") != n or text.count("\r") != n or "\x00" in text:
+            raise SipError("line break or NUL in an SDP value", 500)
+        return text.encode("utf-8")
+
+    __bytes__ = serialize
+
+    def copy(self) -> SessionDescription:
+        """A copy whose lists can be edited independently (the values are immutable)."""
+        media = [
+            MediaDescription(
+                m.media,
+                m.port,
+                m.proto,
+                list(m.formats),
+                m.port_count,
+                m.information,
+                list(m.connections),
+                list(m.bandwidths),
+                m.key,
+                list(m.attributes),
+                list(m.unknown_lines),
+            )
+            for m in self.media
+        ]
+        return SessionDescription(
+            self.origin,
+            self.name,
+            self.information,
+            self.uri,
+            list(self.emails),
+            list(self.phones),
+            self.connection,
+            list(self.bandwidths),
+            list(self.times),
+            self.zone,
+            self.key,
+            list(self.attributes),
+            list(self.unknown_lines),
+            media,
+        )
+
+    # Effective values: media level overrides session level (RFC 8866 §5).
+
+    def connection_for(self, media: MediaDescription) -> Connection | None:
+        return media.connection or self.connection
+
+    def direction_for(self, media: MediaDescription) -> Direction:
+        """Media-level direction, else session-level, else sendrecv (RFC 8866 §6.7)."""
+        return media.direction or self.direction or Direction.SENDRECV
+
+    def is_on_hold(self, media: MediaDescription) -> bool:
+        """Whether the author of this SDP puts ``media`` on hold: sendonly or inactive
+        (RFC 3264 §8.4), or the RFC 2543 style ``c=0.0.0.0``. The latter is not hold when
+        ICE is in use: trickle ICE (RFC 8840) offers 0.0.0.0 as a placeholder."""
+        if self.direction_for(media) in (Direction.SENDONLY, Direction.INACTIVE):
+            return True
+        conn = self.connection_for(media)
+        ice = media.ice_ufrag is not None or self.ice_ufrag is not None
+        return conn is not None and conn.is_unspecified and not ice
+
+    def value_for(self, media: MediaDescription, name: str) -> str | None:
+        """The value of attribute ``name`` at media level, else at session level (for
+        attributes allowed at both, e.g. ice-ufrag, ice-pwd, setup)."""
+        value = media.value(name)
+        return self.value(name) if value is None else value
+
+    def fingerprints_for(self, media: MediaDescription) -> list[Fingerprint]:
+        """Media-level fingerprints, else session-level ones (RFC 8122 §5)."""
+        return media.fingerprints() or self.fingerprints()
+
+    def setup_for(self, media: MediaDescription) -> Setup | None:
+        return media.setup() or self.setup()
+
+    def groups(self) -> list[Group]:
+        return [Group.parse(v) for v in self.values("group")]
+
+    @property
+    def ice_lite(self) -> bool:
+        """``a=ice-lite`` (RFC 8839 §5.3, session level)."""
+        return self.has("ice-lite")
+
+    def set_connection_address(self, address: str, media: MediaDescription | None = None) -> None:
+        """Point ``media`` (or, without it, the session ``c=`` and every media-level ``c=``
+        there is) at ``address``; IP4 or IP6 follows from the literal."""
+        conn = Connection.for_address(address)
+        if media is not None:
+            media.set_connection(conn)
+            return
+        self.connection = conn
+        for m in self.media:
+            if m.connections:
+                m.set_connection(conn)
+
+
+class _Parser:
+    """One pass over the lines; lines may come out of §5 order (see module docstring)."""
+
+    __slots__ = ("fields", "max_media", "media", "session_attrs", "session_unknown")
+
+    def __init__(self, max_media: int) -> None:
+        self.max_media = max_media
+        self.fields: dict[str, str] = {}
+        self.media: list[MediaDescription] = []
+        self.session_attrs: list[Attribute] = []
+        self.session_unknown: list[tuple[str, str]] = []
+
+    def run(self, lines: list[str]) -> SessionDescription:
+        emails: list[str] = []
+        phones: list[str] = []
+        bandwidths: list[Bandwidth] = []
+        times: list[Timing] = []
+        attrs = self.session_attrs
+        unknown = self.session_unknown
+        fields = self.fields
+        m: MediaDescription | None = None
+        new_tuple = tuple.__new__
+        for n, line in enumerate(lines[1:], 2):
+            if line[1:2] != "=":
+                raise SipError(f"malformed SDP line {n}")
+            letter = line[0]
+            value = line[2:]
+            if letter == "a":
+                name, sep, attr_value = value.partition(":")
+                if name not in _COMMON_NAMES and _TOKEN_RE.fullmatch(name) is None:
+                    raise SipError(f"bad attribute name in SDP line {n}")
+                # tuple.__new__ is what Attribute(name, value) does, minus a Python call frame.
+                attrs.append(new_tuple(Attribute, (name, attr_value if sep else None)))
+            elif letter == "m":
+                if len(self.media) >= self.max_media:
+                    raise SipError("too many SDP media sections", 413)
+                m = MediaDescription._parse_m(value)
+                self.media.append(m)
+                attrs = m.attributes
+                unknown = m.unknown_lines
+            elif not "a" <= letter <= "z":
+                raise SipError(f"malformed SDP line {n}")
+            elif m is not None:
+                if letter == "c":
+                    m.connections.append(Connection.parse(value))
+                elif letter == "b":
+                    m.bandwidths.append(Bandwidth.parse(value))
+                elif letter in _SESSION_LETTERS and letter not in _MEDIA_LETTERS:
+                    raise SipError(f"{letter}= line in a media section")
+                elif letter == "i":
+                    if m.information is not None:
+                        raise SipError("repeated i= line")
+                    m.information = value
+                elif letter == "k":
+                    if m.key is not None:
+                        raise SipError("repeated k= line")
+                    m.key = value
+                else:
+                    unknown.append((letter, value))
+            elif letter == "b":
+                bandwidths.append(Bandwidth.parse(value))
+            elif letter == "t":
+                times.append(Timing.parse(value))
+            elif letter == "r":
+                if not times:
+                    raise SipError("r= line before t=")
+                t = times[-1]
+                times[-1] = Timing(t.start, t.stop, (*t.repeats, value))
+            elif letter == "v":
+                raise SipError("repeated v= line")
+            elif letter == "e":
+                emails.append(value)
+            elif letter == "p":
+                phones.append(value)
+            elif letter in _SESSION_LETTERS:  # o s i u c z k (and a second v)
+                if letter in fields:
+                    raise SipError(f"repeated {letter}= line")
+                fields[letter] = value
+            else:
+                unknown.append((letter, value))
+        if "o" not in fields or "s" not in fields:
+            raise SipError("SDP without o= or s= line")
+        if not times:
+            raise SipError("SDP without t= line")
+        conn = fields.get("c")
+        sd = SessionDescription(
+            origin=Origin.parse(fields["o"]),
+            name=fields["s"],
+            information=fields.get("i"),
+            uri=fields.get("u"),
+            emails=emails,
+            phones=phones,
+            connection=None if conn is None else Connection.parse(conn),
+            bandwidths=bandwidths,
+            times=times,
+            zone=fields.get("z"),
+            key=fields.get("k"),
+            attributes=self.session_attrs,
+            unknown_lines=self.session_unknown,
+            media=self.media,
+        )
+        if sd.connection is None:
+            # RFC 8866 §5.7: a c= at session level or in every media section. Rejected
+            # streams (port 0) carry no address worth checking.
+            for media in sd.media:
+                if not media.connections and media.port != 0:
+                    raise SipError("media section without c= line")
+        return sd
+
+
+parse_sdp = SessionDescription.parse
