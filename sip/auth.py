@@ -28,7 +28,7 @@ Rules of this file:
   parameters, unterminated quotes, missing commas).
 
 One challenge per header value: SIP repeats the header field for several
-challenges (RFC 3261 §20.44, RFC 8760 §2.4) instead of using the HTTP
+challenges (RFC 3261 §20.44, RFC 8760 §2.3) instead of using the HTTP
 comma-separated challenge list.
 
 Deliberately not supported: the RFC 7616 §3.4.4 ``username*`` extended

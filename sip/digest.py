@@ -98,7 +98,7 @@ def _lookup(algorithm: str) -> tuple[str, str, bool]:
 
 
 def _utf8(text: str) -> bytes:
-    # RFC 7616 §4 / RFC 8760: strings are hashed as UTF-8.
+    # RFC 7616 §4; SIP text is UTF-8 anyway (RFC 3261 §25.1).
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
@@ -361,7 +361,7 @@ class Verdict(enum.Enum):
     OK = "ok"
     #: The algorithm is not one this verifier accepts: re-challenge.
     UNSUPPORTED_ALGORITHM = "unsupported-algorithm"
-    #: No qop (RFC 2069 form) while policy requires it (RFC 8760 §2.6), an
+    #: No qop (RFC 2069 form) while policy requires it (RFC 7616 §3.4), an
     #: unknown qop, or a -sess algorithm without qop (RFC 3261 §22.4 item 8).
     QOP_REQUIRED = "qop-required"
     #: The ``uri`` parameter does not match the Request-URI.
@@ -376,6 +376,7 @@ class Verdict(enum.Enum):
     REPLAY = "replay"
 
 
+_DEFAULT_ALGORITHMS = tuple(name for name in ("SHA-256", "MD5") if name in SUPPORTED_ALGORITHMS)
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
 _QOPS = ("auth", "auth-int")
 # HA1 stand-in for unknown users: the work done is the same, so timing does
@@ -399,13 +400,19 @@ class DigestVerifier:
     """The server side: challenges and verification (RFC 3261 §22.4, RFC 8760).
 
     ``algorithms`` are those accepted and offered by default, most preferred
-    first (RFC 8760 §2.4: one challenge each, the client takes the first it
-    supports).  ``allow_rfc2069`` accepts credentials without qop; off by
-    default because RFC 8760 §2.6 requires qop, and without a nonce count
-    there is no replay protection.  When allowed, such a nonce is good for
-    one request.  ``check_uri`` compares the ``uri`` parameter with the
-    Request-URI (see :meth:`verify`); RFC 3261 §22.4 item 6 allows a UAS to
-    skip this when a proxy may have rewritten the Request-URI.
+    first (RFC 8760 §2.3-2.4: one challenge each, the client takes the first it
+    supports); by default SHA-256 then MD5 (most phones still know only MD5),
+    MD5 left out where hashlib lacks it (FIPS mode).  Naming an algorithm
+    this process cannot compute raises ValueError.
+
+    ``allow_rfc2069`` accepts credentials without qop; off by default because
+    RFC 7616 §3.3-3.4 (which RFC 8760 brings to SIP) requires qop, and
+    without a nonce count there is no replay protection.  When allowed, such
+    a nonce is good for one request.
+
+    ``check_uri`` compares the ``uri`` parameter with the Request-URI (see
+    :meth:`verify`); RFC 3261 §22.4 item 6 allows a UAS to skip this when a
+    proxy may have rewritten the Request-URI.
     """
 
     __slots__ = ("algorithms", "allow_rfc2069", "check_uri", "nc_store", "nonces")
@@ -415,7 +422,7 @@ class DigestVerifier:
         nonces: NonceFactory,
         nc_store: NonceCountStore | None = None,
         *,
-        algorithms: Sequence[str] = ("SHA-256", "MD5"),
+        algorithms: Sequence[str] | None = None,
         allow_rfc2069: bool = False,
         check_uri: bool = True,
     ) -> None:
@@ -425,7 +432,7 @@ class DigestVerifier:
             if nc_store is not None
             else MemoryNonceCountStore(ttl=nonces.lifetime + nonces.max_skew)
         )
-        self.algorithms = _canonical_list(algorithms)
+        self.algorithms = _canonical_list(_DEFAULT_ALGORITHMS if algorithms is None else algorithms)
         self.allow_rfc2069 = allow_rfc2069
         self.check_uri = check_uri
 
@@ -441,8 +448,9 @@ class DigestVerifier:
         """One challenge per algorithm, in the given order, all with qop="auth".
 
         Serialise each into its own ``WWW-Authenticate`` (UAS, registrar) or
-        ``Proxy-Authenticate`` (proxy) header field, in list order (RFC 8760
-        §2.4).  All share one nonce: it is not bound to an algorithm.
+        ``Proxy-Authenticate`` (proxy) header field, in list order: the UAC
+        takes the topmost it supports (RFC 8760 §2.3-2.4).  All share one
+        nonce: it is not bound to an algorithm.
         """
         names = self.algorithms if algorithms is None else _canonical_list(algorithms)
         nonce = self.nonces.make(now, client_addr, realm)

@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sip import digest
 from sip.auth import DigestChallenge, DigestCredentials, parse_challenge, parse_credentials
 from sip.digest import (
     SUPPORTED_ALGORITHMS,
@@ -312,9 +313,11 @@ def test_nonce_is_bound_to_client_realm_and_secret() -> None:
         NonceStatus.INVALID
     )
     # Length-prefixed fields: moving a character across the boundary is not the same binding.
+    # realm "a" + address "bc" and realm "ab" + address "c" concatenate alike.
     g = factory()
-    n2 = g.make(T0, "ab", "c")
-    assert g.check(n2, T0, "a", "bc") is NonceStatus.INVALID
+    n2 = g.make(T0, "bc", "a")
+    assert g.check(n2, T0, "bc", "a") is NonceStatus.VALID
+    assert g.check(n2, T0, "c", "ab") is NonceStatus.INVALID
 
 
 def test_every_single_character_change_is_detected() -> None:
@@ -553,6 +556,26 @@ def test_bad_response_cases() -> None:
     assert verify(v, garbage) is Verdict.BAD_RESPONSE
 
 
+def test_unknown_user_never_authenticates(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Even a client that knew the stand-in HA1 used for unknown users gets nowhere.
+    monkeypatch.setattr(digest, "_UNKNOWN_USER_KEY", b"known")
+    v = new_verifier()
+    nonce = our_nonce(v, "SHA-256")
+    ch = DigestChallenge(realm=REALM, nonce=nonce, algorithm="SHA-256", qop=("auth",))
+    cr = answer_challenge(ch, USER, PASSWORD, "REGISTER", RURI, "c", 1)
+    forged = compute_response(
+        hashlib.sha256(b"known").hexdigest(),
+        algorithm="SHA-256",
+        method="REGISTER",
+        uri=RURI,
+        nonce=nonce,
+        qop="auth",
+        nc="00000001",
+        cnonce="c",
+    )
+    assert verify(v, replace(cr, response=forged), key=None) is Verdict.BAD_RESPONSE
+
+
 def test_upper_case_response_hex_is_accepted() -> None:
     v = new_verifier()
     cr = client(v)
@@ -641,7 +664,7 @@ def test_userhash_flow() -> None:
 def test_make_challenge() -> None:
     v = new_verifier()
     chs = v.make_challenge(REALM, T0, CLIENT, opaque="op")
-    # RFC 8760 §2.4: one per algorithm, preferred first; qop always sent.
+    # RFC 8760 §2.3-2.4: one per algorithm, preferred first; qop always sent.
     assert [c.algorithm for c in chs] == ["SHA-256", "MD5"]
     assert all(c.qop == ("auth",) and c.realm == REALM and c.opaque == "op" for c in chs)
     assert len({c.nonce for c in chs}) == 1
