@@ -104,8 +104,9 @@ _MEDIA_RE: Final = re.compile(
     rf"({_TOKEN}) ([0-9]{{1,5}})(?:/([0-9]{{1,5}}))? ({_TOKEN}(?:/{_TOKEN})*)((?: {_TOKEN})*)"
 )
 # A host name in c=/o=/candidates. RFC 8866 §9 has FQDN = 4*(alpha-numeric / "-" / "."); we
-# take the usual label form (as RFC 1123) without the 4-character minimum.
-_LABEL: Final = r"[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
+# take the RFC 1123 label form without the 4-character minimum, and allow "_", which Windows
+# machine names put into o= lines.
+_LABEL: Final = r"[A-Za-z0-9_](?:[A-Za-z0-9_\-]{0,61}[A-Za-z0-9_])?"
 _FQDN_RE: Final = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 _NUMBER_RE: Final = re.compile(r"[0-9]{1,6}(?:\.[0-9]{1,6})?")
 # RFC 8122 §5: fingerprint = 2UHEX *(":" 2UHEX); lower case accepted as some stacks send it.
@@ -213,8 +214,9 @@ def proto_is_srtp(proto: str) -> bool:
 
 
 def proto_is_dtls(proto: str) -> bool:
-    """True when keys come from DTLS-SRTP (RFC 5764 §8) rather than SDES or nothing."""
-    return proto.startswith(("UDP/TLS/", "TCP/DTLS/", "TCP/TLS/"))
+    """True when the media runs over DTLS: DTLS-SRTP (RFC 5764 §8, RFC 7850) or DTLS/SCTP
+    data channels (RFC 8841); SRTP keys then come from the handshake, not from a=crypto."""
+    return proto.startswith(("UDP/TLS/", "UDP/DTLS/", "TCP/DTLS/"))
 
 
 def proto_is_avpf(proto: str) -> bool:
@@ -411,7 +413,9 @@ class Fmtp:
 
     @classmethod
     def parse(cls, text: str) -> Fmtp:
-        fmt, _, params = text.partition(" ")
+        fmt, sep, params = text.partition(" ")
+        if not sep:
+            raise SipError("bad fmtp")
         return cls(_token(fmt, "fmtp format"), params)
 
     def parameters(self) -> dict[str, str]:
@@ -749,7 +753,7 @@ class _Attributes:
 
     def add(self, name: str, value: str | None = None) -> Attribute:
         """Append an attribute at the end of the section."""
-        attr = Attribute(name, value)
+        attr = Attribute(_token(name, "attribute name"), value)
         self.attributes.append(attr)
         return attr
 
@@ -761,7 +765,7 @@ class _Attributes:
 
     def replace(self, name: str, value: str | None = None) -> Attribute:
         """Leave exactly one ``name`` attribute, where the first one was (else at the end)."""
-        return self._replace((name,), Attribute(name, value))
+        return self._replace((name,), Attribute(_token(name, "attribute name"), value))
 
     def _replace(self, names: Iterable[str], attr: Attribute) -> Attribute:
         names = frozenset(names)

@@ -629,6 +629,25 @@ def test_t38_image_stream() -> None:
     assert not proto_is_srtp("udptl") and sd.media[0].rtpmaps() == {}
 
 
+@pytest.mark.parametrize(
+    ("proto", "srtp", "dtls", "avpf"),
+    [
+        (Proto.RTP_AVP, False, False, False),
+        (Proto.RTP_SAVP, True, False, False),
+        (Proto.RTP_AVPF, False, False, True),
+        (Proto.RTP_SAVPF, True, False, True),
+        (Proto.UDP_TLS_RTP_SAVP, True, True, False),
+        (Proto.UDP_TLS_RTP_SAVPF, True, True, True),
+        ("TCP/DTLS/RTP/SAVPF", True, True, True),  # RFC 7850
+        ("UDP/DTLS/SCTP", False, True, False),  # RFC 8841 data channel
+        ("udptl", False, False, False),
+    ],
+)
+def test_proto_predicates(proto: str, srtp: bool, dtls: bool, avpf: bool) -> None:
+    assert (proto_is_srtp(proto), proto_is_dtls(proto), proto_is_avpf(proto)) == (srtp, dtls, avpf)
+    assert f"m=audio 9 {Proto.UDP_TLS_RTP_SAVPF} 0" == "m=audio 9 UDP/TLS/RTP/SAVPF 0"
+
+
 # ---------------------------------------------------------------- typed values: RFC vectors
 
 
@@ -823,6 +842,7 @@ def test_small_value_types_round_trip() -> None:
         (Connection.parse, "IN IP4 224.2.1.1/127/3"),
         (Connection.parse, "IN IP6 ff15::101/3"),
         (Connection.parse, "IN IP4 media.example.com"),
+        (Origin.parse, "alice 1 1 IN IP4 ALICE_PC"),
         (Bandwidth.parse, "TIAS:64000"),
         (Attribute.parse, "rtpmap:0 PCMU/8000"),
         (Attribute.parse, "recvonly"),
@@ -848,7 +868,9 @@ def test_small_value_types_round_trip() -> None:
         (Connection.parse, "IN IP6 ff15::101/3/4"),
         (Connection.parse, "IN IP4 1.2.3.4/x"),
         (Connection.parse, "IN IP4"),
-        (Connection.parse, "IN IP4 bad_host"),
+        (Connection.parse, "IN IP4 bad..host"),
+        (Connection.parse, "IN IP4 -bad.host"),
+        (Fmtp.parse, "101"),
         (Bandwidth.parse, "AS"),
         (Bandwidth.parse, "AS:-1"),
         (Attribute.parse, ""),
@@ -996,6 +1018,11 @@ def test_attribute_editing_keeps_positions() -> None:
     m.replace("label", "1")  # absent: goes to the end
     assert m.attributes[-1] == Attribute("label", "1")
     assert m.remove("nothing-like-this") == 0
+    for bad in ("", "two words", "colon:"):
+        with pytest.raises(SipError):
+            m.add(bad)
+        with pytest.raises(SipError):
+            m.replace(bad, "x")
 
 
 def test_set_connection_address() -> None:
@@ -1008,7 +1035,7 @@ def test_set_connection_address() -> None:
     assert sd.connection_for(sd.media[1]) == Connection("IN", "IP4", "203.0.113.9")
     sd.media[0].set_connection(None)
     assert sd.media[0].connections == []
-    for bad in ("", "999.1.1.1", "::g", "a b", "bad_host"):
+    for bad in ("", "999.1.1.1", "::g", "a b", "bad..host", "1.2.3"):
         with pytest.raises(SipError):
             sd.set_connection_address(bad)
 
