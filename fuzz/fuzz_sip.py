@@ -13,6 +13,7 @@ small pieces.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import atheris
@@ -43,20 +44,14 @@ ACCESSORS = (
 
 def touch(msg: Message) -> None:
     for name in ACCESSORS:
-        try:
+        with contextlib.suppress(SipError):
             getattr(msg, name)
-        except SipError:
-            pass
     for header in ("Authorization", "Proxy-Authorization"):
-        try:
+        with contextlib.suppress(SipError):
             msg.credentials(header)
-        except SipError:
-            pass
     for header in ("WWW-Authenticate", "Proxy-Authenticate"):
-        try:
+        with contextlib.suppress(SipError):
             msg.challenges(header)
-        except SipError:
-            pass
 
 
 def frames(data: bytes, step: int) -> list[object] | str:

@@ -46,9 +46,10 @@ SWS = r"[ \t]*"
 # received= carries one either way.
 _BARE_IPV6 = r"[0-9A-Fa-f]*:[0-9A-Fa-f:.]+"
 GEN_VALUE = rf"(?:{_BARE_IPV6}|{TOKEN}|{IPV6_REFERENCE}|{QUOTED_STRING})"
-GENERIC_PARAM_RE = re.compile(
-    rf"{SWS};{SWS}(?P<name>{TOKEN})(?:{SWS}={SWS}(?P<value>{GEN_VALUE}))?"
-)
+_GENERIC_PARAM = rf"{SWS};{SWS}(?P<name>{TOKEN})(?:{SWS}={SWS}(?P<value>{GEN_VALUE}))?"
+GENERIC_PARAM_RE = re.compile(_GENERIC_PARAM)
+# The whole ``*( SEMI generic-param )`` tail, trailing LWS allowed.
+GENERIC_PARAMS_RE = re.compile(rf"(?:{SWS};{SWS}{TOKEN}(?:{SWS}={SWS}{GEN_VALUE})?)*{SWS}")
 
 TOKEN_RE = re.compile(TOKEN)
 WORD_RE = re.compile(WORD)

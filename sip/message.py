@@ -106,7 +106,9 @@ _TOKEN_RE = re.compile(TOKEN)
 # Request-Line = Method SP Request-URI SP SIP-Version CRLF (exactly one SP each).
 _REQUEST_LINE_RE = re.compile(rf"({TOKEN}) ([^ \t]+) ([Ss][Ii][Pp]/[0-9]+\.[0-9]+)")
 # Status-Line = SIP-Version SP Status-Code SP Reason-Phrase CRLF
-_STATUS_LINE_RE = re.compile(r"([Ss][Ii][Pp]/[0-9]+\.[0-9]+) ([0-9]{3}) ([^\x00-\x08\x0a-\x1f\x7f]*)")
+_STATUS_LINE_RE = re.compile(
+    r"([Ss][Ii][Pp]/[0-9]+\.[0-9]+) ([0-9]{3}) ([^\x00-\x08\x0a-\x1f\x7f]*)"
+)
 _VERSION = "SIP/2.0"
 # Control characters are legal only inside a quoted-pair (§25.1); HT is LWS.
 _CTL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -379,9 +381,7 @@ class Message:
 
     __slots__ = ("headers", "_body")
 
-    def __init__(
-        self, headers: Headers | Iterable[tuple[str, HeaderValue]], body: bytes
-    ) -> None:
+    def __init__(self, headers: Headers | Iterable[tuple[str, HeaderValue]], body: bytes) -> None:
         self.headers = headers if isinstance(headers, Headers) else Headers(headers)
         self._body = body
 
@@ -601,9 +601,10 @@ def parse_message(
     headers = Headers._from_fields(fields)
     msg = _parse_start_line(lines[0], headers, limits)
 
+    _check_headers(msg, fields)
     body_start = end + 4
-    if "content-length" in {f.key for f in fields}:
-        length: int = headers.typed("content-length")
+    if "content-length" in headers._typed:
+        length: int = headers._typed["content-length"]
         available = len(data) - body_start
         if available < length:
             raise SipError("Content-Length larger than the message")
@@ -614,8 +615,6 @@ def parse_message(
         raise SipError("missing Content-Length on a stream transport")
     else:
         msg._body = data[body_start:]
-
-    _check_headers(msg, fields)
     return msg
 
 
@@ -683,19 +682,25 @@ def _parse_start_line(line: str, headers: Headers, limits: Limits) -> Request | 
 
 
 def _check_headers(msg: Request | Response, fields: list[HeaderField]) -> None:
-    keys = [f.key for f in fields]
-    present = set(keys)
+    values: dict[str, list[str]] = {}
+    for f in fields:
+        if f.key in values:
+            if f.key in SINGLE_HEADERS:
+                raise SipError(f"{f.key} must appear once")
+            values[f.key].append(f.value)
+        else:
+            values[f.key] = [f.value]
     for key in REQUIRED_HEADERS:
-        if key not in present:
+        if key not in values:
             raise SipError(f"missing {key} header")
-    if len(present) != len(keys):
-        for key in SINGLE_HEADERS & present:
-            if keys.count(key) > 1:
-                raise SipError(f"{key} must appear once")
-    headers = msg.headers
-    for key in present.intersection(_TYPED):
-        headers.typed(key)
-    if isinstance(msg, Request) and msg.cseq.method != msg.method:
+    typed = msg.headers._typed
+    for key, found in values.items():
+        parser = _TYPED.get(key)
+        if parser is not None and key not in typed:
+            if key in LIST_HEADERS:
+                found = [part for value in found for part in split_list(value)]
+            typed[key] = parser(found)
+    if isinstance(msg, Request) and typed["cseq"].method != msg.method:
         raise SipError("CSeq method does not match the request method")
 
 
@@ -784,7 +789,10 @@ def make_response(
 def error_response(request: Request, error: SipError, *, to_tag: str | None = None) -> Response:
     """The answer to a request the core refused (a :class:`SipError` from the checks)."""
     return make_response(
-        request, error.status_hint, REASON_PHRASES.get(error.status_hint), to_tag=to_tag,
+        request,
+        error.status_hint,
+        REASON_PHRASES.get(error.status_hint),
+        to_tag=to_tag,
         headers=error.headers,
     )
 

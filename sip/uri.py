@@ -47,7 +47,9 @@ _URIC_RE = re.compile(rf"(?:[{UNRESERVED};/?:@&=+$,]|{ESCAPED})+")
 # RFC 3966: telephone-subscriber, kept loose on the number itself (visual
 # separators vary by country) but strict on the character set.
 _TEL_NUMBER_RE = re.compile(r"\+?[0-9A-Fa-f*#\-.()]+")
-_TEL_PARAM_RE = re.compile(rf";(?P<name>[A-Za-z0-9\-]+)(?:=(?P<value>(?:[{UNRESERVED}\[\]/:&+$]|{ESCAPED})+))?")
+_TEL_PARAM_RE = re.compile(
+    rf";(?P<name>[A-Za-z0-9\-]+)(?:=(?P<value>(?:[{UNRESERVED}\[\]/:&+$]|{ESCAPED})+))?"
+)
 
 # Parameters that must match when present on either side (§19.1.4).
 _MUST_MATCH_PARAMS = ("user", "ttl", "method", "maddr", "transport")
@@ -89,7 +91,7 @@ def format_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class URI:
     """A parsed URI.
 
@@ -227,7 +229,7 @@ class URI:
     def with_param(self, name: str, value: str | None = None) -> URI:
         """A copy with ``name`` set (replacing any existing value)."""
         lname = name.lower()
-        params = tuple(p for p in self.params if p[0].lower() != lname) + ((name, value),)
+        params = (*(p for p in self.params if p[0].lower() != lname), (name, value))
         return self.replace(params=params)
 
     def without_param(self, name: str) -> URI:

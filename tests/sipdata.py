@@ -32,7 +32,8 @@ INVITE = build(
     "To: <sip:bob@biloxi.example.com>",
     "Call-ID: a84b4c76e66710@pc33.atlanta.example.com",
     "CSeq: 314159 INVITE",
-    "Contact: <sip:alice@192.0.2.101:5060;transport=tcp>;+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-000A95A0E128>\"",
+    "Contact: <sip:alice@192.0.2.101:5060;transport=tcp>"
+    ';+sip.instance="<urn:uuid:00000000-0000-1000-8000-000A95A0E128>"',
     "Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, NOTIFY, REFER, UPDATE, PRACK",
     "Supported: replaces, timer",
     "User-Agent: baresip v1.0.0 (x86_64/linux)",
@@ -45,7 +46,8 @@ INVITE = build(
 
 OK_200 = build(
     "SIP/2.0 200 OK",
-    "Via: SIP/2.0/UDP pc33.atlanta.example.com:5060;branch=z9hG4bK776asdhds;rport=5060;received=192.0.2.101",
+    "Via: SIP/2.0/UDP pc33.atlanta.example.com:5060;branch=z9hG4bK776asdhds"
+    ";rport=5060;received=192.0.2.101",
     "Record-Route: <sip:proxy2.example.com;lr>, <sip:proxy1.example.com;lr>",
     'From: "Alice" <sip:alice@atlanta.example.com>;tag=1928301774',
     "To: <sip:bob@biloxi.example.com>;tag=a6c85cf",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from sip.errors import SipError
 from sip.framing import KeepAlive, StreamFramer, is_keepalive
 from sip.message import parse_message

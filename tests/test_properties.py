@@ -117,8 +117,29 @@ mutations = st.lists(
         st.integers(0, 10_000),
         st.binary(min_size=1, max_size=8)
         | st.sampled_from(
-            [b"\r\n", b"\r", b"\n", b" ", b";", b",", b"<", b">", b'"', b"\\", b"%", b":", b"@",
-             b"\x00", b"\xff", b"99999999999999999999", b"[", b"]", b"\r\n ", b"=", b"/"]
+            [
+                b"\r\n",
+                b"\r",
+                b"\n",
+                b" ",
+                b";",
+                b",",
+                b"<",
+                b">",
+                b'"',
+                b"\\",
+                b"%",
+                b":",
+                b"@",
+                b"\x00",
+                b"\xff",
+                b"99999999999999999999",
+                b"[",
+                b"]",
+                b"\r\n ",
+                b"=",
+                b"/",
+            ]
         ),
     ),
     min_size=1,
@@ -157,9 +178,7 @@ def test_mutations_raise_only_sip_error(data: bytes, ops: list[tuple[str, int, b
     st.lists(st.sampled_from([INVITE, OK_200, b"\r\n\r\n"]), min_size=1, max_size=6),
     st.lists(st.integers(1, 300), min_size=1, max_size=40),
 )
-def test_framing_is_independent_of_read_boundaries(
-    messages: list[bytes], cuts: list[int]
-) -> None:
+def test_framing_is_independent_of_read_boundaries(messages: list[bytes], cuts: list[int]) -> None:
     stream = b"".join(messages)
     whole = StreamFramer().feed(stream)
     framer = StreamFramer()
