@@ -894,6 +894,62 @@ def test_ptime() -> None:
             m.ptime()
 
 
+def test_non_internet_network_types_are_carried_opaquely() -> None:
+    # RFC 8866 §5.7 defines only IN; other nettypes (RFC 3108 ATM, ...) are not checked.
+    data = crlf(
+        """
+        v=0
+        o=- 1 1 ATM NSAP 47.0091.8100.0000.0060.3e64.fd01.0060.3e64.fd01.00
+        s=-
+        c=TN RFC2543 +1-202-555-0100
+        t=0 0
+        y=session-level-unknown
+        m=audio 5004 RTP/AVP 0
+        k=prompt
+        """
+    )
+    sd = parse_sdp(data)
+    assert bytes(sd) == data
+    assert sd.connection == Connection("TN", "RFC2543", "+1-202-555-0100")
+    assert sd.unknown_lines == [("y", "session-level-unknown")] and sd.media[0].key == "prompt"
+    assert not sd.connection.is_unspecified
+    with pytest.raises(SipError):
+        parse_sdp(data + b"k=prompt\r\n")  # a second k= in one media section
+    with pytest.raises(SipError):
+        parse_sdp(data.replace(b"c=TN RFC2543 +1-202-555-0100", b"c=TN RFC2543 "))
+    with pytest.raises(SipError):
+        parse_sdp(
+            data.replace(
+                b"ATM NSAP 47.0091.8100.0000.0060.3e64.fd01.0060.3e64.fd01.00", b"ATM NSAP "
+            )
+        )
+
+
+def test_ice_lite_and_timing_text() -> None:
+    sd = parse_sdp(RFC8839_EXAMPLE)
+    assert not sd.ice_lite
+    sd.add("ice-lite")
+    assert sd.ice_lite
+    assert str(sd.times[0]) == "0 0"
+
+
+def test_crypto_key_split_guards() -> None:
+    c = Crypto.parse(RFC4568_CRYPTO[0])
+    with pytest.raises(SipError):
+        c.key_and_salt(1)
+    # Built by hand (not parsed), so the suite check has not run yet.
+    short = Crypto(1, "AES_CM_128_HMAC_SHA1_80", (CryptoKey("AAAA"),))
+    with pytest.raises(SipError):
+        short.key_and_salt()
+
+
+def test_fmtp_parameters_tolerate_stray_separators() -> None:
+    assert Fmtp.parse("96 profile-level-id=42e01f; packetization-mode=1;").parameters() == {
+        "profile-level-id": "42e01f",
+        "packetization-mode": "1",
+    }
+
+
 # ---------------------------------------------------------------- errors and limits
 
 
@@ -968,6 +1024,9 @@ def test_limits_raise_413() -> None:
         parse_sdp("é" * (MAX_SIZE // 2 + 1))  # the limit counts UTF-8 bytes of str input too
     assert info.value.status_hint == 413
     with pytest.raises(SipError) as info:
+        parse_sdp("v=0\r\n\ud800")  # a lone surrogate has no UTF-8 form
+    assert info.value.status_hint == 400
+    with pytest.raises(SipError) as info:
         parse_sdp(ASTERISK_OFFER, max_lines=10)
     assert info.value.status_hint == 413
     many = ASTERISK_OFFER + b"m=audio 0 RTP/AVP 0\r\n" * 31
@@ -1013,6 +1072,11 @@ def test_attribute_editing_keeps_positions() -> None:
     assert m.attributes[-1] == Attribute("recvonly")
     m.set_direction(None)
     assert m.direction is None
+    m.add("sendonly")
+    m.add("inactive")  # contradictory; set_direction settles it at the first one's place
+    m.set_direction(Direction.SENDRECV)
+    assert m.values("sendrecv") == [] and m.has("sendrecv") and m.direction is Direction.SENDRECV
+    m.set_direction(None)
     m.add("rtcp-mux")
     assert m.attributes[-1] == Attribute("rtcp-mux") and m.rtcp_mux
     m.replace("label", "1")  # absent: goes to the end
