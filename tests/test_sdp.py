@@ -595,6 +595,19 @@ def test_ipv6_offer() -> None:
     assert sd.media[0].rtcp() == Rtcp(40003, Connection("IN", "IP6", "2001:db8::10"))
 
 
+def test_media_level_direction_overrides_session_level() -> None:
+    # RFC 8866 §6.7: a session-level direction is the default for media without one.
+    sd = parse_sdp(RFC4566_EXAMPLE.replace(b"a=rtpmap:99", b"a=sendrecv\r\na=rtpmap:99"))
+    audio, video = sd.media
+    assert sd.direction is Direction.RECVONLY and video.direction is Direction.SENDRECV
+    assert (sd.direction_for(audio), sd.direction_for(video)) == (
+        Direction.RECVONLY,
+        Direction.SENDRECV,
+    )
+    sd.set_direction(Direction.SENDONLY)
+    assert sd.is_on_hold(audio) and not sd.is_on_hold(video)
+
+
 def test_rfc_examples() -> None:
     sd = parse_sdp(RFC4566_EXAMPLE)
     assert sd.connection is not None and sd.connection.host == "224.2.17.12"
