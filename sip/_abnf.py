@@ -51,6 +51,11 @@ GENERIC_PARAM_RE = re.compile(_GENERIC_PARAM)
 # The whole ``*( SEMI generic-param )`` tail, trailing LWS allowed.
 GENERIC_PARAMS_RE = re.compile(rf"(?:{SWS};{SWS}{TOKEN}(?:{SWS}={SWS}{GEN_VALUE})?)*{SWS}")
 
+# IPv4address = 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT, each octet
+# 0-255 without leading zeros (as Python's ipaddress reads it, but in C).
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+IPV4_RE = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+
 TOKEN_RE = re.compile(TOKEN)
 WORD_RE = re.compile(WORD)
 QUOTED_STRING_RE = re.compile(QUOTED_STRING)
@@ -86,6 +91,29 @@ def split_list(value: str) -> list[str]:
         return [value.strip()]
     if '"' not in value and "<" not in value:
         return [part.strip() for part in value.split(",")]
+    # Usual case in C: elements made of quoted strings, <...> and other text.
+    parts: list[str] = []
+    pos = 0
+    n = len(value)
+    match = _LIST_ELEMENT_RE.match
+    while True:
+        m = match(value, pos)
+        end = m.end() if m is not None else pos
+        if end == n:
+            parts.append(value[pos:].strip())
+            return parts
+        if value[end] != ",":
+            break  # an unterminated quote or bracket: let the scanner below decide
+        parts.append(value[pos:end].strip())
+        pos = end + 1
+    return _split_list_slow(value)
+
+
+# list element = *( quoted-string / "<" *not-">" ">" / any other char but , " < )
+_LIST_ELEMENT_RE = re.compile(r'(?:"(?:[^"\\]|\\.)*"|<[^>]*>|[^,"<])*', re.S)
+
+
+def _split_list_slow(value: str) -> list[str]:
     parts: list[str] = []
     start = 0
     in_quote = False

@@ -29,6 +29,7 @@ from sip._abnf import (
     GENERIC_PARAM_RE,
     GENERIC_PARAMS_RE,
     HOST,
+    HOSTNAME,
     QUOTED_STRING,
     SWS,
     TOKEN,
@@ -36,7 +37,7 @@ from sip._abnf import (
     unquote,
 )
 from sip.errors import SipError
-from sip.uri import URI, format_host
+from sip.uri import URI, check_ipv4_like, format_host
 
 Param = tuple[str, str | None]
 
@@ -114,6 +115,13 @@ _VIA_RE = re.compile(
 )
 
 
+# The common shape: "SIP/2.0/UDP host:port;params" without LWS or IPv6.
+_FAST_VIA_RE = re.compile(
+    rf"SIP/2\.0/({TOKEN}) ({HOSTNAME})(?::([0-9]{{1,5}}))?"
+    rf"((?:;{TOKEN}(?:=(?:{TOKEN}|[0-9A-Fa-f]*:[0-9A-Fa-f:.]+))?)*)"
+)
+
+
 @dataclass(slots=True)
 class Via:
     transport: str
@@ -124,12 +132,31 @@ class Via:
 
     @classmethod
     def parse(cls, text: str) -> Via:
+        fast = _FAST_VIA_RE.fullmatch(text)
+        if fast is not None:
+            transport, host, port_text, param_text = fast.groups()
+            params: tuple[Param, ...] = ()
+            if param_text:
+                items = []
+                for item in param_text[1:].split(";"):
+                    name, _, value = item.partition("=")
+                    items.append((name, value or None))
+                params = tuple(items)
+                if len(params) > 1 and len({n.lower() for n, _ in params}) != len(params):
+                    raise SipError("duplicate Via parameter")
+            if host[0].isdigit():
+                check_ipv4_like(host)
+            via = cls(transport.upper(), host, _port(port_text), params, text)
+            via._check_params()
+            return via
         m = _VIA_RE.match(text)
         if m is None:
             raise SipError("malformed Via")
         if m.group("name").upper() != "SIP" or m.group("version") != "2.0":
             raise SipError("Via is not SIP/2.0")
         host = _strip_brackets(m.group("host"))
+        if host[0].isdigit():
+            check_ipv4_like(host)
         port = _port(m.group("port"))
         params = parse_params(text[m.end() :], "Via")
         via = cls(m.group("transport").upper(), host, port, params, text)

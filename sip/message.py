@@ -597,7 +597,12 @@ def parse_message(
     if len(lines) - 1 > limits.max_headers:
         raise SipError("too many header lines")
 
-    fields = _parse_fields(lines, limits)
+    first_end = text.find("\r\n")
+    fields = None
+    if first_end > 0:
+        fields = _parse_fields_fast(text[first_end + 2 :], len(lines) - 1, limits)
+    if fields is None:
+        fields = _parse_fields(lines, limits)
     headers = Headers._from_fields(fields)
     msg = _parse_start_line(lines[0], headers, limits)
 
@@ -616,6 +621,30 @@ def parse_message(
     else:
         msg._body = data[body_start:]
     return msg
+
+
+# One header line and its CRLF: (line, name, value).  findall resumes where
+# the last match ended, so when the matched lines add up to the whole block,
+# every line matched from its start.
+# (A lazy value group would cost a backtracking step per character.)
+_FIELD_RE = re.compile(rf"(({TOKEN})[ \t]*:[ \t]*([^\r\n]*))(?:\r\n|\Z)")
+
+
+def _parse_fields_fast(block: str, nlines: int, limits: Limits) -> list[HeaderField] | None:
+    """All header lines in one regex pass, or None to take the line-by-line path.
+
+    Only for blocks without folding; every line must match, which the count
+    and total length of the matches prove.
+    """
+    if "\r\n " in block or "\r\n\t" in block or len(block) > limits.max_line_length:
+        return None
+    found = _FIELD_RE.findall(block)
+    if len(found) != nlines or sum(len(raw) for raw, _, _ in found) + 2 * (nlines - 1) != len(
+        block
+    ):
+        return None
+    canon = canonical_name
+    return [HeaderField(name, canon(name), value.rstrip(_WSP), raw) for raw, name, value in found]
 
 
 def _parse_fields(lines: list[str], limits: Limits) -> list[HeaderField]:

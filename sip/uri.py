@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote as _pct_decode
 
-from sip._abnf import ESCAPED, HOST, UNRESERVED
+from sip._abnf import ESCAPED, HOST, HOSTNAME, IPV4_RE, UNRESERVED
 from sip.errors import SipError
 
 MAX_URI_LENGTH = 4096
@@ -51,6 +51,15 @@ _TEL_PARAM_RE = re.compile(
     rf";(?P<name>[A-Za-z0-9\-]+)(?:=(?P<value>(?:[{UNRESERVED}\[\]/:&+$]|{ESCAPED})+))?"
 )
 
+# The common shape of a SIP URI (user@host:port;params, no escapes, no IPv6,
+# no headers) in one regex.  It accepts a subset of what the full path
+# accepts, never more; anything else takes the full path.
+_FAST_PCHARS = r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+"
+_FAST_SIP_RE = re.compile(
+    rf"([Ss][Ii][Pp][Ss]?):(?:([A-Za-z0-9\-_.!~*'()&=+$,]+)@)?({HOSTNAME})(?::([0-9]{{1,5}}))?"
+    rf"((?:;{_FAST_PCHARS}(?:={_FAST_PCHARS})?)*)"
+)
+
 # Parameters that must match when present on either side (§19.1.4).
 _MUST_MATCH_PARAMS = ("user", "ttl", "method", "maddr", "transport")
 
@@ -76,14 +85,16 @@ def _check_host(host: str) -> str:
         except ValueError:
             raise SipError("malformed IPv6 reference") from None
         return host[1:-1]
-    if host[0].isdigit() and host.replace(".", "").isdigit():
-        # All digits and dots: must be an IPv4 address, not a hostname
-        # (RFC 3261 toplabel starts with a letter).
-        try:
-            ipaddress.IPv4Address(host)
-        except ValueError:
-            raise SipError("malformed IPv4 address") from None
+    if host[0].isdigit():
+        check_ipv4_like(host)
     return host
+
+
+def check_ipv4_like(host: str) -> None:
+    """A host of digits and dots must be an IPv4 address, not a hostname
+    (RFC 3261: a toplabel starts with a letter)."""
+    if IPV4_RE.fullmatch(host) is None and host.rstrip(".").replace(".", "").isdigit():
+        raise SipError("malformed IPv4 address")
 
 
 def format_host(host: str) -> str:
@@ -116,6 +127,24 @@ class URI:
     def parse(cls, text: str) -> URI:
         if len(text) > MAX_URI_LENGTH:
             raise SipError("URI too long", 414)
+        m = _FAST_SIP_RE.fullmatch(text)
+        if m is not None:
+            scheme, user, host, port_text, param_text = m.groups()
+            if host[0].isdigit():
+                _check_host(host)
+            port = None
+            if port_text is not None:
+                port = int(port_text)
+                if port > 65535:
+                    raise SipError("URI port out of range")
+            params: tuple[Param, ...] = ()
+            if param_text:
+                items = []
+                for item in param_text[1:].split(";"):
+                    name, _, value = item.partition("=")
+                    items.append((name, value or None))
+                params = tuple(items)
+            return cls(scheme.lower(), user, None, host, port, params, (), None, text)
         colon = text.find(":")
         if colon <= 0 or _SCHEME_RE.fullmatch(text, 0, colon) is None:
             raise SipError("malformed URI scheme")
