@@ -5,21 +5,30 @@ Rules of this file:
   its default.  A key that is not declared is an error, never silently ignored
   (a typo such as ``max_mesage_size`` must not fall back to a default).
 - Validation stops at the first problem and reports it as a :class:`ConfigError`
-  naming the dotted key (``limits.max_message_size``, ``trunks[0].allow[1]``)
-  and the problem, so the CLI prints one line and exits with status 2.
+  naming the dotted key (``limits.max_message_size``, ``trunks[0].allow[1]``,
+  ``upstream.sets[0].targets[1].uri``) and the problem, so the CLI prints one
+  line and exits with status 2.
 - Relative file paths are taken relative to the working directory sipedge is
   started in (``make run`` starts it in the repository root).
-- No I/O here beyond reading the file and checking that referenced files exist.
+- No I/O here beyond reading the file, checking that referenced files exist and
+  reading the TLS base64 environment variables.
+- Secrets never reach ``repr``, :func:`to_dict` or a log line: the PEM given as
+  base64 lives in ``repr=False`` fields and :func:`to_dict` shows where it came
+  from instead.
 
 To add a key: add a field to the section's dataclass, read it in the section's
 ``_parse_*`` function (which lists the allowed keys), add it to ``to_dict`` if
-it is not a plain value, and document it in ``configs/sipedge.example.toml``.
+it is not a plain value, and document it in ``configs/sipedge.example.toml`` and
+``docs/configuration.md``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -28,6 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sip.errors import SipError
+from sip.uri import URI
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_CERT = Path(".sipedge/dev-cert.pem")
@@ -35,6 +47,19 @@ DEFAULT_KEY = Path(".sipedge/dev-key.pem")
 
 MIN_MESSAGE_SIZE = 1024
 MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+
+ENV_CERT_B64 = "SIPEDGE_TLS_CERT_BASE64"
+ENV_KEY_B64 = "SIPEDGE_TLS_KEY_BASE64"
+# What check-config prints instead of PEM that did not come from a file.
+FROM_ENVIRONMENT = "<from environment>"
+FROM_COMMAND_LINE = "<from command line>"
+
+VERIFY_CLIENT = ("none", "optional", "required")
+ALGORITHMS = ("round-robin", "weight", "hash")
+TRANSPORTS = ("udp", "tcp", "tls")
+# RFC 3261 §19.1.2: the default port of a sip: URI is 5060, 5061 over TLS.
+DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
+ECHO_SET = "echo"
 
 
 class ConfigError(Exception):
@@ -66,14 +91,27 @@ class ListenConfig:
     udp: tuple[HostPort, ...] = (HostPort("127.0.0.1", 5060),)
     tcp: tuple[HostPort, ...] = (HostPort("127.0.0.1", 5060),)
     tls: tuple[HostPort, ...] = (HostPort("127.0.0.1", 5061),)
+    # Host or IP written into Via and Record-Route instead of the bound address
+    # ("" = the bound address); needed behind NAT and when binding 0.0.0.0 / [::].
+    advertise: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class TlsConfig:
-    """Server certificate and key for the TLS listeners (PEM files)."""
+    """Server certificate and key for the TLS listeners, and client certificate checks.
+
+    ``cert_pem``/``key_pem`` are set when the PEM came as base64 (command line or
+    environment); then ``cert``/``key`` are not read.  ``pem_source`` says where
+    it came from, for check-config and logs.
+    """
 
     cert: Path = DEFAULT_CERT
     key: Path = DEFAULT_KEY
+    client_ca: Path | None = None
+    verify_client: str = "none"
+    cert_pem: bytes | None = field(default=None, repr=False)
+    key_pem: bytes | None = field(default=None, repr=False)
+    pem_source: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,25 +123,95 @@ class MetricsConfig:
 
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
-    """Bounds on what a peer may send."""
+    """Bounds on what a peer may send and hold open (times in seconds)."""
 
     max_message_size: int = 65536
+    max_connections: int = 4096
+    max_connections_per_source: int = 32
+    idle_timeout: float = 120.0
+    header_timeout: float = 10.0
+    tls_handshake_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    """Proxy behaviour (RFC 3261 section 16) and transaction timers (section 17)."""
+
+    record_route: bool = True
+    max_forwards: int = 70
+    drain_grace: float = 30.0
+    server_header: str = ""
+    timer_t1: float = 0.5
+    timer_t2: float = 4.0
+    timer_t4: float = 5.0
+    timer_c: float = 180.0
+    trunk_header: str = "X-Sipedge-Trunk"
+
+
+@dataclass(frozen=True, slots=True)
+class TargetConfig:
+    """One upstream server: ``uri`` as written, and what it says."""
+
+    uri: str
+    transport: str
+    host: str
+    port: int
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSetConfig:
+    """A dispatcher set: targets, how to pick one, how to probe them."""
+
+    name: str
+    algorithm: str = "round-robin"
+    targets: tuple[TargetConfig, ...] = ()
+    probe_interval: float = 10.0
+    probe_failures: int = 2
+    probe_successes: int = 1
 
 
 @dataclass(frozen=True, slots=True)
 class UpstreamConfig:
-    """Where calls go: the built-in echo endpoint, or a list of SIP servers."""
+    """Where calls from outside go: the built-in echo endpoint and/or upstream sets."""
 
     echo: bool = False
-    targets: tuple[HostPort, ...] = ()
+    default: str = ""
+    sets: tuple[UpstreamSetConfig, ...] = ()
+
+    def resolved_default(self) -> str:
+        """The name of the set calls from outside go to."""
+        if self.default:
+            return self.default
+        if self.echo:
+            return ECHO_SET
+        return self.sets[0].name if self.sets else ""
+
+
+@dataclass(frozen=True, slots=True)
+class EchoConfig:
+    """The built-in echo endpoint (a small UAS that plays the caller's media back)."""
+
+    address: HostPort = HostPort("127.0.0.1", 5099)
+    rtp_address: str = "127.0.0.1"
+    answer_delay: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class TrunkConfig:
-    """A peer trusted by source address (no digest challenge)."""
+    """A carrier: trusted by source address, and optionally where calls to it go.
+
+    ``transport``/``host``/``port`` are parsed from ``address``; an inbound-only
+    trunk (``address = ""``) has them empty and ``port`` None.
+    """
 
     name: str
-    allow: tuple[IPNetwork, ...]
+    allow: tuple[IPNetwork, ...] = ()
+    address: str = ""
+    transport: str = ""
+    host: str = ""
+    port: int | None = None
+    prefixes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,18 +220,30 @@ class Config:
     tls: TlsConfig = field(default_factory=TlsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
-    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    upstream: UpstreamConfig = field(default_factory=lambda: UpstreamConfig(echo=True))
+    echo: EchoConfig = field(default_factory=EchoConfig)
     trunks: tuple[TrunkConfig, ...] = ()
 
 
 # ---------------------------------------------------------------- loading
 
 
-def load(path: str | os.PathLike[str], *, check_files: bool = True) -> Config:
+def load(
+    path: str | os.PathLike[str],
+    *,
+    env: Mapping[str, str] = os.environ,
+    cert_b64: str | None = None,
+    key_b64: str | None = None,
+    check_files: bool = True,
+) -> Config:
     """Read and validate the TOML file at ``path``.
 
-    Raises :class:`ConfigError` (key ``"config"`` for an unreadable file or bad
-    TOML).  ``check_files=False`` skips the checks that referenced files exist.
+    ``cert_b64``/``key_b64`` (the command line flags) win over the environment
+    variables ``SIPEDGE_TLS_CERT_BASE64``/``SIPEDGE_TLS_KEY_BASE64``; either way
+    the certificate files need not exist.  Raises :class:`ConfigError` (key
+    ``"config"`` for an unreadable file or bad TOML).  ``check_files=False``
+    skips the checks that referenced files exist.
     """
     try:
         with open(path, "rb") as f:
@@ -132,33 +252,69 @@ def load(path: str | os.PathLike[str], *, check_files: bool = True) -> Config:
         raise ConfigError("config", f"cannot read {os.fspath(path)!r}: {e.strerror}") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("config", f"invalid TOML: {e}") from e
-    return parse(data, check_files=check_files)
+    pem = _pem_from_base64(env, cert_b64, key_b64)
+    return parse(data, check_files=check_files, pem=pem)
 
 
-def parse(data: Mapping[str, Any], *, check_files: bool = True) -> Config:
-    """Validate an already decoded TOML document."""
-    _no_unknown_keys(data, "", {"listen", "tls", "metrics", "limits", "upstream", "trunks"})
+def parse(
+    data: Mapping[str, Any],
+    *,
+    check_files: bool = True,
+    pem: tuple[bytes, bytes, str] | None = None,
+) -> Config:
+    """Validate an already decoded TOML document.
+
+    ``pem`` is (certificate, key, source) when they came as base64.
+    """
+    _no_unknown_keys(
+        data,
+        "",
+        {"listen", "tls", "metrics", "limits", "proxy", "upstream", "echo", "trunks"},
+    )
     listen = _parse_listen(_table(data, "listen"))
-    tls = _parse_tls(_table(data, "tls"))
+    tls = _parse_tls(_table(data, "tls"), pem)
     metrics = _parse_metrics(_table(data, "metrics"))
     limits = _parse_limits(_table(data, "limits"))
+    proxy = _parse_proxy(_table(data, "proxy"))
     upstream = _parse_upstream(_table(data, "upstream"))
+    echo = _parse_echo(_table(data, "echo"))
     trunks = _parse_trunks(data.get("trunks", []))
+    if upstream.echo:
+        _check_echo_address(echo, listen)
     if check_files and listen.tls:
         # The certificate matters only when something serves TLS.
-        _check_readable_file(tls.cert, "tls.cert")
-        _check_readable_file(tls.key, "tls.key")
+        if tls.cert_pem is None:
+            _check_readable_file(tls.cert, "tls.cert")
+            _check_readable_file(tls.key, "tls.key")
+        if tls.client_ca is not None:
+            _check_readable_file(tls.client_ca, "tls.client_ca")
     return Config(
-        listen=listen, tls=tls, metrics=metrics, limits=limits, upstream=upstream, trunks=trunks
+        listen=listen,
+        tls=tls,
+        metrics=metrics,
+        limits=limits,
+        proxy=proxy,
+        upstream=upstream,
+        echo=echo,
+        trunks=trunks,
     )
 
 
 def to_dict(config: Config) -> dict[str, Any]:
-    """The effective configuration as JSON-ready data (addresses and paths as strings)."""
+    """The effective configuration as JSON-ready data (addresses and paths as strings).
+
+    PEM given as base64 is never included: ``tls.cert``/``tls.key`` say where it
+    came from instead.  ``resolved_default`` shows which set ``upstream.default``
+    means.
+    """
 
     def convert(value: Any) -> Any:
         if dataclasses.is_dataclass(value) and not isinstance(value, HostPort):
-            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)}
+            return {
+                f.name: convert(getattr(value, f.name))
+                for f in dataclasses.fields(value)
+                if f.repr  # repr=False marks secrets
+            }
         if isinstance(value, tuple):
             return [convert(v) for v in value]
         if isinstance(value, HostPort | Path | ipaddress.IPv4Network | ipaddress.IPv6Network):
@@ -166,6 +322,12 @@ def to_dict(config: Config) -> dict[str, Any]:
         return value
 
     result: dict[str, Any] = convert(config)
+    del result["tls"]["pem_source"]  # not a key of the file
+    if config.tls.cert_pem is not None:
+        result["tls"]["cert"] = config.tls.pem_source
+        result["tls"]["key"] = config.tls.pem_source
+    result["tls"]["client_ca"] = str(config.tls.client_ca or "")
+    result["upstream"]["resolved_default"] = config.upstream.resolved_default()
     return result
 
 
@@ -173,11 +335,11 @@ def to_dict(config: Config) -> dict[str, Any]:
 
 
 def _parse_listen(t: Mapping[str, Any]) -> ListenConfig:
-    _no_unknown_keys(t, "listen", {"udp", "tcp", "tls"})
+    _no_unknown_keys(t, "listen", {"udp", "tcp", "tls", "advertise"})
     d = ListenConfig()
-    udp = _addresses(t, "listen", "udp", d.udp, ip_only=True)
-    tcp = _addresses(t, "listen", "tcp", d.tcp, ip_only=True)
-    tls = _addresses(t, "listen", "tls", d.tls, ip_only=True)
+    udp = _addresses(t, "listen", "udp", d.udp)
+    tcp = _addresses(t, "listen", "tcp", d.tcp)
+    tls = _addresses(t, "listen", "tls", d.tls)
     # TCP and TLS listeners are both TCP sockets: one address cannot serve both.
     seen: dict[HostPort, str] = {}
     for name, addrs in (("tcp", tcp), ("tls", tls)):
@@ -186,15 +348,31 @@ def _parse_listen(t: Mapping[str, Any]) -> ListenConfig:
             if a in seen:
                 raise ConfigError(key, f"{a} is already used by {seen[a]}")
             seen[a] = key
-    return ListenConfig(udp=udp, tcp=tcp, tls=tls)
+    advertise = _str(t, "listen", "advertise", d.advertise)
+    if advertise:
+        advertise = _host(advertise, "listen.advertise")
+    return ListenConfig(udp=udp, tcp=tcp, tls=tls, advertise=advertise)
 
 
-def _parse_tls(t: Mapping[str, Any]) -> TlsConfig:
-    _no_unknown_keys(t, "tls", {"cert", "key"})
+def _parse_tls(t: Mapping[str, Any], pem: tuple[bytes, bytes, str] | None) -> TlsConfig:
+    _no_unknown_keys(t, "tls", {"cert", "key", "client_ca", "verify_client"})
     d = TlsConfig()
+    cert = _str(t, "tls", "cert", str(d.cert))
+    key = _str(t, "tls", "key", str(d.key))
+    client_ca = _str(t, "tls", "client_ca", "")
+    verify_client = _choice(t, "tls", "verify_client", d.verify_client, VERIFY_CLIENT)
+    if verify_client != "none" and not client_ca:
+        # Without a CA every client certificate fails verification.
+        raise ConfigError("tls.client_ca", f"required when tls.verify_client is {verify_client!r}")
+    cert_pem, key_pem, source = pem if pem is not None else (None, None, "")
     return TlsConfig(
-        cert=Path(_str(t, "tls", "cert", str(d.cert))),
-        key=Path(_str(t, "tls", "key", str(d.key))),
+        cert=Path(cert),
+        key=Path(key),
+        client_ca=Path(client_ca) if client_ca else None,
+        verify_client=verify_client,
+        cert_pem=cert_pem,
+        key_pem=key_pem,
+        pem_source=source,
     )
 
 
@@ -203,31 +381,156 @@ def _parse_metrics(t: Mapping[str, Any]) -> MetricsConfig:
     d = MetricsConfig()
     if "address" not in t:
         return d
-    return MetricsConfig(address=_host_port(t["address"], "metrics.address", ip_only=True))
+    return MetricsConfig(address=_host_port(t["address"], "metrics.address"))
 
 
 def _parse_limits(t: Mapping[str, Any]) -> LimitsConfig:
-    _no_unknown_keys(t, "limits", {"max_message_size"})
+    s = "limits"
     d = LimitsConfig()
-    size = _int(t, "limits", "max_message_size", d.max_message_size)
-    if not MIN_MESSAGE_SIZE <= size <= MAX_MESSAGE_SIZE:
-        raise ConfigError(
-            "limits.max_message_size",
-            f"{size} out of range {MIN_MESSAGE_SIZE}-{MAX_MESSAGE_SIZE}",
-        )
-    return LimitsConfig(max_message_size=size)
+    _no_unknown_keys(t, s, {f.name for f in dataclasses.fields(d)})
+    size = _int(t, s, "max_message_size", d.max_message_size, MIN_MESSAGE_SIZE, MAX_MESSAGE_SIZE)
+    max_connections = _int(t, s, "max_connections", d.max_connections, 1, 1_000_000)
+    per_source = _int(
+        t, s, "max_connections_per_source", d.max_connections_per_source, 1, max_connections
+    )
+    return LimitsConfig(
+        max_message_size=size,
+        max_connections=max_connections,
+        max_connections_per_source=per_source,
+        idle_timeout=_seconds(t, s, "idle_timeout", d.idle_timeout),
+        header_timeout=_seconds(t, s, "header_timeout", d.header_timeout),
+        tls_handshake_timeout=_seconds(t, s, "tls_handshake_timeout", d.tls_handshake_timeout),
+    )
+
+
+# header-name = token (RFC 3261 section 25.1)
+_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
+# Server = "Server" HCOLON server-val *(LWS server-val): printable text on one line.
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
+
+
+def _parse_proxy(t: Mapping[str, Any]) -> ProxyConfig:
+    s = "proxy"
+    d = ProxyConfig()
+    _no_unknown_keys(t, s, {f.name for f in dataclasses.fields(d)})
+    server_header = _str(t, s, "server_header", d.server_header).strip()
+    if not _HEADER_VALUE.fullmatch(server_header):
+        raise ConfigError("proxy.server_header", "must be printable ASCII on one line")
+    trunk_header = _str(t, s, "trunk_header", d.trunk_header)
+    if trunk_header and not _TOKEN.fullmatch(trunk_header):
+        raise ConfigError("proxy.trunk_header", f"{trunk_header!r} is not a header name")
+    t1 = _seconds(t, s, "timer_t1", d.timer_t1)
+    t2 = _seconds(t, s, "timer_t2", d.timer_t2)
+    if t2 < t1:
+        # T2 caps the doubling of T1 (RFC 3261 section 17.1.2.2).
+        raise ConfigError("proxy.timer_t2", f"{t2} is less than proxy.timer_t1 ({t1})")
+    return ProxyConfig(
+        record_route=_bool(t, s, "record_route", d.record_route),
+        max_forwards=_int(t, s, "max_forwards", d.max_forwards, 1, 255),
+        drain_grace=_seconds(t, s, "drain_grace", d.drain_grace, allow_zero=True),
+        server_header=server_header,
+        timer_t1=t1,
+        timer_t2=t2,
+        timer_t4=_seconds(t, s, "timer_t4", d.timer_t4),
+        timer_c=_seconds(t, s, "timer_c", d.timer_c),
+        trunk_header=trunk_header,
+    )
 
 
 def _parse_upstream(t: Mapping[str, Any]) -> UpstreamConfig:
-    _no_unknown_keys(t, "upstream", {"echo", "targets"})
-    d = UpstreamConfig()
-    echo = _bool(t, "upstream", "echo", d.echo)
-    targets = _addresses(t, "upstream", "targets", d.targets, ip_only=False)
-    if echo and targets:
-        raise ConfigError("upstream.targets", "cannot be combined with upstream.echo = true")
-    if not echo and not targets:
-        raise ConfigError("upstream", "no destination: set echo = true or list targets")
-    return UpstreamConfig(echo=echo, targets=targets)
+    _no_unknown_keys(t, "upstream", {"echo", "default", "sets"})
+    echo = _bool(t, "upstream", "echo", False)
+    default = _str(t, "upstream", "default", "")
+    raw_sets = t.get("sets", [])
+    if not isinstance(raw_sets, list) or not all(isinstance(v, dict) for v in raw_sets):
+        raise ConfigError(
+            "upstream.sets",
+            f"expected an array of tables ([[upstream.sets]]), got {_kind(raw_sets)}",
+        )
+    sets: list[UpstreamSetConfig] = []
+    names: set[str] = {ECHO_SET} if echo else set()
+    for i, raw in enumerate(raw_sets):
+        s = _parse_set(raw, f"upstream.sets[{i}]")
+        if s.name in names:
+            why = "is the echo endpoint's set" if s.name == ECHO_SET and echo else "is a duplicate"
+            raise ConfigError(f"upstream.sets[{i}].name", f"{s.name!r} {why}")
+        names.add(s.name)
+        sets.append(s)
+    if not echo and not sets:
+        raise ConfigError("upstream", "no destination: set echo = true or add [[upstream.sets]]")
+    if default and default not in names:
+        raise ConfigError(
+            "upstream.default",
+            f"{default!r} names no upstream set (have: {', '.join(sorted(names))})",
+        )
+    return UpstreamConfig(echo=echo, default=default, sets=tuple(sets))
+
+
+def _parse_set(t: Mapping[str, Any], where: str) -> UpstreamSetConfig:
+    d = UpstreamSetConfig(name="")
+    _no_unknown_keys(t, where, {f.name for f in dataclasses.fields(d)})
+    name = _name(t, where)
+    algorithm = _choice(t, where, "algorithm", d.algorithm, ALGORITHMS)
+    raw = t.get("targets", [])
+    key = f"{where}.targets"
+    if not isinstance(raw, list) or not all(isinstance(v, dict) for v in raw):
+        raise ConfigError(key, f"expected an array of tables ([[{key}]]), got {_kind(raw)}")
+    if not raw:
+        raise ConfigError(key, "must list at least one target ([[upstream.sets.targets]])")
+    targets: list[TargetConfig] = []
+    seen: dict[tuple[str, str, int], int] = {}
+    for j, tt in enumerate(raw):
+        twhere = f"{key}[{j}]"
+        _no_unknown_keys(tt, twhere, {"uri", "weight"})
+        if "uri" not in tt:
+            raise ConfigError(f"{twhere}.uri", "missing")
+        uri, transport, host, port = _sip_address(tt["uri"], f"{twhere}.uri")
+        ident = (transport, host, port)
+        if ident in seen:
+            raise ConfigError(f"{twhere}.uri", f"same destination as {key}[{seen[ident]}]")
+        seen[ident] = j
+        weight = _int(tt, twhere, "weight", 1, 1, 1_000_000)
+        targets.append(TargetConfig(uri, transport, host, port, weight))
+    return UpstreamSetConfig(
+        name=name,
+        algorithm=algorithm,
+        targets=tuple(targets),
+        probe_interval=_seconds(t, where, "probe_interval", d.probe_interval, allow_zero=True),
+        probe_failures=_int(t, where, "probe_failures", d.probe_failures, 1, 1000),
+        probe_successes=_int(t, where, "probe_successes", d.probe_successes, 1, 1000),
+    )
+
+
+def _parse_echo(t: Mapping[str, Any]) -> EchoConfig:
+    d = EchoConfig()
+    _no_unknown_keys(t, "echo", {f.name for f in dataclasses.fields(d)})
+    address = d.address
+    if "address" in t:
+        address = _host_port(t["address"], "echo.address")
+    rtp_address = _str(t, "echo", "rtp_address", d.rtp_address)
+    try:
+        rtp_address = str(ipaddress.ip_address(rtp_address))
+    except ValueError:
+        raise ConfigError("echo.rtp_address", f"{rtp_address!r} is not an IP address") from None
+    return EchoConfig(
+        address=address,
+        rtp_address=rtp_address,
+        answer_delay=_seconds(t, "echo", "answer_delay", d.answer_delay, allow_zero=True),
+    )
+
+
+def _check_echo_address(echo: EchoConfig, listen: ListenConfig) -> None:
+    """The echo endpoint's UDP socket must not collide with a UDP listener."""
+    wildcard = {"0.0.0.0", "::"}
+    for i, a in enumerate(listen.udp):
+        if a.port == echo.address.port and (
+            a.host == echo.address.host or a.host in wildcard or echo.address.host in wildcard
+        ):
+            raise ConfigError("echo.address", f"{echo.address} collides with listen.udp[{i}] {a}")
+
+
+# A dialled-number prefix: digits, optionally after "+", as in E.164 or national dialling.
+_PREFIX = re.compile(r"\+?[0-9*#]+")
 
 
 def _parse_trunks(value: Any) -> tuple[TrunkConfig, ...]:
@@ -235,30 +538,89 @@ def _parse_trunks(value: Any) -> tuple[TrunkConfig, ...]:
         raise ConfigError("trunks", f"expected an array of tables ([[trunks]]), got {_kind(value)}")
     trunks: list[TrunkConfig] = []
     names: set[str] = set()
+    prefix_owner: dict[str, str] = {}
     for i, t in enumerate(value):
         where = f"trunks[{i}]"
-        _no_unknown_keys(t, where, {"name", "allow"})
-        if "name" not in t:
-            raise ConfigError(f"{where}.name", "missing")
-        name = _str(t, where, "name", "")
-        if not name:
-            raise ConfigError(f"{where}.name", "must not be empty")
+        _no_unknown_keys(t, where, {"name", "allow", "address", "prefixes"})
+        name = _name(t, where)
         if name in names:
             raise ConfigError(f"{where}.name", f"duplicate trunk name {name!r}")
         names.add(name)
-        if "allow" not in t:
-            raise ConfigError(f"{where}.allow", "missing")
-        raw = _str_list(t, where, "allow")
-        if not raw:
-            raise ConfigError(f"{where}.allow", "must list at least one network")
         allow: list[IPNetwork] = []
-        for j, s in enumerate(raw):
+        for j, s in enumerate(_str_list(t, where, "allow")):
             try:
                 allow.append(ipaddress.ip_network(s, strict=True))
             except ValueError as e:
                 raise ConfigError(f"{where}.allow[{j}]", f"not a CIDR network: {e}") from None
-        trunks.append(TrunkConfig(name=name, allow=tuple(allow)))
+        address = _str(t, where, "address", "")
+        transport, host, port = "", "", None
+        if address:
+            address, transport, host, port = _sip_address(address, f"{where}.address")
+        elif not allow:
+            raise ConfigError(f"{where}.allow", "must list at least one network (or set address)")
+        prefixes = _str_list(t, where, "prefixes")
+        for j, p in enumerate(prefixes):
+            pkey = f"{where}.prefixes[{j}]"
+            if not _PREFIX.fullmatch(p):
+                raise ConfigError(pkey, f"{p!r} is not a number prefix (digits, optional '+')")
+            if not address:
+                raise ConfigError(pkey, "routes calls to a trunk without an address")
+            if p in prefix_owner:
+                raise ConfigError(pkey, f"{p!r} already routes to trunk {prefix_owner[p]!r}")
+            prefix_owner[p] = name
+        trunks.append(
+            TrunkConfig(
+                name=name,
+                allow=tuple(allow),
+                address=address,
+                transport=transport,
+                host=host,
+                port=port,
+                prefixes=tuple(prefixes),
+            )
+        )
     return tuple(trunks)
+
+
+# ---------------------------------------------------------------- base64 PEM
+
+
+def _pem_from_base64(
+    env: Mapping[str, str], cert_b64: str | None, key_b64: str | None
+) -> tuple[bytes, bytes, str] | None:
+    """The certificate and key given as base64 (flags win over the environment)."""
+    if cert_b64 or key_b64:
+        source = FROM_COMMAND_LINE
+        names = ("--tls-cert-base64", "--tls-key-base64")
+    else:
+        cert_b64, key_b64 = env.get(ENV_CERT_B64), env.get(ENV_KEY_B64)
+        source = FROM_ENVIRONMENT
+        names = (ENV_CERT_B64, ENV_KEY_B64)
+    if not cert_b64 and not key_b64:
+        return None
+    # A certificate from one place and a key from another is a mistake waiting to happen.
+    if not cert_b64:
+        raise ConfigError("tls.cert", f"{names[1]} is given but {names[0]} is not")
+    if not key_b64:
+        raise ConfigError("tls.key", f"{names[0]} is given but {names[1]} is not")
+    return (
+        _decode_pem(cert_b64, "tls.cert", names[0]),
+        _decode_pem(key_b64, "tls.key", names[1]),
+        source,
+    )
+
+
+def _decode_pem(value: str, key: str, name: str) -> bytes:
+    # `base64` wraps its output at 76 columns; Kubernetes does not: accept both.
+    compact = "".join(value.split())
+    try:
+        pem = base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        # Never quote the value: it may be a private key.
+        raise ConfigError(key, f"{name} is not valid base64") from None
+    if b"-----BEGIN " not in pem:
+        raise ConfigError(key, f"{name} does not decode to PEM")
+    return pem
 
 
 # ---------------------------------------------------------------- helpers
@@ -309,11 +671,54 @@ def _str(t: Mapping[str, Any], section: str, name: str, default: str) -> str:
     return value
 
 
-def _int(t: Mapping[str, Any], section: str, name: str, default: int) -> int:
-    value = t.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(_key(section, name), f"expected an integer, got {_kind(value)}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def _name(t: Mapping[str, Any], section: str) -> str:
+    if "name" not in t:
+        raise ConfigError(f"{section}.name", "missing")
+    name = _str(t, section, "name", "")
+    if not _NAME.fullmatch(name):
+        # Names appear in logs, metrics labels and (trunks) a SIP header value.
+        raise ConfigError(f"{section}.name", f"{name!r} must be letters, digits and -._")
+    return name
+
+
+def _choice(
+    t: Mapping[str, Any], section: str, name: str, default: str, allowed: tuple[str, ...]
+) -> str:
+    value = _str(t, section, name, default)
+    if value not in allowed:
+        raise ConfigError(
+            _key(section, name), f"{value!r} is not one of {', '.join(map(repr, allowed))}"
+        )
     return value
+
+
+def _int(t: Mapping[str, Any], section: str, name: str, default: int, low: int, high: int) -> int:
+    value = t.get(name, default)
+    key = _key(section, name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(key, f"expected an integer, got {_kind(value)}")
+    if not low <= value <= high:
+        raise ConfigError(key, f"{value} out of range {low}-{high}")
+    return value
+
+
+def _seconds(
+    t: Mapping[str, Any], section: str, name: str, default: float, *, allow_zero: bool = False
+) -> float:
+    """A duration in seconds: a TOML integer or float, finite, > 0 (or >= 0)."""
+    value = t.get(name, default)
+    key = _key(section, name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(key, f"expected a number of seconds, got {_kind(value)}")
+    seconds = float(value)
+    if not math.isfinite(seconds):
+        raise ConfigError(key, f"{value} is not a finite number of seconds")
+    if seconds < 0 or (seconds == 0 and not allow_zero):
+        raise ConfigError(key, f"{value} must be {'>= 0' if allow_zero else '> 0'}")
+    return seconds
 
 
 def _bool(t: Mapping[str, Any], section: str, name: str, default: bool) -> bool:
@@ -339,8 +744,6 @@ def _addresses(
     section: str,
     name: str,
     default: tuple[HostPort, ...],
-    *,
-    ip_only: bool,
 ) -> tuple[HostPort, ...]:
     if name not in t:
         return default
@@ -348,11 +751,41 @@ def _addresses(
     raw = _str_list(t, section, name)
     result: list[HostPort] = []
     for i, s in enumerate(raw):
-        hp = _host_port(s, f"{key}[{i}]", ip_only=ip_only)
+        hp = _host_port(s, f"{key}[{i}]")
         if hp in result:
             raise ConfigError(f"{key}[{i}]", f"duplicate address {hp}")
         result.append(hp)
     return tuple(result)
+
+
+def _sip_address(value: Any, key: str) -> tuple[str, str, str, int]:
+    """Parse a destination ``sip:IP[:port][;transport=udp|tcp|tls]``.
+
+    Returns (uri, transport, host, port) with the transport and port defaults
+    filled in (udp; 5060, or 5061 for tls).  The host must be an IP literal:
+    sipedge does no DNS (RFC 3263) when it picks where to send.
+    """
+    if not isinstance(value, str):
+        raise ConfigError(key, f'expected a string "sip:IP:port", got {_kind(value)}')
+    try:
+        uri = URI.parse(value)
+    except SipError as e:
+        raise ConfigError(key, f"{value!r} is not a SIP URI: {e.reason}") from None
+    if uri.scheme != "sip":
+        raise ConfigError(key, f"{value!r}: expected a sip: URI, got {uri.scheme}:")
+    if uri.user is not None or uri.headers:
+        raise ConfigError(key, f"{value!r}: a destination has no user part and no headers")
+    try:
+        host = str(ipaddress.ip_address(uri.host))
+    except ValueError:
+        raise ConfigError(key, f"{value!r}: the host must be an IP address") from None
+    transport = uri.transport or "udp"
+    if transport not in TRANSPORTS:
+        raise ConfigError(key, f"{value!r}: transport must be one of {', '.join(TRANSPORTS)}")
+    port = uri.port if uri.port is not None else DEFAULT_PORTS[transport]
+    if port == 0:
+        raise ConfigError(key, f"{value!r}: port 0 is not a destination")
+    return str(uri), transport, host, port
 
 
 # hostname = *( domainlabel "." ) toplabel [ "." ]   (RFC 3261 section 25.1)
@@ -362,8 +795,23 @@ _HOSTNAME = re.compile(
 _HOST_PORT = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:\[\]]+)):(?P<port>[0-9]{1,10})")
 
 
-def _host_port(value: Any, key: str, *, ip_only: bool) -> HostPort:
-    """Parse ``"host:port"`` / ``"[v6]:port"``; the port is required."""
+def _host(value: str, key: str) -> str:
+    """A host name or IP literal (IPv6 with or without brackets), normalised."""
+    bare = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        pass
+    if len(value) > 253 or not _HOSTNAME.fullmatch(value):
+        raise ConfigError(key, f"{value!r} is not an IP address or host name (no port here)")
+    return value.lower()
+
+
+def _host_port(value: Any, key: str) -> HostPort:
+    """Parse ``"IP:port"`` / ``"[v6]:port"``; the port is required.
+
+    Only IP literals: every address in the file is one sipedge binds.
+    """
     if not isinstance(value, str):
         raise ConfigError(key, f'expected a string "host:port", got {_kind(value)}')
     m = _HOST_PORT.fullmatch(value)
@@ -382,12 +830,7 @@ def _host_port(value: Any, key: str, *, ip_only: bool) -> HostPort:
     try:
         return HostPort(str(ipaddress.IPv4Address(host)), port)
     except ValueError:
-        pass
-    if ip_only:
-        raise ConfigError(key, f"{host!r} is not an IP address (a listener binds an IP)")
-    if len(host) > 253 or not _HOSTNAME.fullmatch(host):
-        raise ConfigError(key, f"{host!r} is not an IP address or host name")
-    return HostPort(host.lower(), port)
+        raise ConfigError(key, f"{host!r} is not an IP address (sipedge binds an IP)") from None
 
 
 def _check_readable_file(path: Path, key: str) -> None:
