@@ -1,0 +1,853 @@
+"""The stateful proxy core (RFC 3261 §16, RFC 3581, RFC 5658).
+
+One :class:`Proxy` owns the transaction tables and decides, for every message
+the transport layer hands it, what goes where.  Protocol state lives in the
+``sip/`` machines; this module is the transaction user of RFC 3261 §16:
+
+- a request that matches a server transaction is a retransmission (or the ACK
+  of a non-2xx) and goes to that transaction, which absorbs it;
+- a new request gets a server transaction (which sends 100 Trying for an
+  INVITE at once), then Route processing (§16.4), loop and hop checks, a
+  Record-Route (two entries when the transport changes or the caller is on a
+  connection, RFC 5658), our Via, and a client transaction towards the next
+  hop; failures (timeout, transport error, 503) fail over to the next target
+  of the upstream set, and 408/503 are synthesised when none is left;
+- responses go back through the client transaction to the server transaction;
+  a response that matches none is forwarded statelessly (§16.7 step 10 / §16.11);
+- an ACK for a 2xx and anything else without a transaction of its own is
+  forwarded statelessly along the route set; CANCEL is answered hop by hop and
+  cancels the pending branch (§16.10).
+
+Timers are ``loop.call_later`` handles keyed by transaction and timer name;
+every callback re-enters through :meth:`Proxy._run`, the one place actions are
+carried out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge.dialogs import Dialog, DialogTable
+from edge.flows import FlowTokens
+from edge.transport import Destination, Source
+from sip.errors import SipError
+from sip.headers import NameAddr, Via, has_param
+from sip.message import (
+    Limits,
+    Request,
+    Response,
+    make_response,
+    parse_message,
+    salvage_response,
+)
+from sip.transaction import (
+    MAGIC_COOKIE,
+    CancelTimer,
+    DeliverToTU,
+    InviteClientTransaction,
+    InviteServerTransaction,
+    NonInviteClientTransaction,
+    NonInviteServerTransaction,
+    Send,
+    StartTimer,
+    Terminated,
+    TimeoutToTU,
+    TimerConfig,
+    TransactionKey,
+    TransportErrorToTU,
+    cancel_target_key,
+    client_key,
+    client_transaction,
+    new_branch,
+    server_key,
+    server_transaction,
+)
+from sip.uri import URI, format_host
+from sip.validate import check_proxy_request
+
+Log = Callable[..., None]
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, REFER, NOTIFY, SUBSCRIBE, MESSAGE"
+# Requests that create a dialog, and so are Record-Routed (§16.6 item 4, RFC 6665).
+DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
+DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
+
+
+def _noop_log(level: str, event: str, **fields: Any) -> None:
+    pass
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def uri_destination(uri: URI, conn_id: int | None = None) -> Destination | None:
+    """Where a SIP URI points, without DNS (§16.6 item 6 with an IP host, or maddr)."""
+    if not uri.is_sip:
+        return None
+    host = uri.maddr or uri.host
+    if not _is_ip(host):
+        return None
+    transport = uri.transport or ("tls" if uri.scheme == "sips" else "udp")
+    if transport not in DEFAULT_PORTS:
+        return None
+    return Destination(transport, host, uri.port or DEFAULT_PORTS[transport], conn_id)
+
+
+def _describe(dest: Destination | Source) -> str:
+    if isinstance(dest, Source):
+        return f"{dest.transport}:{format_host(dest.remote[0])}:{dest.remote[1]}"
+    return f"{dest.transport}:{format_host(dest.host)}:{dest.port}"
+
+
+@dataclass(eq=False, slots=True)
+class _ServerCtx:
+    txn: InviteServerTransaction | NonInviteServerTransaction
+    source: Source
+    reply: Destination
+    timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    forward: _Forward | None = None
+
+
+@dataclass(eq=False, slots=True)
+class _ClientCtx:
+    txn: InviteClientTransaction | NonInviteClientTransaction
+    dest: Destination
+    forward: _Forward | None
+    target: Any = None  # routing.Target when the hop came from the router
+    on_final: Callable[[Response | None], None] | None = None
+    timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    provisional: bool = False
+    cancelled: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class _Forward:
+    """One proxied request and the hops left to try for it (serial failover)."""
+
+    server: _ServerCtx
+    request: Request  # Route-processed copy, before this hop's Via and Record-Route
+    hops: list[tuple[Destination, Any]]
+    record_route: bool
+    client: _ClientCtx | None = None
+    best: Response | None = None
+    failures: list[str] = field(default_factory=list)
+    final_sent: bool = False
+    cancelled: bool = False
+    timer_c: asyncio.TimerHandle | None = None
+    dialog: Dialog | None = None
+
+
+class Proxy:
+    """The transaction user of a stateful, record-routing proxy."""
+
+    def __init__(
+        self,
+        config: Any,
+        transport: Any,
+        router: Any,
+        *,
+        log: Log | None = None,
+        dialogs: DialogTable | None = None,
+    ) -> None:
+        self.config = config
+        self.transport = transport
+        self.router = router
+        self.log: Log = log or _noop_log
+        proxy_cfg = config.proxy
+        self.limits = Limits(max_message_size=config.limits.max_message_size)
+        self.timer_config = TimerConfig(
+            t1=proxy_cfg.timer_t1, t2=proxy_cfg.timer_t2, t4=proxy_cfg.timer_t4
+        )
+        self.timer_c = float(proxy_cfg.timer_c)
+        self.max_forwards = int(proxy_cfg.max_forwards)
+        self.record_route = bool(proxy_cfg.record_route)
+        self.server_header = str(proxy_cfg.server_header)
+        self.trunk_header = str(proxy_cfg.trunk_header)
+        self.advertise = str(getattr(config.listen, "advertise", "") or "")
+        self.dialogs = dialogs or DialogTable()
+        self.flows = FlowTokens()
+        self.draining = False
+        self.counters: dict[str, int] = {}
+        self._server: dict[TransactionKey, _ServerCtx] = {}
+        self._client: dict[TransactionKey, _ClientCtx] = {}
+        self._forwards: set[_Forward] = set()
+        self._local_hosts: set[str] = set()
+        self._local_ports: set[int] = set()
+        for kind in ("udp", "tcp", "tls"):
+            for hp in getattr(config.listen, kind):
+                self._local_hosts.add(hp.host.lower())
+                self._local_ports.add(hp.port)
+        if self.advertise:
+            self._local_hosts.add(self.advertise.lower())
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._probe_task: asyncio.Task[None] | None = None
+        self._loop_secret = secrets.token_hex(4)
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._probe_task = asyncio.create_task(self._probe_loop())
+
+    async def drain(self, grace: float) -> None:
+        """Refuse new calls (503) and wait up to ``grace`` s for live ones to end."""
+        self.draining = True
+        self.log("info", "draining", dialogs=len(self.dialogs), grace=grace)
+        loop = self._get_loop()
+        deadline = loop.time() + grace
+        while (len(self.dialogs) or self._forwards) and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+
+    async def close(self) -> None:
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+        for ctx in [*self._server.values(), *self._client.values()]:
+            for handle in ctx.timers.values():
+                handle.cancel()
+        for fwd in self._forwards:
+            if fwd.timer_c is not None:
+                fwd.timer_c.cancel()
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    def _count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    # ------------------------------------------------------------ entry point
+    def on_message(self, data: bytes, source: Source) -> None:
+        """The transport layer's callback: one whole message from ``source``."""
+        try:
+            try:
+                msg = parse_message(data, self.limits, stream=source.transport != "udp")
+            except SipError as error:
+                self._count("parse_errors")
+                # Only peers we know get an answer: to a stranger it would
+                # confirm that a SIP server lives here.
+                if self._role(source) is not None:
+                    answer = salvage_response(data, error)
+                    if answer is not None:
+                        self.transport.send(answer, self._source_destination(source, None))
+                return
+            if isinstance(msg, Response):
+                self._on_response(msg, source)
+            else:
+                self._on_request(msg, source)
+        except Exception as exc:  # never let one message stop the loop
+            self._count("internal_errors")
+            self.log("error", "proxy_error", error=repr(exc), source=_describe(source))
+
+    # ------------------------------------------------------------ requests
+    def _on_request(self, req: Request, source: Source) -> None:
+        now = self._get_loop().time()
+        self._count(f"requests_{req.method.lower()}" if req.method.isalpha() else "requests_other")
+        self._stamp_via(req, source)
+        if req.method == "ACK":
+            ctx = self._server.get(server_key(req))
+            if ctx is not None:
+                self._run(ctx, ctx.txn.receive_request(req, now))
+            else:
+                self._forward_stateless(req, source)
+            return
+        if req.method == "CANCEL":
+            self._on_cancel(req, source, now)
+            return
+        key = server_key(req)
+        ctx = self._server.get(key)
+        if ctx is not None:
+            self._run(ctx, ctx.txn.receive_request(req, now))
+            return
+        role = self._role(source)
+        if role is None:
+            self._count("refused_unknown_source")
+            if req.method != "OPTIONS":  # a probe from a stranger gets nothing
+                self._reply_stateless(req, source, 403)
+            return
+        try:
+            check_proxy_request(req)
+        except SipError as error:
+            self._reply_stateless(req, source, error.status_hint, error.headers)
+            return
+        ctx = self._new_server(req, source, now)
+        if ctx is None:
+            return
+        self._route(ctx, req, role, now)
+
+    def _new_server(self, req: Request, source: Source, now: float) -> _ServerCtx | None:
+        txn = server_transaction(req, reliable=source.transport != "udp", config=self.timer_config)
+        ctx = _ServerCtx(txn, source, self._source_destination(source, req.top_via))
+        self._server[txn.key] = ctx
+        actions = txn.receive_request(req, now)
+        self._run(ctx, [a for a in actions if not isinstance(a, DeliverToTU)])
+        return ctx
+
+    def _route(self, ctx: _ServerCtx, req: Request, role: str, now: float) -> None:
+        """§16.4-16.6: decide the next hop(s) and forward."""
+        fwd_req = Request(req.method, req.uri, req.headers.copy(), req.body)
+        if role != "upstream":
+            # Only our upstreams may pick a trunk; nobody else can forge it.
+            fwd_req.headers.remove(self.trunk_header)
+        flow_conn = self._pop_own_routes(fwd_req)
+        in_dialog = fwd_req.to.tag is not None
+        to_us = self._is_us(fwd_req.uri) or req.max_forwards == 0
+        if req.method == "OPTIONS" and not in_dialog and not fwd_req.route and to_us:
+            # §11: OPTIONS addressed to the edge itself is answered here.
+            self._reply(ctx, 200, [("Allow", ALLOW), ("Accept", "application/sdp")])
+            return
+        if self._looped(fwd_req):
+            self._reply(ctx, 482)
+            return
+        if self.draining and req.method == "INVITE" and not in_dialog:
+            self._reply(ctx, 503, [("Retry-After", "60")])
+            return
+        mf = fwd_req.max_forwards
+        fwd_req.headers.set("Max-Forwards", str((self.max_forwards if mf is None else mf) - 1))
+
+        hops: list[tuple[Destination, Any]] = []
+        routes = fwd_req.route
+        if routes:
+            next_uri = routes[0].uri
+            if not next_uri.lr:
+                # §16.6 item 6: a strict router next: it gets the Request-URI
+                # it expects, and the old Request-URI goes to the end.
+                fwd_req.headers.add("Route", f"<{fwd_req.uri}>")
+                fwd_req.headers.remove_first("Route")
+                fwd_req.uri = next_uri
+            dest = uri_destination(next_uri, flow_conn)
+            if dest is None:
+                self._reply(ctx, 503, reason="Next Hop Not Resolvable")
+                return
+            hops.append((dest, None))
+        elif in_dialog:
+            # No route set left: the Request-URI is the remote target (§16.5).
+            dest = None if self._is_us(fwd_req.uri) else uri_destination(fwd_req.uri, flow_conn)
+            if dest is None:
+                self._reply(ctx, 404 if self._is_us(fwd_req.uri) else 503)
+                return
+            hops.append((dest, None))
+        else:
+            decision = self.router.route_initial(fwd_req, ctx.source.remote[0])
+            if decision.kind == "none" or not decision.targets:
+                self._reply(ctx, 404 if decision.kind == "none" else 480)
+                return
+            if decision.kind == "trunk":
+                target = decision.targets[0]
+                fwd_req.uri = fwd_req.uri.replace(host=target.host, port=target.port)
+                fwd_req.headers.remove(self.trunk_header)
+            for target in decision.targets:
+                dest = Destination(target.transport, target.host, target.port)
+                hops.append((dest, target))
+        record = self.record_route and req.method in DIALOG_CREATING and not in_dialog
+        fwd = _Forward(ctx, fwd_req, hops, record)
+        ctx.forward = fwd
+        self._forwards.add(fwd)
+        if req.method == "INVITE" and not in_dialog:
+            fwd.dialog = self.dialogs.early(
+                call_id=req.call_id,
+                from_tag=req.from_.tag or "",
+                caller=_describe(ctx.source),
+                callee=_describe(hops[0][0]),
+                from_uri=str(req.from_.uri),
+                to_uri=str(req.to.uri),
+                now=time.time(),
+            )
+        if req.method == "INVITE":
+            fwd.timer_c = self._get_loop().call_later(self.timer_c, self._on_timer_c, fwd)
+        self._try_next(fwd)
+
+    def _try_next(self, fwd: _Forward) -> None:
+        now = self._get_loop().time()
+        if fwd.cancelled:
+            self._final(fwd, 487)
+            return
+        if not fwd.hops:
+            if fwd.best is not None:
+                self._relay_final(fwd, fwd.best)
+            elif fwd.failures and all(f == "timeout" for f in fwd.failures):
+                self._final(fwd, 408)
+            else:
+                self._final(fwd, 503)
+            return
+        dest, target = fwd.hops.pop(0)
+        base = fwd.request
+        req = Request(base.method, base.uri, base.headers.copy(), base.body)
+        try:
+            if fwd.record_route:
+                self._add_record_route(req, fwd.server.source, dest)
+            req.headers.prepend("Via", self._our_via(dest.transport, new_branch()))
+        except SipError:  # no listener for that transport: this hop cannot be used
+            fwd.failures.append("transport")
+            self._try_next(fwd)
+            return
+        txn = client_transaction(req, reliable=dest.transport != "udp", config=self.timer_config)
+        cctx = _ClientCtx(txn, dest, fwd, target)
+        fwd.client = cctx
+        if fwd.dialog is not None:
+            fwd.dialog.callee = _describe(dest)
+        self._client[txn.key] = cctx
+        self._run(cctx, txn.start(now))
+
+    def _on_timer_c(self, fwd: _Forward) -> None:
+        """§16.6 item 11: no final response in time: cancel the branch, answer 408."""
+        fwd.timer_c = None
+        cctx = fwd.client
+        if cctx is not None and cctx.provisional and not cctx.cancelled:
+            self._send_cancel(cctx)
+        fwd.hops.clear()
+        if not fwd.final_sent:
+            self._final(fwd, 408)
+
+    # ------------------------------------------------------------ CANCEL
+    def _on_cancel(self, req: Request, source: Source, now: float) -> None:
+        key = server_key(req)
+        existing = self._server.get(key)
+        if existing is not None:  # a retransmitted CANCEL
+            self._run(existing, existing.txn.receive_request(req, now))
+            return
+        if self._role(source) is None:
+            return
+        invite_ctx = self._server.get(cancel_target_key(req))
+        ctx = self._new_server(req, source, now)
+        if ctx is None:
+            return
+        if invite_ctx is None or invite_ctx.forward is None:
+            self._reply(ctx, 481)
+            return
+        self._reply(ctx, 200)  # §16.10: CANCEL is answered hop by hop
+        fwd = invite_ctx.forward
+        if fwd.final_sent or fwd.cancelled:
+            return
+        fwd.cancelled = True
+        fwd.hops.clear()
+        cctx = fwd.client
+        if cctx is not None and cctx.provisional:
+            self._send_cancel(cctx)
+        # Otherwise §9.1: wait for a provisional response before cancelling;
+        # _on_client_response sends the CANCEL when it comes.
+
+    def _send_cancel(self, cctx: _ClientCtx) -> None:
+        if cctx.cancelled:
+            return
+        cctx.cancelled = True
+        invite = cctx.txn.request
+        headers: list[tuple[str, Any]] = [("Via", str(invite.top_via))]
+        headers += [("Route", r) for r in invite.headers.get_all("Route")]
+        headers += [
+            ("Max-Forwards", str(self.max_forwards)),
+            ("From", invite.headers.get("From") or ""),
+            ("To", invite.headers.get("To") or ""),
+            ("Call-ID", invite.call_id),
+            ("CSeq", f"{invite.cseq.number} CANCEL"),
+        ]
+        cancel = Request("CANCEL", invite.uri, headers)
+        txn = NonInviteClientTransaction(
+            cancel, reliable=cctx.dest.transport != "udp", config=self.timer_config
+        )
+        cancel_ctx = _ClientCtx(txn, cctx.dest, None)
+        self._client[txn.key] = cancel_ctx
+        self._run(cancel_ctx, txn.start(self._get_loop().time()))
+
+    # ------------------------------------------------------------ responses
+    def _on_response(self, resp: Response, source: Source) -> None:
+        try:
+            key = client_key(resp)
+        except SipError:
+            return
+        cctx = self._client.get(key)
+        if cctx is not None:
+            self._run(cctx, cctx.txn.receive_response(resp, self._get_loop().time()))
+            return
+        self._forward_response_stateless(resp)
+
+    def _on_client_response(self, cctx: _ClientCtx, resp: Response) -> None:
+        fwd = cctx.forward
+        if fwd is None:
+            if cctx.on_final is not None and resp.status >= 200:
+                cctx.on_final(resp)
+            return
+        status = resp.status
+        if status < 200:
+            cctx.provisional = True
+            if fwd.cancelled:
+                self._send_cancel(cctx)
+                return
+            if status == 100:
+                return  # §16.7 step 5: 100 Trying is hop by hop
+            if fwd.timer_c is not None:  # §16.7 step 2: a provisional resets Timer C
+                fwd.timer_c.cancel()
+                fwd.timer_c = self._get_loop().call_later(self.timer_c, self._on_timer_c, fwd)
+            self._relay(fwd, resp)
+            return
+        if status < 300:
+            # Every 2xx goes upstream, retransmissions too (RFC 6026 §8.4).
+            if fwd.dialog is not None:
+                self.dialogs.confirm(fwd.dialog, resp.to.tag, time.time())
+            if fwd.request.method == "BYE":
+                self._end_dialog(fwd.request, "bye")
+            fwd.final_sent = True
+            self._stop_timer_c(fwd)
+            self._relay(fwd, resp)
+            return
+        if fwd.final_sent or cctx is not fwd.client:
+            return
+        if status == 503 or status == 408:
+            if cctx.target is not None and status == 503:
+                self.router.report_failure(cctx.target, self._get_loop().time())
+            fwd.failures.append(str(status))
+            if fwd.best is None or status != 408:
+                fwd.best = resp
+            if fwd.hops and not fwd.cancelled:
+                self._try_next(fwd)
+                return
+        self._relay_final(fwd, resp)
+
+    def _on_client_failure(self, cctx: _ClientCtx, kind: str) -> None:
+        """Timer B/F fired or the transport failed: try the next hop (§16.7 step 2)."""
+        fwd = cctx.forward
+        if fwd is None:
+            if cctx.on_final is not None:
+                cctx.on_final(None)
+            return
+        if cctx is not fwd.client or fwd.final_sent:
+            return
+        if cctx.target is not None:
+            self.router.report_failure(cctx.target, self._get_loop().time())
+        fwd.failures.append(kind)
+        self.log("warning", "next_hop_failed", hop=_describe(cctx.dest), reason=kind)
+        self._try_next(fwd)
+
+    def _relay(self, fwd: _Forward, resp: Response) -> None:
+        """Send a downstream response upstream through the server transaction."""
+        resp.headers.remove_first("Via")
+        if self.server_header:
+            resp.headers.set("Server", self.server_header)
+        self._run(fwd.server, fwd.server.txn.send_response(resp, self._get_loop().time()))
+
+    def _relay_final(self, fwd: _Forward, resp: Response) -> None:
+        fwd.final_sent = True
+        self._stop_timer_c(fwd)
+        if fwd.dialog is not None:
+            self.dialogs.end(fwd.dialog, time.time(), f"failed-{resp.status}")
+            fwd.dialog = None
+        if fwd.request.method == "BYE":
+            self._end_dialog(fwd.request, "bye")
+        self._relay(fwd, resp)
+
+    def _final(self, fwd: _Forward, status: int) -> None:
+        """A final response of our own for a request we could not get through."""
+        if fwd.final_sent:
+            return
+        fwd.final_sent = True
+        self._stop_timer_c(fwd)
+        if fwd.dialog is not None:
+            self.dialogs.end(fwd.dialog, time.time(), f"failed-{status}")
+            fwd.dialog = None
+        self._reply(fwd.server, status)
+
+    def _stop_timer_c(self, fwd: _Forward) -> None:
+        if fwd.timer_c is not None:
+            fwd.timer_c.cancel()
+            fwd.timer_c = None
+
+    def _end_dialog(self, req: Request, reason: str) -> None:
+        dialog = self.dialogs.get(req.call_id, req.from_.tag, req.to.tag)
+        if dialog is not None:
+            self.dialogs.end(dialog, time.time(), reason)
+
+    # ------------------------------------------------------------ stateless
+    def _forward_stateless(self, req: Request, source: Source) -> None:
+        """An ACK for a 2xx (end to end, §13.2.2.4), forwarded along its route."""
+        if self._role(source) is None:
+            return
+        flow_conn = self._pop_own_routes(req)
+        mf = req.max_forwards
+        if mf is not None and mf <= 0:
+            return
+        req.headers.set("Max-Forwards", str((self.max_forwards if mf is None else mf) - 1))
+        routes = req.route
+        next_uri = routes[0].uri if routes else req.uri
+        dest = uri_destination(next_uri, flow_conn)
+        if dest is None or (not routes and self._is_us(req.uri)):
+            return
+        # The same ACK retransmitted gets the same branch (§16.11).
+        incoming = req.top_via.branch or ""
+        digest = hashlib.sha256(f"{self._loop_secret}|{incoming}|{next_uri}".encode()).hexdigest()
+        req.headers.prepend("Via", self._our_via(dest.transport, f"{MAGIC_COOKIE}a{digest[:24]}"))
+        self.transport.send(bytes(req), dest)
+
+    def _forward_response_stateless(self, resp: Response) -> None:
+        vias = resp.via
+        if len(vias) < 2 or not self._is_our_via(vias[0]):
+            return
+        resp.headers.remove_first("Via")
+        nxt = vias[1]
+        transport = nxt.transport.lower()
+        if transport not in DEFAULT_PORTS:
+            return
+        host = nxt.received or nxt.host
+        port = nxt.rport or nxt.port or DEFAULT_PORTS[transport]
+        if not _is_ip(host):
+            return
+        self.transport.send(bytes(resp), Destination(transport, host, port))
+
+    # ------------------------------------------------------------ replies
+    def _reply(
+        self,
+        ctx: _ServerCtx,
+        status: int,
+        headers: list[tuple[str, str]] | tuple[tuple[str, str], ...] = (),
+        reason: str | None = None,
+    ) -> None:
+        extra = list(headers)
+        if self.server_header:
+            extra.append(("Server", self.server_header))
+        to_tag = secrets.token_hex(6) if status > 100 else None
+        resp = make_response(ctx.txn.request, status, reason, to_tag=to_tag, headers=extra)
+        if ctx.forward is not None:
+            ctx.forward.final_sent = True
+        self._run(ctx, ctx.txn.send_response(resp, self._get_loop().time()))
+
+    def _reply_stateless(
+        self,
+        req: Request,
+        source: Source,
+        status: int,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        extra = list(headers)
+        if self.server_header:
+            extra.append(("Server", self.server_header))
+        resp = make_response(req, status, to_tag=secrets.token_hex(6), headers=extra)
+        self.transport.send(bytes(resp), self._source_destination(source, req.top_via))
+
+    # ------------------------------------------------------------ the action loop
+    def _run(self, ctx: _ServerCtx | _ClientCtx, actions: list[Any]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                self._send(ctx, action.message)
+            elif isinstance(action, StartTimer):
+                old = ctx.timers.pop(action.name, None)
+                if old is not None:
+                    old.cancel()
+                ctx.timers[action.name] = self._get_loop().call_later(
+                    action.delay, self._on_timer, ctx, action.name
+                )
+            elif isinstance(action, CancelTimer):
+                handle = ctx.timers.pop(action.name, None)
+                if handle is not None:
+                    handle.cancel()
+            elif isinstance(action, DeliverToTU):
+                if isinstance(ctx, _ClientCtx):
+                    assert isinstance(action.message, Response)
+                    self._on_client_response(ctx, action.message)
+                elif isinstance(action.message, Request) and action.message.method == "ACK":
+                    # An ACK for a 2xx matched the INVITE (RFC 6026 Accepted):
+                    # it is end to end, so it travels on statelessly.
+                    self._forward_stateless(action.message, ctx.source)
+            elif isinstance(action, TimeoutToTU):
+                if isinstance(ctx, _ClientCtx):
+                    self._on_client_failure(ctx, "timeout")
+            elif isinstance(action, TransportErrorToTU):
+                if isinstance(ctx, _ClientCtx):
+                    self._on_client_failure(ctx, "transport")
+            elif isinstance(action, Terminated):
+                self._terminated(ctx)
+
+    def _terminated(self, ctx: _ServerCtx | _ClientCtx) -> None:
+        for handle in ctx.timers.values():
+            handle.cancel()
+        ctx.timers.clear()
+        if isinstance(ctx, _ServerCtx):
+            if self._server.get(ctx.txn.key) is ctx:
+                del self._server[ctx.txn.key]
+            if ctx.forward is not None:
+                self._stop_timer_c(ctx.forward)
+                self._forwards.discard(ctx.forward)
+        elif self._client.get(ctx.txn.key) is ctx:
+            del self._client[ctx.txn.key]
+
+    def _on_timer(self, ctx: _ServerCtx | _ClientCtx, name: Any) -> None:
+        if ctx.timers.pop(name, None) is None:
+            return
+        try:
+            self._run(ctx, ctx.txn.timer_fired(name, self._get_loop().time()))
+        except Exception as exc:
+            self.log("error", "timer_error", error=repr(exc))
+
+    def _send(self, ctx: _ServerCtx | _ClientCtx, message: Request | Response) -> None:
+        data = bytes(message)
+        dest = ctx.dest if isinstance(ctx, _ClientCtx) else ctx.reply
+        loop = self._get_loop()
+
+        def failed() -> None:
+            loop.call_soon(self._transport_failed, ctx)
+
+        self.transport.send(data, dest, failed)
+
+    def _transport_failed(self, ctx: _ServerCtx | _ClientCtx) -> None:
+        self._run(ctx, ctx.txn.transport_error(self._get_loop().time()))
+
+    # ------------------------------------------------------------ headers
+    def _stamp_via(self, req: Request, source: Source) -> None:
+        """RFC 3261 §18.2.1 and RFC 3581 §4: note where the request really came from."""
+        via = req.top_via
+        ip = source.remote[0]
+        changed = via
+        if via.host != ip:
+            changed = changed.with_param("received", ip)
+        if via.wants_rport and via.rport is None:
+            changed = changed.with_param("rport", str(source.remote[1]))
+        if changed is not via:
+            req.headers.remove_first("Via")
+            req.headers.prepend("Via", changed)
+        if source.conn_id is not None and has_param(via.params, "alias"):
+            # RFC 5923: the peer offers this connection for requests to its sent-by.
+            self.transport.register_alias(source.conn_id, via.host, via.port or 5060)
+
+    def _source_destination(self, source: Source, via: Via | None) -> Destination:
+        """Where responses to a request from ``source`` go (§18.2.2, RFC 3581 §4)."""
+        host, port = source.remote
+        if source.transport == "udp" and via is not None and not via.wants_rport:
+            port = via.port or 5060
+        return Destination(source.transport, host, port, source.conn_id)
+
+    def _local(self, transport: str, family_host: str | None = None) -> tuple[str, int]:
+        family = 10 if family_host is not None and ":" in family_host else 2
+        addr = self.transport.local_address(transport, family)
+        if addr is None:
+            addr = self.transport.local_address(transport)
+        if addr is None:
+            raise SipError(f"no {transport} listener", 503)
+        host, port = addr
+        if self.advertise:
+            host = self.advertise
+        return host, port
+
+    def _our_via(self, transport: str, branch: str) -> str:
+        host, port = self._local(transport)
+        return f"SIP/2.0/{transport.upper()} {format_host(host)}:{port};branch={branch};rport"
+
+    def _rr_value(self, transport: str, user: str | None = None) -> str:
+        host, port = self._local(transport)
+        userinfo = f"{user}@" if user else ""
+        return f"<sip:{userinfo}{format_host(host)}:{port};transport={transport};lr>"
+
+    def _add_record_route(self, req: Request, source: Source, dest: Destination) -> None:
+        """§16.6 item 4; RFC 5658 §4: two entries when the two sides differ."""
+        token = None
+        if source.conn_id is not None:
+            token = self.flows.make(source.conn_id, source.remote)
+        inbound = self._rr_value(source.transport, token)
+        if token is None and source.transport == dest.transport:
+            req.headers.prepend("Record-Route", inbound)
+            return
+        req.headers.prepend("Record-Route", inbound)
+        req.headers.prepend("Record-Route", self._rr_value(dest.transport))
+
+    def _pop_own_routes(self, req: Request) -> int | None:
+        """§16.4: remove the Route entries that name us; return a flow's connection.
+
+        Also the strict-router fix of §16.4: a Request-URI that is one of our
+        Record-Route values came from a strict router, and the real one is the
+        last Route value.
+        """
+        if self._is_us(req.uri) and req.uri.lr and "route" in req.headers:
+            routes = req.route
+            last = routes[-1]
+            req.headers.remove("Route")
+            for route in routes[:-1]:
+                req.headers.add("Route", str(route))
+            req.uri = last.uri
+        popped: list[NameAddr] = []
+        while True:
+            routes = req.route if "route" in req.headers else []
+            if not routes or not self._is_us(routes[0].uri):
+                break
+            popped.append(routes[0])
+            req.headers.remove_first("Route")
+        if not popped:
+            return None
+        user = popped[-1].uri.user
+        if user is None:
+            return None
+        return self.flows.check(user, self.transport.connection_remote)
+
+    def _is_us(self, uri: URI) -> bool:
+        if not uri.is_sip or uri.host.lower() not in self._local_hosts:
+            return False
+        transport = uri.transport or ("tls" if uri.scheme == "sips" else "udp")
+        port = uri.port or DEFAULT_PORTS.get(transport, 5060)
+        return port in self._local_ports
+
+    def _is_our_via(self, via: Via) -> bool:
+        return via.host.lower() in self._local_hosts and (via.port or 5060) in self._local_ports
+
+    def _looped(self, req: Request) -> bool:
+        """§16.3 item 4 / §16.6 item 8 loop detection by branch hash.
+
+        Our branches do not encode the request (they are random), so a
+        spiral cannot be told from a loop; Max-Forwards (483) ends true
+        loops.  Here we only refuse the obvious case: our own Via already
+        twice in the path.
+        """
+        ours = sum(1 for via in req.via if self._is_our_via(via))
+        return ours >= 2
+
+    def _role(self, source: Source) -> str | None:
+        """'upstream' (one of our targets), 'carrier' (a trunk's allowlist), or None."""
+        ip = source.remote[0]
+        if self.router.is_upstream_source(ip):
+            return "upstream"
+        if self.router.trunk_for_source(ip) is not None:
+            return "carrier"
+        return None
+
+    # ------------------------------------------------------------ health probes
+    async def _probe_loop(self) -> None:
+        loop = self._get_loop()
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                for target in self.router.probe_targets(loop.time()):
+                    self._probe(target)
+            except Exception as exc:
+                self.log("error", "probe_error", error=repr(exc))
+
+    def _probe(self, target: Any) -> None:
+        dest = Destination(target.transport, target.host, target.port)
+        host, _ = self._local(dest.transport)
+        headers: list[tuple[str, Any]] = [
+            ("Via", self._our_via(dest.transport, new_branch())),
+            ("Max-Forwards", "70"),
+            ("From", f"<sip:sipedge@{format_host(host)}>;tag={secrets.token_hex(6)}"),
+            ("To", f"<{target.uri}>"),
+            ("Call-ID", secrets.token_hex(12)),
+            ("CSeq", "1 OPTIONS"),
+        ]
+        req = Request("OPTIONS", target.uri, headers)
+        txn = NonInviteClientTransaction(
+            req, reliable=dest.transport != "udp", config=self.timer_config
+        )
+        loop = self._get_loop()
+
+        def done(resp: Response | None) -> None:
+            # Any answer but 408/503 proves the target is alive (§11.2).
+            ok = resp is not None and resp.status not in (408, 503)
+            self.router.report_probe(target, ok, loop.time())
+
+        cctx = _ClientCtx(txn, dest, None, target, on_final=done)
+        self._client[txn.key] = cctx
+        self._run(cctx, txn.start(loop.time()))
