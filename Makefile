@@ -69,6 +69,7 @@ test: install devcert lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install
+	@DEPS_BENCH=1 PYTHON=$(PYTHON) scripts/debian-deps.sh
 	@shopt -s nullglob; scripts=(bench/bench_*.py); \
 	if [ $${#scripts[@]} -eq 0 ]; then echo "bench: no bench/bench_*.py yet"; exit 0; fi; \
 	for f in "$${scripts[@]}"; do echo "== $$f"; $(BIN)/python "$$f"; done

@@ -13,7 +13,10 @@ BUILD_PACKAGES=(build-essential libssl-dev)
 # Real peers and tools the test suite drives.  Later issues add theirs here as their
 # tests need them: baresip-core, kamailio, rtpengine-daemon, chromium, chromium-driver,
 # stunnel4, tshark, redis-server (see shared/peers/README.md for how each is used).
-TEST_PACKAGES=(sip-tester openssl)
+TEST_PACKAGES=(sip-tester openssl stunnel4)
+
+# Only for `make bench` (DEPS_BENCH=1): the reference proxy the benchmarks compare against.
+BENCH_PACKAGES=(kamailio kamailio-tls-modules)
 
 PYTHON=${PYTHON:-python3}
 
@@ -37,6 +40,7 @@ EOF
 
 all_packages() {
     printf '%s\n' "${BUILD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
+    if [ "${DEPS_BENCH:-0}" = 1 ]; then printf '%s\n' "${BENCH_PACKAGES[@]}"; fi
     python_packages | tr ' ' '\n'
 }
 
