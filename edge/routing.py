@@ -22,8 +22,6 @@ Rules of this file:
 - Hosts are compared as IP addresses; no DNS lookups here.  A source IP matches an
   upstream target only by an IP-literal target host.
 
-Configuration objects are read through the small read-only protocols below, so that
-this module depends on the shape of :mod:`edge.config` and not on its import.
 """
 
 from __future__ import annotations
@@ -31,15 +29,15 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final
 from urllib.parse import unquote
 
+from edge.config import ECHO_SET, Config, TrunkConfig
 from sip.message import Request
 
 __all__ = [
-    "ECHO_SET",
     "RouteDecision",
     "Router",
     "Target",
@@ -49,97 +47,10 @@ __all__ = [
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-#: Name of the set that holds the built-in echo endpoint when ``upstream.echo`` is on.
-ECHO_SET: Final = "echo"
-
 # A probe whose outcome was never reported (a proxy bug, or a task cancelled at
 # shutdown) stops blocking the next one after this long: 64*T1, the longest an
 # OPTIONS client transaction can run (RFC 3261 §17.1.2.2, Timer F).
 _PROBE_STALE: Final = 32.0
-
-
-# ------------------------------------------------------------------- config shapes
-
-
-class _HostPortLike(Protocol):
-    @property
-    def host(self) -> str: ...
-    @property
-    def port(self) -> int: ...
-
-
-class _EchoLike(Protocol):
-    @property
-    def address(self) -> _HostPortLike: ...
-
-
-class TargetConfigLike(Protocol):
-    @property
-    def uri(self) -> str: ...
-    @property
-    def transport(self) -> str: ...
-    @property
-    def host(self) -> str: ...
-    @property
-    def port(self) -> int: ...
-    @property
-    def weight(self) -> int: ...
-
-
-class UpstreamSetConfigLike(Protocol):
-    @property
-    def name(self) -> str: ...
-    @property
-    def algorithm(self) -> str: ...
-    @property
-    def targets(self) -> Sequence[TargetConfigLike]: ...
-    @property
-    def probe_interval(self) -> float: ...
-    @property
-    def probe_failures(self) -> int: ...
-    @property
-    def probe_successes(self) -> int: ...
-
-
-class _UpstreamLike(Protocol):
-    @property
-    def echo(self) -> bool: ...
-    @property
-    def sets(self) -> Sequence[UpstreamSetConfigLike]: ...
-    def resolved_default(self) -> str: ...
-
-
-class TrunkConfigLike(Protocol):
-    @property
-    def name(self) -> str: ...
-    @property
-    def allow(self) -> Sequence[IPNetwork]: ...
-    @property
-    def address(self) -> str: ...
-    @property
-    def transport(self) -> str: ...
-    @property
-    def host(self) -> str | None: ...
-    @property
-    def port(self) -> int | None: ...
-    @property
-    def prefixes(self) -> Sequence[str]: ...
-
-
-class _ProxyLike(Protocol):
-    @property
-    def trunk_header(self) -> str: ...
-
-
-class ConfigLike(Protocol):
-    @property
-    def upstream(self) -> _UpstreamLike: ...
-    @property
-    def echo(self) -> _EchoLike: ...
-    @property
-    def trunks(self) -> Sequence[TrunkConfigLike]: ...
-    @property
-    def proxy(self) -> _ProxyLike: ...
 
 
 # ------------------------------------------------------------------------ results
@@ -245,7 +156,7 @@ class Router:
 
     def __init__(
         self,
-        config: ConfigLike,
+        config: Config,
         *,
         echo_address: tuple[str, int] | None = None,
         log: Callable[..., None] | None = None,
@@ -286,13 +197,13 @@ class Router:
         # Trunks: allowlist networks, most specific first (stable: ties keep config order).
         allow = [(net, trunk) for trunk in config.trunks for net in trunk.allow]
         allow.sort(key=lambda pair: -pair[0].prefixlen)
-        self._allow: tuple[tuple[IPNetwork, TrunkConfigLike], ...] = tuple(allow)
-        self._trunks: dict[str, TrunkConfigLike] = {t.name: t for t in config.trunks}
+        self._allow: tuple[tuple[IPNetwork, TrunkConfig], ...] = tuple(allow)
+        self._trunks: dict[str, TrunkConfig] = {t.name: t for t in config.trunks}
         prefixes = [
             (normalize_number(p), t) for t in config.trunks if _routable(t) for p in t.prefixes
         ]
         prefixes.sort(key=lambda pair: -len(pair[0]))
-        self._prefixes: tuple[tuple[str, TrunkConfigLike], ...] = tuple(prefixes)
+        self._prefixes: tuple[tuple[str, TrunkConfig], ...] = tuple(prefixes)
 
     # ------------------------------------------------------------------ decisions
 
@@ -310,7 +221,7 @@ class Router:
         addr = _ip(ip)
         return addr is not None and addr in self._upstream_ips
 
-    def trunk_for_source(self, ip: str) -> TrunkConfigLike | None:
+    def trunk_for_source(self, ip: str) -> TrunkConfig | None:
         """The trunk whose allowlist holds ``ip``; the longest matching prefix wins."""
         addr = _ip(ip)
         if addr is None:
@@ -320,11 +231,10 @@ class Router:
                 return trunk
         return None
 
-    def trunk_target(self, trunk: TrunkConfigLike) -> Target | None:
+    def trunk_target(self, trunk: TrunkConfig) -> Target | None:
         """The next hop of a trunk, or None for a trunk that only sends to us."""
         if not _routable(trunk):
             return None
-        assert trunk.host is not None
         transport = trunk.transport.lower()
         port = trunk.port or (5061 if transport == "tls" else 5060)  # RFC 3261 §19.1.2
         return Target(trunk.address, transport, trunk.host, port, 1, trunk.name)
@@ -467,6 +377,6 @@ class Router:
             self._log(level, event, **fields)
 
 
-def _routable(trunk: TrunkConfigLike) -> bool:
+def _routable(trunk: TrunkConfig) -> bool:
     """A trunk we can send to: it has an address (others only send calls to us)."""
-    return bool(trunk.address) and trunk.host is not None
+    return bool(trunk.address and trunk.host)
