@@ -1,31 +1,36 @@
 """The ``sipedge`` command line.
 
 Exit statuses:
-  0  success
-  2  usage or configuration error (one line on stderr naming the key)
-  3  ``run``: the configuration is valid but the proxy is not built yet
+  0  success (``run``: stopped by SIGTERM/SIGINT after draining)
+  1  ``run``: an internal failure (logged with its traceback)
+  2  usage or configuration error, or a start-up failure the operator can fix
+     (a port in use, an unreadable certificate): one line naming the key
+
+Configuration errors are one plain line on stderr (a person is reading);
+``run`` logs everything else as JSON lines on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
 
 from edge import __version__, config
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
-EXIT_NOT_BUILT = 3
+
+_B64_WARNING = "visible to every local user in the process list: prefer the environment variable"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sipedge",
         description="SIP/RTP edge proxy (session border controller).",
+        epilog="Every configuration key is documented in docs/configuration.md.",
     )
     parser.add_argument("--version", action="version", version=f"sipedge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -33,9 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="validate the configuration and run the proxy",
-        description="Validate the configuration, then run the proxy in the foreground.",
+        description=(
+            "Validate the configuration, then run the proxy in the foreground, logging JSON "
+            "lines on stdout. SIGTERM or SIGINT drains (new calls get 503, live calls may "
+            "finish for proxy.drain_grace seconds) and exits 0; SIGHUP reloads the TLS "
+            "certificate."
+        ),
     )
-    run.add_argument("--config", required=True, metavar="FILE", help="TOML configuration file")
+    _common_arguments(run)
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser(
@@ -43,64 +53,69 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate a configuration file and print the effective configuration",
         description=(
             "Validate a configuration file. On success print the effective configuration "
-            "(defaults filled in) as JSON and exit 0; on error print one line naming the "
-            "key and exit 2."
+            "(defaults filled in, secrets left out) as JSON and exit 0; on error print one "
+            "line naming the key and exit 2."
         ),
     )
-    check.add_argument("--config", required=True, metavar="FILE", help="TOML configuration file")
+    _common_arguments(check)
     check.set_defaults(func=cmd_check_config)
     return parser
 
 
-def _load(path: str) -> config.Config | None:
+def _common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, metavar="FILE", help="TOML configuration file")
+    parser.add_argument(
+        "--tls-cert-base64",
+        metavar="B64",
+        help=(
+            f"TLS certificate chain (PEM) as base64, instead of tls.cert; "
+            f"or set {config.ENV_CERT_B64} ({_B64_WARNING})"
+        ),
+    )
+    parser.add_argument(
+        "--tls-key-base64",
+        metavar="B64",
+        help=(
+            f"TLS private key (PEM) as base64, instead of tls.key; "
+            f"or set {config.ENV_KEY_B64} ({_B64_WARNING})"
+        ),
+    )
+
+
+def _load(args: argparse.Namespace, env: Mapping[str, str]) -> config.Config | None:
     try:
-        return config.load(path)
+        return config.load(
+            args.config, env=env, cert_b64=args.tls_cert_base64, key_b64=args.tls_key_base64
+        )
     except config.ConfigError as e:
-        print(f"sipedge: {path}: {e}", file=sys.stderr)
+        print(f"sipedge: {args.config}: {e}", file=sys.stderr)
         return None
 
 
-def cmd_check_config(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
+def cmd_check_config(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    cfg = _load(args, env)
     if cfg is None:
         return EXIT_CONFIG
     print(json.dumps(config.to_dict(cfg), indent=2))
     return EXIT_OK
 
 
-def log(level: str, event: str, **fields: Any) -> None:
-    """One JSON object per line on stderr (the proxy's log format)."""
-    record = {
-        "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z",
-        "level": level,
-        "event": event,
-        **fields,
-    }
-    print(json.dumps(record), file=sys.stderr, flush=True)
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    cfg = _load(args.config)
+def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    cfg = _load(args, env)
     if cfg is None:
         return EXIT_CONFIG
-    log(
-        "error",
-        "proxy_not_built",
-        msg="configuration is valid, but the SIP proxy is not built yet "
-        "(it lands with the edge issue); exiting",
-        config=args.config,
-        version=__version__,
-    )
-    return EXIT_NOT_BUILT
+    from edge import app  # not imported by check-config: it pulls in the whole proxy
+
+    return app.run(cfg)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_CONFIG
-    status: int = args.func(args)
+    status: int = args.func(args, os.environ if env is None else env)
     return status
 
 
