@@ -11,6 +11,7 @@ a failed INVITE, or the maximum call age.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 
@@ -51,7 +52,7 @@ class DialogTable:
     def __len__(self) -> int:
         return len(self._dialogs)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Dialog]:
         return iter(list(self._dialogs.values()))
 
     def get(self, call_id: str, from_tag: str | None, to_tag: str | None = None) -> Dialog | None:

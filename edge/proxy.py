@@ -212,7 +212,8 @@ class Proxy:
     async def close(self) -> None:
         if self._probe_task is not None:
             self._probe_task.cancel()
-        for ctx in [*self._server.values(), *self._client.values()]:
+        contexts: list[_ServerCtx | _ClientCtx] = [*self._server.values(), *self._client.values()]
+        for ctx in contexts:
             for handle in ctx.timers.values():
                 handle.cancel()
         for fwd in self._forwards:

@@ -1,0 +1,379 @@
+"""The proxy core against an in-memory transport: RFC 3261 §16 behaviour, message by message.
+
+The transport and router here are stand-ins that record what the proxy sends;
+the end-to-end tests (tests/test_e2e_proxy.py) drive the same paths with sipp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from edge.proxy import Proxy
+from edge.transport import Destination, Source
+from sip.message import Request, Response, parse_message
+from tests.sipdata import build
+
+EDGE = ("127.0.0.1", 5060)
+CALLER = ("127.0.0.1", 5070)
+PBX1 = ("127.0.0.2", 5080)
+PBX2 = ("127.0.0.3", 5080)
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.sent: list[tuple[Request | Response, Destination]] = []
+        self.conns: dict[int, tuple[str, int]] = {}
+        self.fail: set[tuple[str, int]] = set()
+
+    def send(self, data: bytes, dest: Destination, on_error: Any = None) -> None:
+        self.sent.append((parse_message(data), dest))
+        if (dest.host, dest.port) in self.fail and on_error is not None:
+            on_error()
+
+    def local_address(self, transport: str, family: int = 2) -> tuple[str, int]:
+        return ("127.0.0.1", 5061 if transport == "tls" else 5060)
+
+    def register_alias(self, conn_id: int, host: str, port: int) -> None:
+        pass
+
+    def connection_remote(self, conn_id: int) -> tuple[str, int] | None:
+        return self.conns.get(conn_id)
+
+    def take(self) -> list[tuple[Request | Response, Destination]]:
+        out, self.sent = self.sent, []
+        return out
+
+
+class StubRouter:
+    def __init__(self, targets: list[tuple[str, int]], transport: str = "udp") -> None:
+        self.targets = [
+            SimpleNamespace(
+                uri=f"sip:{h}:{p};transport={transport}", transport=transport, host=h, port=p
+            )
+            for h, p in targets
+        ]
+        self.failures: list[Any] = []
+
+    def route_initial(self, request: Request, source_ip: str) -> Any:
+        return SimpleNamespace(kind="upstream", name="pbx", targets=tuple(self.targets))
+
+    def is_upstream_source(self, ip: str) -> bool:
+        return ip in ("127.0.0.2", "127.0.0.3")
+
+    def trunk_for_source(self, ip: str) -> Any:
+        return SimpleNamespace(name="loopback") if ip == "127.0.0.1" else None
+
+    def report_failure(self, target: Any, now: float) -> None:
+        self.failures.append(target)
+
+    def report_probe(self, target: Any, ok: bool, now: float) -> None:
+        pass
+
+    def probe_targets(self, now: float) -> list[Any]:
+        return []
+
+
+def make_config(t1: float = 0.5) -> Any:
+    hp = SimpleNamespace
+    return SimpleNamespace(
+        listen=SimpleNamespace(
+            udp=(hp(host="127.0.0.1", port=5060),),
+            tcp=(hp(host="127.0.0.1", port=5060),),
+            tls=(hp(host="127.0.0.1", port=5061),),
+            advertise="",
+        ),
+        limits=SimpleNamespace(max_message_size=65536),
+        proxy=SimpleNamespace(
+            record_route=True,
+            max_forwards=70,
+            drain_grace=1.0,
+            server_header="",
+            timer_t1=t1,
+            timer_t2=4.0,
+            timer_t4=5.0,
+            timer_c=180.0,
+            trunk_header="X-Sipedge-Trunk",
+        ),
+    )
+
+
+def invite(branch: str = "z9hG4bKcaller1", extra: tuple[str, ...] = ()) -> bytes:
+    return build(
+        "INVITE sip:1000@127.0.0.1:5060 SIP/2.0",
+        f"Via: SIP/2.0/UDP 127.0.0.1:5070;branch={branch};rport",
+        "Max-Forwards: 70",
+        "From: <sip:alice@127.0.0.1:5070>;tag=a1",
+        "To: <sip:1000@127.0.0.1:5060>",
+        "Call-ID: call-1@127.0.0.1",
+        "CSeq: 1 INVITE",
+        "Contact: <sip:alice@127.0.0.1:5070>",
+        *extra,
+        "Content-Length: 0",
+    )
+
+
+def udp(remote: tuple[str, int]) -> Source:
+    return Source("udp", remote, EDGE)
+
+
+def answer(req: Request, status: int, to_tag: str = "b1", extra: tuple[str, ...] = ()) -> bytes:
+    vias = [f"Via: {v}" for v in req.headers.get_all("Via")]
+    rr = [f"Record-Route: {v}" for v in req.headers.get_all("Record-Route")]
+    to = req.headers.get("To") or ""
+    if "tag=" not in to:
+        to += f";tag={to_tag}"
+    return build(
+        f"SIP/2.0 {status} X",
+        *vias,
+        *rr,
+        f"From: {req.headers.get('From')}",
+        f"To: {to}",
+        f"Call-ID: {req.call_id}",
+        f"CSeq: {req.headers.get('CSeq')}",
+        "Contact: <sip:pbx@127.0.0.2:5080>",
+        *extra,
+        "Content-Length: 0",
+    )
+
+
+@pytest.fixture
+async def proxy() -> Any:
+    transport = FakeTransport()
+    p = Proxy(make_config(), transport, StubRouter([PBX1, PBX2]))
+    await p.start()
+    yield p
+    await p.close()
+
+
+def only(sent: list[tuple[Any, Destination]], kind: type) -> list[tuple[Any, Destination]]:
+    return [(m, d) for m, d in sent if isinstance(m, kind)]
+
+
+async def test_invite_is_forwarded_with_via_rr_and_max_forwards(proxy: Proxy) -> None:
+    t: FakeTransport = proxy.transport
+    proxy.on_message(invite(), udp(("127.0.0.9", 5070)))  # a stranger
+    ((resp, dest),) = t.take()
+    assert isinstance(resp, Response) and resp.status == 403
+    proxy.on_message(invite(), udp(CALLER))
+    sent = t.take()
+    trying = only(sent, Response)
+    assert [r.status for r, _ in trying] == [100]
+    assert trying[0][1] == Destination("udp", "127.0.0.1", 5070)
+    ((fwd, dest),) = only(sent, Request)
+    assert dest == Destination("udp", *PBX1)
+    assert fwd.max_forwards == 69
+    ours, theirs = fwd.via
+    assert ours.host == "127.0.0.1" and ours.port == 5060 and ours.branch.startswith("z9hG4bK")
+    assert theirs.branch == "z9hG4bKcaller1" and theirs.rport == 5070
+    assert fwd.headers.get_all("Record-Route") == ["<sip:127.0.0.1:5060;transport=udp;lr>"]
+    # A retransmitted INVITE is absorbed: the 100 again, nothing forwarded.
+    proxy.on_message(invite(), udp(CALLER))
+    assert [m.status for m, _ in t.take() if isinstance(m, Response)] == [100]
+
+
+async def test_call_setup_ack_and_bye(proxy: Proxy) -> None:
+    t: FakeTransport = proxy.transport
+    proxy.on_message(invite(), udp(CALLER))
+    ((fwd, _),) = only(t.take(), Request)
+    proxy.on_message(answer(fwd, 180), udp(PBX1))
+    ((ringing, dest),) = t.take()
+    assert isinstance(ringing, Response) and ringing.status == 180
+    assert len(ringing.via) == 1 and dest == Destination("udp", *CALLER)
+    proxy.on_message(answer(fwd, 200), udp(PBX1))
+    ((ok, _),) = t.take()
+    assert isinstance(ok, Response) and ok.status == 200
+    assert len(proxy.dialogs) == 1
+    # The caller ACKs along the route set: Route is our Record-Route.
+    ack = build(
+        "ACK sip:pbx@127.0.0.2:5080 SIP/2.0",
+        "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKack1;rport",
+        "Route: <sip:127.0.0.1:5060;transport=udp;lr>",
+        "Max-Forwards: 70",
+        "From: <sip:alice@127.0.0.1:5070>;tag=a1",
+        "To: <sip:1000@127.0.0.1:5060>;tag=b1",
+        "Call-ID: call-1@127.0.0.1",
+        "CSeq: 1 ACK",
+        "Content-Length: 0",
+    )
+    proxy.on_message(ack, udp(CALLER))
+    ((fwd_ack, dest),) = t.take()
+    assert isinstance(fwd_ack, Request) and fwd_ack.method == "ACK"
+    assert dest == Destination("udp", *PBX1) and "route" not in fwd_ack.headers
+    # The callee hangs up: BYE from the upstream towards the caller's Contact.
+    bye = build(
+        "BYE sip:alice@127.0.0.1:5070 SIP/2.0",
+        "Via: SIP/2.0/UDP 127.0.0.2:5080;branch=z9hG4bKbye1",
+        "Route: <sip:127.0.0.1:5060;transport=udp;lr>",
+        "Max-Forwards: 70",
+        "From: <sip:1000@127.0.0.1:5060>;tag=b1",
+        "To: <sip:alice@127.0.0.1:5070>;tag=a1",
+        "Call-ID: call-1@127.0.0.1",
+        "CSeq: 1 BYE",
+        "Content-Length: 0",
+    )
+    proxy.on_message(bye, udp(PBX1))
+    ((fwd_bye, dest),) = only(t.take(), Request)
+    assert dest == Destination("udp", *CALLER)
+    proxy.on_message(answer(fwd_bye, 200, to_tag="a1"), udp(CALLER))
+    ((bye_ok, dest),) = t.take()
+    assert isinstance(bye_ok, Response) and bye_ok.status == 200
+    assert dest == Destination("udp", *PBX1)
+    assert len(proxy.dialogs) == 0
+
+
+async def test_503_fails_over_then_reaches_the_caller(proxy: Proxy) -> None:
+    t: FakeTransport = proxy.transport
+    proxy.on_message(invite(), udp(CALLER))
+    ((first, dest),) = only(t.take(), Request)
+    assert dest == Destination("udp", *PBX1)
+    proxy.on_message(answer(first, 503), udp(PBX1))
+    sent = t.take()
+    requests = only(sent, Request)
+    assert [(m.method, d) for m, d in requests] == [
+        ("ACK", Destination("udp", *PBX1)),
+        ("INVITE", Destination("udp", *PBX2)),
+    ]
+    assert not only(sent, Response)  # nothing to the caller yet
+    second = requests[1][0]
+    assert second.top_via.branch != first.top_via.branch
+    proxy.on_message(answer(second, 503), udp(PBX2))
+    responses = only(t.take(), Response)
+    assert [r.status for r, _ in responses] == [503]
+    assert len(proxy.dialogs) == 0
+    assert len(proxy.router.failures) == 2
+
+
+async def test_timeout_fails_over() -> None:
+    transport = FakeTransport()
+    p = Proxy(make_config(t1=0.01), transport, StubRouter([PBX1, PBX2]))
+    await p.start()
+    p.on_message(invite(), udp(CALLER))
+    for _ in range(200):  # Timer B is 64*T1 = 0.64 s; bounded wait
+        await asyncio.sleep(0.02)
+        if any(d == Destination("udp", *PBX2) for _, d in transport.sent):
+            break
+    to_pbx2 = [m for m, d in transport.sent if d == Destination("udp", *PBX2)]
+    assert to_pbx2 and isinstance(to_pbx2[0], Request) and to_pbx2[0].method == "INVITE"
+    await p.close()
+
+
+async def test_cancel_before_answer(proxy: Proxy) -> None:
+    t: FakeTransport = proxy.transport
+    proxy.on_message(invite(), udp(CALLER))
+    ((fwd, _),) = only(t.take(), Request)
+    proxy.on_message(answer(fwd, 180), udp(PBX1))
+    t.take()
+    cancel = build(
+        "CANCEL sip:1000@127.0.0.1:5060 SIP/2.0",
+        "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKcaller1;rport",
+        "Max-Forwards: 70",
+        "From: <sip:alice@127.0.0.1:5070>;tag=a1",
+        "To: <sip:1000@127.0.0.1:5060>",
+        "Call-ID: call-1@127.0.0.1",
+        "CSeq: 1 CANCEL",
+        "Content-Length: 0",
+    )
+    proxy.on_message(cancel, udp(CALLER))
+    sent = t.take()
+    assert [(m.status, m.cseq.method) for m, _ in only(sent, Response)] == [(200, "CANCEL")]
+    ((down_cancel, dest),) = only(sent, Request)
+    assert down_cancel.method == "CANCEL" and dest == Destination("udp", *PBX1)
+    assert down_cancel.top_via.branch == fwd.top_via.branch  # §9.1
+    proxy.on_message(answer(down_cancel, 200), udp(PBX1))
+    proxy.on_message(answer(fwd, 487), udp(PBX1))
+    sent = t.take()
+    assert [r.status for r, _ in only(sent, Response)] == [487]
+    assert [m.method for m, _ in only(sent, Request)] == ["ACK"]
+
+
+async def test_options_to_the_edge_and_hop_limits(proxy: Proxy) -> None:
+    t: FakeTransport = proxy.transport
+    options = build(
+        "OPTIONS sip:127.0.0.1:5060 SIP/2.0",
+        "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKopt1",
+        "Max-Forwards: 70",
+        "From: <sip:mon@127.0.0.1>;tag=o1",
+        "To: <sip:127.0.0.1:5060>",
+        "Call-ID: opt-1",
+        "CSeq: 1 OPTIONS",
+        "Content-Length: 0",
+    )
+    proxy.on_message(options, udp(CALLER))
+    ((resp, _),) = t.take()
+    assert (
+        isinstance(resp, Response)
+        and resp.status == 200
+        and "INVITE" in (resp.headers.get("Allow") or "")
+    )
+    assert "server" not in resp.headers  # we do not advertise ourselves
+    stranger = options.replace(b"z9hG4bKopt1", b"z9hG4bKopt2")
+    proxy.on_message(stranger, udp(("127.0.0.9", 5070)))
+    assert t.take() == []  # a stranger's probe gets nothing
+    proxy.on_message(
+        invite("z9hG4bKmf0").replace(b"Max-Forwards: 70", b"Max-Forwards: 0"), udp(CALLER)
+    )
+    ((resp, _),) = t.take()
+    assert isinstance(resp, Response) and resp.status == 483
+
+
+async def test_draining_refuses_new_calls(proxy: Proxy) -> None:
+    t: FakeTransport = proxy.transport
+    proxy.draining = True
+    proxy.on_message(invite(), udp(CALLER))
+    statuses = [m.status for m, _ in t.take() if isinstance(m, Response)]
+    assert statuses == [100, 503]
+
+
+async def test_malformed_request_gets_400_only_from_known_peers(proxy: Proxy) -> None:
+    t: FakeTransport = proxy.transport
+    bad = invite().replace(b"CSeq: 1 INVITE", b"CSeq: 1 BYE")
+    proxy.on_message(bad, udp(CALLER))
+    ((resp, _),) = t.take()
+    assert isinstance(resp, Response) and resp.status == 400
+    proxy.on_message(bad, udp(("127.0.0.9", 5070)))
+    assert t.take() == []
+
+
+async def test_stream_caller_gets_flow_token_and_double_record_route(proxy: Proxy) -> None:
+    t: FakeTransport = proxy.transport
+    t.conns[7] = ("127.0.0.1", 40000)
+    source = Source("tls", ("127.0.0.1", 40000), ("127.0.0.1", 5061), conn_id=7)
+    data = invite().replace(b"SIP/2.0/UDP 127.0.0.1:5070", b"SIP/2.0/TCP 127.0.0.1:5070")
+    proxy.on_message(data, source)
+    sent = t.take()
+    ((_trying, dest),) = only(sent, Response)
+    assert dest.conn_id == 7  # replies go down the caller's connection
+    ((fwd, _),) = only(sent, Request)
+    outbound, inbound = fwd.headers.get_all("Record-Route")
+    assert outbound == "<sip:127.0.0.1:5060;transport=udp;lr>"
+    assert inbound.startswith("<sip:ft7x") and ";transport=tls;lr>" in inbound
+    proxy.on_message(answer(fwd, 200), udp(PBX1))
+    t.take()
+    # The callee's BYE follows the route set and reaches the caller's connection,
+    # not the address in its Contact (which nobody could connect to).
+    bye = build(
+        "BYE sip:alice@127.0.0.1:5070;transport=tcp SIP/2.0",
+        "Via: SIP/2.0/UDP 127.0.0.2:5080;branch=z9hG4bKbye2",
+        f"Route: {outbound}, {inbound}",
+        "Max-Forwards: 70",
+        "From: <sip:1000@127.0.0.1:5060>;tag=b1",
+        "To: <sip:alice@127.0.0.1:5070>;tag=a1",
+        "Call-ID: call-1@127.0.0.1",
+        "CSeq: 2 BYE",
+        "Content-Length: 0",
+    )
+    proxy.on_message(bye, udp(PBX1))
+    ((fwd_bye, dest),) = only(t.take(), Request)
+    assert dest.conn_id == 7 and fwd_bye.top_via.transport == "TCP"
+    # A forged token does not steer anything into the connection.
+    forged = bye.replace(
+        inbound.encode(), b"<sip:ft7xdeadbeefdeadbeef@127.0.0.1:5061;transport=tls;lr>"
+    )
+    forged = forged.replace(b"z9hG4bKbye2", b"z9hG4bKbye3")
+    proxy.on_message(forged, udp(PBX1))
+    ((_, dest),) = only(t.take(), Request)
+    assert dest.conn_id is None
