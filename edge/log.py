@@ -75,11 +75,11 @@ _VALUE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         ),
         REDACTED,
     ),
-    # name=value secrets in query strings, URIs parameters and config dumps.
+    # name=value secrets in query strings, URI parameters, JSON and config dumps.
     (
         re.compile(
             r"(?i)\b((?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key)"
-            r"\s*[=:]\s*)(\"[^\"]*\"|[^\s&;,\"]+)"
+            r"[\"']?\s*[=:]\s*)(\"[^\"]*\"|[^\s&;,\"]+)"
         ),
         rf"\1{REDACTED}",
     ),
