@@ -130,7 +130,7 @@ class _App:
             try:
                 await self._start()
             except StartupError as e:
-                self.log("error", "startup_failed", key=e.key, problem=e.problem)
+                self.log("error", "startup_failed", setting=e.key, problem=e.problem)
                 await self._close_all()
                 return e.status
             except Exception as e:
@@ -266,7 +266,7 @@ class _App:
             ctx = self._server_context(comps)
             self.transport.set_tls_server_context(ctx)
         except StartupError as e:
-            self.log("error", "tls_reload_failed", key=e.key, problem=e.problem)
+            self.log("error", "tls_reload_failed", setting=e.key, problem=e.problem)
             return False
         except Exception as e:
             self.log("error", "tls_reload_failed", problem=f"{type(e).__name__}: {e}")
@@ -345,7 +345,7 @@ class _App:
             self.log(
                 "warning",
                 "advertise_missing",
-                key="listen.advertise",
+                setting="listen.advertise",
                 problem="listening on a wildcard address without listen.advertise",
                 addresses=wildcard,
             )

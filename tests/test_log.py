@@ -123,7 +123,8 @@ def test_secret_names(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["keepalive", "monkey", "tokens_left", "event", "call_id", "source", "key_path"]
+    "name",
+    ["keepalive", "monkey", "tokens_left", "event", "call_id", "source", "key_path", "setting"],
 )
 def test_ordinary_names(name: str) -> None:
     assert not is_secret_name(name)
