@@ -47,10 +47,12 @@ import random
 import secrets
 import socket
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Final, cast
 
 from edge.config import EchoConfig
 from sip.errors import SipError
+from sip.headers import NameAddr
 from sip.message import (
     HeaderValue,
     Request,
@@ -295,62 +297,52 @@ class _Entry:
         self.timers.clear()
 
 
+@dataclass(slots=True, eq=False)
 class _Call:
     """One dialog (RFC 3261 §12) of the endpoint, from the INVITE to its end."""
 
-    __slots__ = (
-        "key",
-        "call_id",
-        "local_tag",
-        "local_party",
-        "remote_party",
-        "remote_target",
-        "route_set",
-        "source",
-        "remote_cseq",
-        "local_cseq",
-        "state",
-        "media",
-        "sdp",
-        "audio_index",
-        "offer_pending",
-        "invite",
-        "ok",
-        "ok_since",
-        "ok_interval",
-        "retransmit",
-        "answer_timer",
-        "deadline",
-        "packets_before",
-    )
+    call_id: str
+    local_tag: str
+    remote_tag: str
+    local_party: str  # the INVITE's To with our tag: From of what we send
+    remote_party: str  # the INVITE's From: To of what we send
+    remote_target: URI | None
+    route_set: list[str]  # §12.1.1: for a UAS, the Record-Route list in order
+    source: _Addr
+    remote_cseq: int
+    local_cseq: int = 0
+    state: str = _EARLY
+    media: _Media | None = None
+    sdp: SessionDescription | None = None  # the last SDP we sent
+    audio_index: int = 0
+    offer_pending: bool = False  # our offer went in a 2xx: the answer comes in the ACK
+    invite: _Entry | None = None  # the INVITE transaction awaiting its final or ACK
+    ok: Response | None = None  # the 2xx retransmitted until its ACK
+    ok_since: float = 0.0
+    ok_interval: float = 0.0
+    retransmit: asyncio.TimerHandle | None = None
+    answer_timer: asyncio.TimerHandle | None = None
+    deadline: asyncio.TimerHandle | None = None
+    packets_before: int = 0  # echoed by media already closed
 
-    def __init__(self, invite: Request, local_tag: str, source: _Addr) -> None:
-        remote_tag = invite.from_.tag or ""
-        self.key = (invite.call_id, local_tag, remote_tag)
-        self.call_id = invite.call_id
-        self.local_tag = local_tag
-        self.local_party = str(invite.to.with_tag(local_tag))
-        self.remote_party = invite.headers.get("From") or ""
+    @classmethod
+    def from_invite(cls, invite: Request, local_tag: str, source: _Addr) -> _Call:
         contacts = invite.contact if "contact" in invite.headers else []
-        self.remote_target: URI | None = contacts[0].uri if contacts else None
-        # §12.1.1: the UAS route set is the Record-Route list, in order.
-        self.route_set = invite.headers.get_all("Record-Route")
-        self.source = source
-        self.remote_cseq = invite.cseq.number
-        self.local_cseq = 0
-        self.state = _EARLY
-        self.media: _Media | None = None
-        self.sdp: SessionDescription | None = None  # the last SDP we sent
-        self.audio_index = 0
-        self.offer_pending = False  # our offer went in a 2xx: the answer comes in the ACK
-        self.invite: _Entry | None = None  # the INVITE transaction awaiting final or ACK
-        self.ok: Response | None = None  # the 2xx retransmitted until its ACK
-        self.ok_since = 0.0
-        self.ok_interval = 0.0
-        self.retransmit: asyncio.TimerHandle | None = None
-        self.answer_timer: asyncio.TimerHandle | None = None
-        self.deadline: asyncio.TimerHandle | None = None
-        self.packets_before = 0  # echoed on sockets of earlier media (none today)
+        return cls(
+            call_id=invite.call_id,
+            local_tag=local_tag,
+            remote_tag=invite.from_.tag or "",
+            local_party=str(invite.to.with_tag(local_tag)),
+            remote_party=invite.headers.get("From") or "",
+            remote_target=contacts[0].uri if contacts else None,
+            route_set=invite.headers.get_all("Record-Route"),
+            source=source,
+            remote_cseq=invite.cseq.number,
+        )
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.call_id, self.local_tag, self.remote_tag)
 
     @property
     def packets(self) -> int:
@@ -567,6 +559,9 @@ class EchoEndpoint:
             self._reply(entry, 500, reason="CSeq Out Of Order")  # §12.2.2
             return
         call.remote_cseq = request.cseq.number
+        if method == "INVITE" and "contact" in request.headers and request.contact:
+            # §12.2.2: a re-INVITE is a target refresh request.
+            call.remote_target = request.contact[0].uri or call.remote_target
         if method == "BYE":
             self._on_bye(entry, call)
         elif method == "INVITE":
@@ -594,7 +589,7 @@ class EchoEndpoint:
                 self._reply(entry, 488, headers=[_warning(304, "no RTP audio stream offered")])
                 return
             index = found
-        call = _Call(request, secrets.token_hex(8), entry.addr)
+        call = _Call.from_invite(request, secrets.token_hex(8), entry.addr)
         call.audio_index = index
         call.invite = entry
         entry.call = call
@@ -607,6 +602,17 @@ class EchoEndpoint:
         task.add_done_callback(self._tasks.discard)
 
     async def _answer(
+        self, call: _Call, request: Request, offer: SessionDescription | None, mux: bool
+    ) -> None:
+        try:
+            await self._answer_steps(call, request, offer, mux)
+        except Exception as exc:  # a bug: the caller gets a 500, the endpoint goes on
+            self._emit("error", "echo_error", call_id=call.call_id, error=repr(exc))
+            if call.state == _EARLY:
+                self._final(call, 500)
+                self._end(call, "error")
+
+    async def _answer_steps(
         self, call: _Call, request: Request, offer: SessionDescription | None, mux: bool
     ) -> None:
         try:
@@ -825,18 +831,17 @@ class EchoEndpoint:
     def _next_hop(self, call: _Call) -> _Addr:
         """First Route, else the remote target, when it is an IP literal (§8.1.2, no
         RFC 3263 lookups here); else the address the INVITE came from."""
-        candidates: list[str] = []
+        uri = call.remote_target
         if call.route_set:
-            candidates.append(call.route_set[0].strip().lstrip("<").split(">", 1)[0])
-        elif call.remote_target is not None:
-            candidates.append(str(call.remote_target))
-        for text in candidates:
             try:
-                uri = URI.parse(text)
-                ipaddress.ip_address(uri.maddr or uri.host)
-            except (SipError, ValueError):
-                continue
-            return (uri.maddr or uri.host, uri.port or 5060)
+                uri = NameAddr.parse(call.route_set[0]).uri
+            except SipError:
+                uri = None
+        if uri is not None and uri.is_sip:
+            host = uri.maddr or uri.host
+            with contextlib.suppress(ValueError):
+                ipaddress.ip_address(host)
+                return (host, uri.port or 5060)
         return call.source
 
     def _final(self, call: _Call, status: int) -> None:

@@ -696,3 +696,30 @@ async def test_close_ends_every_call(
     bye = await peer.request("BYE")
     assert bye.call_id == answered.call_id
     assert endpoint.calls == 0
+
+
+def test_call_and_echo_under_uvloop() -> None:
+    """sipedge runs on uvloop (``make run``): the same call and echo on that loop."""
+    import uvloop
+
+    async def scenario() -> None:
+        config = EchoConfig(HostPort("127.0.0.1", 0), "127.0.0.1", 0.0)
+        endpoint = EchoEndpoint(config)
+        await endpoint.start()
+        loop = asyncio.get_running_loop()
+        _, peer = await loop.create_datagram_endpoint(Peer, local_addr=("127.0.0.1", 0))
+        rtp, port = await rtp_socket()
+        try:
+            dialog = Dialog(peer, endpoint.sip_address)
+            _, answer = await dialog.call(offer_sdp(port))
+            packets = [rtp_packet(i) for i in range(20)]
+            assert await echoed(rtp, ("127.0.0.1", answer.media[0].port), packets) == packets
+            assert (await dialog.bye()).status == 200
+            assert endpoint.calls == 0
+        finally:
+            for p in (peer, rtp):
+                if p.transport is not None:
+                    p.transport.close()
+            await endpoint.close()
+
+    uvloop.run(scenario())
