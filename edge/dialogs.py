@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class DialogState(enum.Enum):
@@ -35,7 +36,15 @@ class Dialog:
     answered: float | None = None
     ended: float | None = None
     end_reason: str = ""
+    # Where each party is reached (transport Destinations), for in-dialog
+    # requests from UAs that ignore the route set (sipp's built-in uac does).
+    caller_hop: Any = None
+    callee_hop: Any = None
     extra: dict[str, str] = field(default_factory=dict)
+
+    def hop_for(self, from_tag: str | None) -> Any:
+        """Where a request of this dialog goes: to the other party than its sender."""
+        return self.callee_hop if from_tag == self.from_tag else self.caller_hop
 
 
 class DialogTable:

@@ -334,9 +334,11 @@ class Proxy:
             hops.append((dest, None))
         elif in_dialog:
             # No route set left: the Request-URI is the remote target (§16.5).
-            dest = None if self._is_us(fwd_req.uri) else uri_destination(fwd_req.uri, flow_conn)
+            dest = self._dialog_hop(fwd_req) if self._is_us(fwd_req.uri) else None
             if dest is None:
-                self._reply(ctx, 404 if self._is_us(fwd_req.uri) else 503)
+                dest = None if self._is_us(fwd_req.uri) else uri_destination(fwd_req.uri, flow_conn)
+            if dest is None:
+                self._reply(ctx, 481 if self._is_us(fwd_req.uri) else 503)
                 return
             hops.append((dest, None))
         else:
@@ -365,6 +367,7 @@ class Proxy:
                 to_uri=str(req.to.uri),
                 now=time.time(),
             )
+            fwd.dialog.caller_hop = ctx.reply
         if req.method == "INVITE":
             fwd.timer_c = self._get_loop().call_later(self.timer_c, self._on_timer_c, fwd)
         self._try_next(fwd)
@@ -398,6 +401,7 @@ class Proxy:
         fwd.client = cctx
         if fwd.dialog is not None:
             fwd.dialog.callee = _describe(dest)
+            fwd.dialog.callee_hop = dest
         self._client[txn.key] = cctx
         self._run(cctx, txn.start(now))
 
@@ -563,6 +567,19 @@ class Proxy:
             fwd.timer_c.cancel()
             fwd.timer_c = None
 
+    def _dialog_hop(self, req: Request) -> Destination | None:
+        """The other party of a known dialog, for a request that names us as its target.
+
+        RFC 3261 UAs send in-dialog requests along the Record-Route; some load
+        generators (sipp's built-in uac) send them back to the Request-URI they
+        started with.  The dialog table knows where both parties are.
+        """
+        dialog = self.dialogs.get(req.call_id, req.from_.tag, req.to.tag)
+        if dialog is None:
+            return None
+        hop: Destination | None = dialog.hop_for(req.from_.tag)
+        return hop
+
     def _end_dialog(self, req: Request, reason: str) -> None:
         dialog = self.dialogs.get(req.call_id, req.from_.tag, req.to.tag)
         if dialog is not None:
@@ -580,8 +597,11 @@ class Proxy:
         req.headers.set("Max-Forwards", str((self.max_forwards if mf is None else mf) - 1))
         routes = req.route
         next_uri = routes[0].uri if routes else req.uri
-        dest = uri_destination(next_uri, flow_conn)
-        if dest is None or (not routes and self._is_us(req.uri)):
+        if not routes and self._is_us(req.uri):
+            dest = self._dialog_hop(req)
+        else:
+            dest = uri_destination(next_uri, flow_conn)
+        if dest is None:
             return
         # The same ACK retransmitted gets the same branch (§16.11).
         incoming = req.top_via.branch or ""
