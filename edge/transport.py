@@ -2,8 +2,8 @@
 
 This layer moves bytes and makes no SIP decision.  What comes in is handed to
 ``on_message(data, Source)`` one whole message at a time; what the proxy sends
-names a :class:`Destination`.  It is written against the asyncio loop API that
-uvloop implements (protocols and transports, ``start_tls``), so it runs on both.
+names a :class:`Destination`.  It uses only loop APIs uvloop implements
+(protocols, ``sock_accept``, ``connect_accepted_socket``), so it runs on both.
 
 Rules of this file:
 - UDP: one socket per configured address.  Responses and requests go out of a
@@ -19,8 +19,9 @@ Rules of this file:
   else opens a connection and queues until it is up.
 - Hostile peers: limits on connections in total and per source IP, idle
   timeout, header (slow-loris) timeout, TLS handshake timeout, half-closed
-  connections closed, write buffers bounded.  Each connection keeps one timer
-  that is re-armed lazily, so traffic costs no timer work.
+  connections closed, write buffers bounded.  Connections we open count toward
+  the total but are never refused: the proxy decides those, a peer does not.
+  Each connection keeps one timer, re-armed lazily: traffic costs no timer work.
 - ``on_error`` callbacks run from the event loop (never inside ``send``), at
   most once per send.  Log lines never carry message content.
 """
@@ -351,6 +352,8 @@ class _Conn(asyncio.Protocol):
         now = layer._loop.time()
         self.last = now
         framer = self.framer
+        source = self.source
+        assert source is not None  # set when the connection opened
         # Keep what the framer holds, so that a framing error can be answered
         # with the head of the bad message (salvage_response needs its Via).
         held = self.held
@@ -365,7 +368,7 @@ class _Conn(asyncio.Protocol):
             if type(item) is bytes:
                 consumed += len(item)
                 completed = True
-                layer._deliver(item, self.source)  # type: ignore[arg-type]
+                layer._deliver(item, source)
             elif item is KeepAlive.PING:
                 consumed += 4
                 completed = True
@@ -582,7 +585,7 @@ class TransportLayer:
         key = (conn.kind, info[1], port)
         if key in conn.keys:
             return
-        if len(conn.keys) > MAX_ALIASES:
+        if len(conn.keys) > MAX_ALIASES:  # the remote address plus MAX_ALIASES
             self._rlog("warning", "too_many_aliases", conn_id=conn_id, remote=conn.remote)
             return
         old = self._index.get(key)

@@ -399,6 +399,41 @@ def test_tcp_missing_content_length_closes(run) -> None:
             assert edge.inbox.empty()
 
 
+def test_tcp_framing_error_in_a_message_sent_byte_by_byte_is_still_answered(run) -> None:
+    @run
+    async def _() -> None:
+        async with Edge(tcp=("127.0.0.1",)) as edge:
+            reader, writer = await asyncio.open_connection(*edge.addr("tcp"))
+            bad = request("z9hG4bKbad").replace(
+                b"Max-Forwards: 70", b"Content-Length: 3\r\nMax-Forwards: 70"
+            )
+            for byte in request("z9hG4bKgood") + bad:
+                writer.write(bytes([byte]))
+                await writer.drain()
+            answer = await read_until_closed(reader)
+            assert answer.startswith(b"SIP/2.0 400 ")
+            assert b"branch=z9hG4bKbad\r\n" in answer  # the head of the bad message, not the good
+            data, _ = await edge.recv()
+            assert data == request("z9hG4bKgood")
+            await close_writer(writer)
+
+
+def test_tcp_over_ipv6(run) -> None:
+    @run
+    async def _() -> None:
+        async with Edge(tcp=("::1",)) as edge:
+            assert edge.layer.local_address("tcp") is None
+            local = edge.addr("tcp", socket.AF_INET6)
+            reader, writer = await asyncio.open_connection(*local)
+            writer.write(request())
+            _, src = await edge.recv()
+            assert src.remote[0] == "::1" and src.local == local
+            edge.layer.send(RESPONSE, Destination("tcp", "0:0::1", src.remote[1]))  # same IP
+            assert await read_exactly(reader, len(RESPONSE)) == RESPONSE
+            assert edge.layer.connection_count == 1
+            await close_writer(writer)
+
+
 def test_tcp_garbage_never_escapes_and_the_listener_survives(run) -> None:
     @run
     async def _() -> None:
@@ -646,10 +681,10 @@ def test_idle_connection_is_closed(run) -> None:
 def test_keepalives_keep_a_connection_open(run) -> None:
     @run
     async def _() -> None:
-        async with Edge(tcp=("127.0.0.1",), idle_timeout=1.0) as edge:
+        async with Edge(tcp=("127.0.0.1",), idle_timeout=0.5) as edge:
             reader, writer = await asyncio.open_connection(*edge.addr("tcp"))
-            # Twice the idle timeout in all, a ping every tenth of it.
-            for _ in range(20):
+            # Twice the idle timeout in all, a ping every fifth of it.
+            for _ in range(10):
                 writer.write(b"\r\n\r\n")
                 assert await read_exactly(reader, 2) == b"\r\n"
                 await asyncio.sleep(0.1)
@@ -804,6 +839,20 @@ def test_tls_outbound_to_an_untrusted_server_fails_over(run, pki) -> None:
             await eventually(lambda: upstream.layer.connection_count == 0, "upstream side gone")
 
 
+def test_tls_outbound_without_verification(run, pki) -> None:
+    @run
+    async def _() -> None:
+        # A lab upstream whose certificate names another address: no check, no SNI.
+        other = make_cert("ec", san_ip="192.0.2.1")
+        async with (
+            Edge(tls_on=("127.0.0.1",), tls_server=tls.server_context(*other)) as upstream,
+            Edge(tls_client=tls.client_context(verify=False)) as edge,
+        ):
+            edge.layer.send(request(), Destination("tls", *upstream.addr("tls")))
+            data, _ = await upstream.recv()
+            assert data == request()
+
+
 # ---------------------------------------------------------------- start-up
 
 
@@ -836,3 +885,38 @@ def test_bind_failure_names_the_address(run) -> None:
         )
         with pytest.raises(ValueError, match="TLS"):
             await layer.start()
+
+
+def test_close_ends_connections_and_later_sends_fail(run) -> None:
+    @run
+    async def _() -> None:
+        edge = Edge(tcp=("127.0.0.1",), udp=("127.0.0.1",))
+        await edge.layer.start()
+        reader, writer = await asyncio.open_connection(*edge.addr("tcp"))
+        writer.write(request())
+        _, src = await edge.recv()
+        # Sends before close: TLS without a client context fails; an alias on a
+        # connection that does not exist is ignored.
+        failed: list[str] = []
+        edge.layer.send(request(), Destination("tls", "127.0.0.1", 9), lambda: failed.append("tls"))
+        edge.layer.register_alias(12345, "127.0.0.1", 9)
+        await edge.layer.close()
+        assert await read_until_closed(reader) == b""
+        assert edge.layer.connection_count == 0
+        edge.layer.send(request(), Destination("tcp", *src.remote), lambda: failed.append("tcp"))
+        edge.layer.send(request(), Destination("udp", *src.remote), lambda: failed.append("udp"))
+        await eventually(lambda: len(failed) == 3, "all three failed")
+        assert sorted(failed) == ["tcp", "tls", "udp"]
+        await close_writer(writer)
+
+
+def test_refusals_are_logged_at_a_limited_rate() -> None:
+    from edge.transport import _RateLimitedLog
+
+    lines: list[tuple[str, str, dict[str, Any]]] = []
+    rlog = _RateLimitedLog(lambda level, event, **f: lines.append((level, event, f)), burst=5)
+    for i in range(100):
+        rlog("warning", "connection_refused", remote=f"192.0.2.{i}")
+        rlog("info", "framing_error", n=i)
+    assert [e for _, e, _ in lines].count("connection_refused") == 5
+    assert [e for _, e, _ in lines].count("framing_error") == 5
