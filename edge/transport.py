@@ -41,6 +41,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, cast
 
+from edge.config import LimitsConfig, ListenConfig
 from sip.errors import SipError
 from sip.framing import PONG, KeepAlive, StreamFramer, is_keepalive
 from sip.message import salvage_response
@@ -475,21 +476,20 @@ class TransportLayer:
     def __init__(
         self,
         *,
-        listen: Any,
-        limits: Any,
+        listen: ListenConfig,
+        limits: LimitsConfig,
         tls_server: ssl.SSLContext | None,
         tls_client: ssl.SSLContext | None,
         on_message: OnMessage,
         log: LogFn | None = None,
     ) -> None:
         self._listen_config = listen
-        # Read with defaults: the config keys for connection limits are landing separately.
-        self._max_message_size = int(getattr(limits, "max_message_size", 65536))
-        self._max_connections = int(getattr(limits, "max_connections", 4096))
-        self._max_per_source = int(getattr(limits, "max_connections_per_source", 32))
-        self._idle_timeout = float(getattr(limits, "idle_timeout", 120.0))
-        self._header_timeout = float(getattr(limits, "header_timeout", 10.0))
-        self._handshake_timeout = float(getattr(limits, "tls_handshake_timeout", 5.0))
+        self._max_message_size = limits.max_message_size
+        self._max_connections = limits.max_connections
+        self._max_per_source = limits.max_connections_per_source
+        self._idle_timeout = limits.idle_timeout
+        self._header_timeout = limits.header_timeout
+        self._handshake_timeout = limits.tls_handshake_timeout
         self._tls_server = tls_server
         self._tls_client = tls_client
         self._on_message = on_message
@@ -512,11 +512,11 @@ class TransportLayer:
         """Bind every configured listener; ``OSError`` naming the address on failure."""
         self._loop = asyncio.get_running_loop()
         listen = self._listen_config
-        if tuple(getattr(listen, "tls", ())) and self._tls_server is None:
+        if listen.tls and self._tls_server is None:
             raise ValueError("TLS listeners are configured but no TLS server context was given")
         try:
             for kind in TRANSPORTS:
-                for hp in getattr(listen, kind, ()):
+                for hp in getattr(listen, kind):
                     await self._bind(kind, hp.host, hp.port)
         except BaseException:
             await self.close()

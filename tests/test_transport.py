@@ -13,14 +13,13 @@ import random
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import uvloop
 
 from edge import tls
-from edge.config import HostPort, ListenConfig
+from edge.config import HostPort, LimitsConfig, ListenConfig
 from edge.transport import Destination, Source, TransportLayer
 from tests.test_tls import der, make_cert
 
@@ -53,16 +52,6 @@ def run(request: pytest.FixtureRequest) -> Callable[[Callable[[], Awaitable[None
 # ---------------------------------------------------------------- helpers
 
 
-@dataclass(frozen=True)
-class Limits:
-    max_message_size: int = 65536
-    max_connections: int = 4096
-    max_connections_per_source: int = 32
-    idle_timeout: float = 30.0
-    header_timeout: float = 10.0
-    tls_handshake_timeout: float = 5.0
-
-
 class Edge:
     """A started TransportLayer with an inbox of what it received and its log lines."""
 
@@ -86,7 +75,7 @@ class Edge:
         )
         self.layer = TransportLayer(
             listen=listen,
-            limits=Limits(**limits),
+            limits=LimitsConfig(**limits),
             tls_server=tls_server,
             tls_client=tls_client,
             on_message=on_message or (lambda data, src: self.inbox.put_nowait((data, src))),
@@ -866,7 +855,7 @@ def test_bind_failure_names_the_address(run) -> None:
                 listen=ListenConfig(
                     udp=(HostPort("127.0.0.1", 0),), tcp=(HostPort("127.0.0.1", port),), tls=()
                 ),
-                limits=Limits(),
+                limits=LimitsConfig(),
                 tls_server=None,
                 tls_client=None,
                 on_message=lambda data, src: None,
@@ -878,7 +867,7 @@ def test_bind_failure_names_the_address(run) -> None:
             taken.close()
         layer = TransportLayer(
             listen=ListenConfig(udp=(), tcp=(), tls=(HostPort("127.0.0.1", 0),)),
-            limits=Limits(),
+            limits=LimitsConfig(),
             tls_server=None,
             tls_client=None,
             on_message=lambda data, src: None,
