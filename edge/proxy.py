@@ -743,7 +743,8 @@ class Proxy:
         host, port = source.remote
         if source.transport == "udp" and via is not None and not via.wants_rport:
             port = via.port or 5060
-        return Destination(source.transport, host, port, source.conn_id)
+        # ``local``: answer from the socket the request came in on (RFC 3581 §4).
+        return Destination(source.transport, host, port, source.conn_id, source.local)
 
     def _local(self, transport: str, family_host: str | None = None) -> tuple[str, int]:
         family = 10 if family_host is not None and ":" in family_host else 2

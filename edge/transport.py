@@ -612,6 +612,13 @@ class TransportLayer:
         connecting or in their handshake)."""
         return len(self._conns)
 
+    def connection_remote(self, conn_id: int) -> tuple[str, int] | None:
+        """The peer address of an open connection (flow tokens check against it)."""
+        conn = self._conns.get(conn_id)
+        if conn is None or not conn.remote[0]:
+            return None
+        return conn.remote
+
     def close_connection(self, conn_id: int) -> None:
         conn = self._conns.get(conn_id)
         if conn is not None:

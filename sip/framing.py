@@ -25,7 +25,11 @@ PONG = b"\r\n"
 # Content-Length or its compact form l, at the start of a header line.  The
 # full parse checks the value again (and refuses a second Content-Length);
 # here it only has to say where the message ends.
-_CONTENT_LENGTH_RE = re.compile(rb"\r\n(?:content-length|l)[ \t]*:[ \t]*([0-9]+)[ \t]*\r\n", re.I)
+# The closing CRLF is a lookahead: consuming it would hide a second
+# Content-Length on the very next line (a request-smuggling desync).
+_CONTENT_LENGTH_RE = re.compile(
+    rb"\r\n(?:content-length|l)[ \t]*:[ \t]*([0-9]+)[ \t]*(?=\r\n)", re.I
+)
 
 
 class KeepAlive(enum.Enum):

@@ -60,6 +60,13 @@ def test_two_content_lengths_are_fatal() -> None:
     fails(framer.feed(two), "once")
 
 
+def test_adjacent_content_lengths_are_fatal() -> None:
+    """Found in review: a regex that ate the line's CRLF missed the second line."""
+    framer = StreamFramer()
+    data = b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 0\r\nContent-Length: 9\r\n\r\n123456789"
+    fails(framer.feed(data), "once")
+
+
 def test_messages_before_an_error_are_delivered() -> None:
     """Found by the fuzzer: frames cut before a framing error were lost."""
     framer = StreamFramer()
