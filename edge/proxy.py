@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import ipaddress
 import secrets
 import time
 from collections.abc import Callable
@@ -69,7 +68,7 @@ from sip.transaction import (
     server_key,
     server_transaction,
 )
-from sip.uri import URI, format_host
+from sip.uri import URI, format_host, is_ip_literal
 from sip.validate import check_proxy_request
 
 Log = Callable[..., None]
@@ -84,20 +83,12 @@ def _noop_log(level: str, event: str, **fields: Any) -> None:
     pass
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def uri_destination(uri: URI, conn_id: int | None = None) -> Destination | None:
     """Where a SIP URI points, without DNS (§16.6 item 6 with an IP host, or maddr)."""
     if not uri.is_sip:
         return None
     host = uri.maddr or uri.host
-    if not _is_ip(host):
+    if not is_ip_literal(host):
         return None
     transport = uri.transport or ("tls" if uri.scheme == "sips" else "udp")
     if transport not in DEFAULT_PORTS:
@@ -194,6 +185,7 @@ class Proxy:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self._loop_secret = secrets.token_hex(4)
+        self._roles: dict[str, str | None] = {}
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -620,7 +612,7 @@ class Proxy:
             return
         host = nxt.received or nxt.host
         port = nxt.rport or nxt.port or DEFAULT_PORTS[transport]
-        if not _is_ip(host):
+        if not is_ip_literal(host):
             return
         self.transport.send(bytes(resp), Destination(transport, host, port))
 
@@ -829,13 +821,28 @@ class Proxy:
         return ours >= 2
 
     def _role(self, source: Source) -> str | None:
-        """'upstream' (one of our targets), 'carrier' (a trunk's allowlist), or None."""
+        """'upstream' (one of our targets), 'carrier' (a trunk's allowlist), or None.
+
+        Cached per source IP (bounded): the allowlist walk parses the address.
+        Call :meth:`forget_roles` when the allowlist or the upstreams change.
+        """
         ip = source.remote[0]
+        try:
+            return self._roles[ip]
+        except KeyError:
+            pass
+        role: str | None = None
         if self.router.is_upstream_source(ip):
-            return "upstream"
-        if self.router.trunk_for_source(ip) is not None:
-            return "carrier"
-        return None
+            role = "upstream"
+        elif self.router.trunk_for_source(ip) is not None:
+            role = "carrier"
+        if len(self._roles) >= 4096:
+            self._roles.clear()
+        self._roles[ip] = role
+        return role
+
+    def forget_roles(self) -> None:
+        self._roles.clear()
 
     # ------------------------------------------------------------ health probes
     async def _probe_loop(self) -> None:

@@ -37,7 +37,7 @@ from sip._abnf import (
     unquote,
 )
 from sip.errors import SipError
-from sip.uri import URI, check_ipv4_like, format_host
+from sip.uri import URI, check_ipv4_like, format_host, is_ip_literal
 
 Param = tuple[str, str | None]
 
@@ -172,7 +172,7 @@ class Via:
             elif lname == "received":
                 # RFC 5118 §4.5: received may carry an IPv6 address with or
                 # without brackets.
-                if value is None or not _is_ip(_strip_brackets(value)):
+                if value is None or not is_ip_literal(_strip_brackets(value)):
                     raise SipError("malformed Via received")
             elif lname == "rport":
                 if value is not None:
@@ -244,14 +244,6 @@ def _strip_brackets(host: str) -> str:
             raise SipError("malformed IPv6 reference") from None
         return host[1:-1]
     return host
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _port(text: str | None) -> int | None:

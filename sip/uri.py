@@ -97,6 +97,19 @@ def check_ipv4_like(host: str) -> None:
         raise SipError("malformed IPv4 address")
 
 
+def is_ip_literal(host: str) -> bool:
+    """True for an IPv4 address or an IPv6 address without brackets."""
+    if IPV4_RE.fullmatch(host) is not None:
+        return True
+    if ":" not in host:
+        return False
+    try:
+        ipaddress.IPv6Address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def format_host(host: str) -> str:
     """Put an IPv6 address in brackets (an IPv6reference); leave others as they are."""
     return f"[{host}]" if ":" in host else host
