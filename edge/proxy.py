@@ -852,6 +852,9 @@ class Proxy:
             try:
                 for target in self.router.probe_targets(loop.time()):
                     self._probe(target)
+                for dialog in self.dialogs.expire(time.time()):
+                    # No BYE ever came (a lost peer): forget the call.
+                    self.log("warning", "dialog_expired", call_id=dialog.call_id)
             except Exception as exc:
                 self.log("error", "probe_error", error=repr(exc))
 
