@@ -198,7 +198,11 @@ class Proxy:
         self.log("info", "draining", dialogs=len(self.dialogs), grace=grace)
         loop = self._get_loop()
         deadline = loop.time() + grace
-        while (len(self.dialogs) or self._forwards) and loop.time() < deadline:
+        while loop.time() < deadline:
+            # Transactions that merely wait out retransmissions (Timer J, K)
+            # hold nothing up: only calls and unanswered requests do.
+            if not len(self.dialogs) and not any(not f.final_sent for f in self._forwards):
+                break
             await asyncio.sleep(0.1)
 
     async def close(self) -> None:
