@@ -8,8 +8,8 @@
 #
 # The default /etc/sipedge/sipedge.toml is configs/sipedge.example.toml with the
 # listeners on 0.0.0.0 and the certificate expected at /etc/sipedge/tls/{cert,key}.pem
-# (mount it; no key is ever baked into the image).  Until the proxy lands (edge issue),
-# `sipedge run` validates the configuration and exits with status 3.
+# (mount it; no key is ever baked into the image).  The metrics endpoint (and so the
+# HEALTHCHECK's /healthz) lands with the operations issue.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
