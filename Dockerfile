@@ -38,9 +38,10 @@ RUN apt-get update \
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links /wheels sipedge
 COPY configs/sipedge.example.toml /etc/sipedge/sipedge.toml
-# Only key lines change (comments keep documenting the real defaults).
+# Only key lines change (comments keep documenting the real defaults).  The echo
+# endpoint (port 5099) stays on loopback: it is a test aid, not a public service.
 RUN sed -i -e '/^[a-z_]\+ = /{' \
-      -e 's/"127\.0\.0\.1:\([0-9]\+\)"/"0.0.0.0:\1"/' \
+      -e '/:5099"/!s/"127\.0\.0\.1:\([0-9]\+\)"/"0.0.0.0:\1"/' \
       -e 's|"\.sipedge/dev-cert\.pem"|"/etc/sipedge/tls/cert.pem"|' \
       -e 's|"\.sipedge/dev-key\.pem"|"/etc/sipedge/tls/key.pem"|' \
       -e '}' /etc/sipedge/sipedge.toml \
