@@ -1,0 +1,663 @@
+"""The media relay's Python path: sessions, legs, and the per-packet forwarding loop.
+
+A :class:`MediaSession` per call holds two :class:`Leg` objects, ``"offer"`` (the
+offerer's side) and ``"answer"``.  Each leg owns local sockets from the
+:class:`~media.ports.PortPool` and is also the forwarding-table entry the C data
+plane will read (issue 7): per leg, the sockets, the peer leg, the source latches
+(what is accepted, and where to send), the crypto transforms, the counters and the
+time of the last packet.  Python writes these fields on offer, answer, re-INVITE,
+latching and delete; :func:`route` is the loop body that reads them.
+
+The packet path (:func:`route`), one step per line, every failure a counted drop:
+
+1. demultiplex by the first byte (RFC 7983 §7): STUN and DTLS are punted to the
+   ``on_control`` callback, anything else that is not RTP is dropped;
+   RTP versus RTCP by the second byte when the leg multiplexes (RFC 5761 §4);
+2. parse the fixed header (RTP or RTCP, :mod:`media.rtp`);
+3. check the source against the leg's latch (:mod:`media.latching`);
+4. RTCP only: the leg's RTCP token bucket (an RTCP flood is dropped);
+5. unprotect with the leg's inbound transform (SRTP/SRTCP → RTP/RTCP);
+6. latch to a new source that has just proved itself;
+7. look up the peer leg's destination (its latched, else signalled, address);
+8. protect with the peer's outbound transform (RTP/RTCP → SRTP/SRTCP);
+9. count, and send from the peer leg's socket.
+
+Crypto transforms are duck-typed (:class:`CryptoTransform`), one per leg and
+direction; ``None`` is plain RTP.  An exception from ``unprotect_*`` is an
+authentication failure, or a replay when its type or text says "replay".
+
+Nothing the network sends raises into the event loop: every datagram ends as
+forwarded, punted or dropped with a reason, so ``received == packets_in + punted +
+sum(drops)`` per leg.  Drops are logged at most once per reason per second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any, Final, Protocol
+
+from media.latching import Address, DropReason, Latch, LatchMode, Verdict
+from media.ports import PortAllocation, PortPool
+from media.rtp import PacketKind, RtcpHeader, RtpError, RtpHeader, classify
+
+LEG_NAMES: Final = ("offer", "answer")
+_PEER: Final = {"offer": "answer", "answer": "offer"}
+
+
+class CryptoTransform(Protocol):
+    """One direction of one leg's SRTP: raises on a bad tag or a replay."""
+
+    def protect_rtp(self, packet: bytes) -> bytes: ...
+    def unprotect_rtp(self, packet: bytes) -> bytes: ...
+    def protect_rtcp(self, packet: bytes) -> bytes: ...
+    def unprotect_rtcp(self, packet: bytes) -> bytes: ...
+
+
+class LogFn(Protocol):
+    def __call__(self, level: str, event: str, /, **fields: Any) -> None: ...
+
+
+# (leg, kind, datagram, source): STUN and DTLS, for the ICE and DTLS layers.
+ControlHandler = Callable[["Leg", PacketKind, bytes, Address], None]
+# What route() hands the socket glue: send `payload` to `destination` from `transport`.
+Forwarded = tuple[asyncio.DatagramTransport, bytes, Address]
+
+
+def crypto_drop_reason(exc: BaseException) -> DropReason:
+    """auth_failed or replay, from an exception of an ``unprotect_*`` call."""
+    text = f"{type(exc).__name__} {exc}".lower()
+    return DropReason.REPLAY if "replay" in text else DropReason.AUTH_FAILED
+
+
+class LegCounters:
+    """Per-leg counters.  ``*_in``: accepted from this leg's endpoint and forwarded;
+    ``*_out``: sent to this leg's endpoint; ``drops``: packets received on this leg
+    and dropped, by reason."""
+
+    __slots__ = (
+        "received",
+        "packets_in",
+        "bytes_in",
+        "packets_out",
+        "bytes_out",
+        "rtcp_in",
+        "rtcp_out",
+        "punted",
+        "send_errors",
+        "drops",
+    )
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.packets_in = 0
+        self.bytes_in = 0
+        self.packets_out = 0
+        self.bytes_out = 0
+        self.rtcp_in = 0
+        self.rtcp_out = 0
+        self.punted = 0
+        self.send_errors = 0
+        self.drops: dict[DropReason, int] = dict.fromkeys(DropReason, 0)
+
+    @property
+    def auth_failures(self) -> int:
+        return self.drops[DropReason.AUTH_FAILED]
+
+    @property
+    def replays(self) -> int:
+        return self.drops[DropReason.REPLAY]
+
+    def as_dict(self) -> dict[str, Any]:
+        fields = {name: getattr(self, name) for name in self.__slots__ if name != "drops"}
+        fields["drops"] = {str(reason): n for reason, n in self.drops.items()}
+        return fields
+
+    def add(self, other: LegCounters) -> None:
+        for name in self.__slots__:
+            if name != "drops":
+                setattr(self, name, getattr(self, name) + getattr(other, name))
+        for reason, n in other.drops.items():
+            self.drops[reason] += n
+
+
+class Leg:
+    """One side of a call: local sockets, the endpoint's address, latches, crypto.
+
+    ``inbound`` unprotects what this leg's endpoint sends; ``outbound`` protects
+    what the relay sends to it.  ``last_packet`` is the relay clock's time of the
+    last packet accepted from the endpoint (``None`` before the first).
+    """
+
+    __slots__ = (
+        "name",
+        "session",
+        "ports",
+        "rtcp_mux",
+        "rtp_latch",
+        "rtcp_latch",
+        "inbound",
+        "outbound",
+        "peer",
+        "counters",
+        "last_packet",
+        "rtp_transport",
+        "rtcp_transport",
+        "rtcp_tokens",
+        "rtcp_stamp",
+        "_closed",
+    )
+
+    def __init__(
+        self, name: str, session: MediaSession, ports: PortAllocation, latch: LatchMode
+    ) -> None:
+        self.name = name
+        self.session = session
+        self.ports = ports
+        self.rtcp_mux = ports.rtcp_mux
+        self.rtp_latch = Latch(latch)
+        self.rtcp_latch = Latch(latch)
+        self.inbound: CryptoTransform | None = None
+        self.outbound: CryptoTransform | None = None
+        self.peer: Leg | None = None
+        self.counters = LegCounters()
+        self.last_packet: float | None = None
+        # Set once the asyncio endpoints exist; with rtcp-mux both are the RTP one.
+        self.rtp_transport: asyncio.DatagramTransport | None = None
+        self.rtcp_transport: asyncio.DatagramTransport | None = None
+        self.rtcp_tokens = float(session.relay.rtcp_burst)
+        self.rtcp_stamp = 0.0
+        self._closed: list[asyncio.Future[None]] = []
+
+    # ---------------------------------------------------------------- control
+
+    @property
+    def local_host(self) -> str:
+        return self.ports.host
+
+    @property
+    def local_rtp_port(self) -> int:
+        return self.ports.rtp_port
+
+    @property
+    def local_rtcp_port(self) -> int:
+        """The port RTCP arrives on: the RTP port with rtcp-mux, else the next one."""
+        return self.ports.rtp_port if self.rtcp_mux else self.ports.rtcp_port
+
+    def set_remote(
+        self, ip: str, rtp_port: int, rtcp_port: int | None = None, *, sip_source: str | None = None
+    ) -> None:
+        """The endpoint's address from SDP (c= and m=, a=rtcp), again on re-INVITE.
+
+        ``rtcp_port`` defaults to ``rtp_port + 1`` (RFC 3550 §11), or ``rtp_port``
+        with rtcp-mux.  ``sip_source``: the IP the endpoint's SIP came from, also
+        trusted as proof for plain RTP (a NATed phone names its private address).
+        A changed address unlatches; port 0 (a disabled stream) clears the remote.
+        """
+        if rtp_port == 0:
+            self.clear_remote()
+            return
+        extra = (sip_source,) if sip_source else ()
+        self.rtp_latch.set_signalled(ip, rtp_port, extra)
+        if self.rtcp_mux:
+            rtcp_port = rtp_port
+        elif rtcp_port is None:
+            rtcp_port = rtp_port + 1
+        self.rtcp_latch.set_signalled(ip, rtcp_port, extra)
+
+    def clear_remote(self) -> None:
+        self.rtp_latch.clear()
+        self.rtcp_latch.clear()
+
+    def set_crypto(self, inbound: CryptoTransform | None, outbound: CryptoTransform | None) -> None:
+        """The SRTP transforms of this leg (``None``: plain RTP that way)."""
+        self.inbound = inbound
+        self.outbound = outbound
+
+    @property
+    def rtp_destination(self) -> Address | None:
+        return self.rtp_latch.destination
+
+    @property
+    def rtcp_destination(self) -> Address | None:
+        """Latched RTCP source; with rtcp-mux, else the latched RTP source (an
+        endpoint that sends no RTCP is still behind the NAT its RTP proved); else
+        the signalled RTCP address."""
+        latch = self.rtcp_latch
+        if latch.latched is not None:
+            return latch.latched
+        if self.rtcp_mux and self.rtp_latch.latched is not None:
+            return self.rtp_latch.latched
+        return latch.signalled
+
+    def send(self, data: bytes, destination: Address, rtcp: bool = False) -> None:
+        """Send from this leg's RTP (or RTCP) socket: for STUN answers and the like."""
+        transport = self.rtcp_transport if rtcp else self.rtp_transport
+        if transport is not None and not transport.is_closing():
+            transport.sendto(data, destination)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "local_rtp_port": self.local_rtp_port,
+            "local_rtcp_port": self.local_rtcp_port,
+            "rtcp_mux": self.rtcp_mux,
+            "srtp_in": self.inbound is not None,
+            "srtp_out": self.outbound is not None,
+            "rtp": self.rtp_latch.snapshot(),
+            "rtcp": self.rtcp_latch.snapshot(),
+            "last_packet": self.last_packet,
+            **self.counters.as_dict(),
+        }
+
+    # ---------------------------------------------------------------- per packet
+
+    def drop(self, reason: DropReason, source: Address) -> None:
+        self.counters.drops[reason] += 1
+        self.session.relay.log_drop(self, reason, source)
+
+    def take_rtcp_token(self, now: float) -> bool:
+        relay = self.session.relay
+        tokens = self.rtcp_tokens + (now - self.rtcp_stamp) * relay.rtcp_rate
+        self.rtcp_stamp = now
+        if tokens > relay.rtcp_burst:
+            tokens = float(relay.rtcp_burst)
+        if tokens < 1.0:
+            self.rtcp_tokens = tokens
+            return False
+        self.rtcp_tokens = tokens - 1.0
+        return True
+
+    # ---------------------------------------------------------------- sockets
+
+    async def _open(self, loop: asyncio.AbstractEventLoop) -> None:
+        rtp_sock = self.ports.rtp_socket
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _LegSocket(self, False), sock=rtp_sock
+        )
+        self.rtp_transport = transport
+        self.rtcp_transport = self.rtp_transport
+        if self.ports.rtcp_socket is not None:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _LegSocket(self, True), sock=self.ports.rtcp_socket
+            )
+            self.rtcp_transport = transport
+
+    async def _close(self) -> None:
+        for transport in {self.rtp_transport, self.rtcp_transport}:
+            if transport is not None:
+                transport.close()
+        if self._closed:
+            # The sockets close on a later loop turn; wait so that the ports are
+            # really free when they leave quarantine.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*self._closed), 1.0)
+
+
+def route(
+    leg: Leg, on_rtcp_port: bool, data: bytes, source: Address, now: float
+) -> Forwarded | None:
+    """The per-packet path: a datagram from ``source`` on one of ``leg``'s sockets.
+
+    Returns what to send, or ``None`` when the packet was punted or dropped (counted
+    either way).  This is the loop body the C data plane replaces (issue 7).
+    """
+    counters = leg.counters
+    counters.received += 1
+    host, port = source[0], source[1]
+
+    # 1. Demultiplex: RFC 7983 §7 by the first byte, RFC 5761 §4 by the second.
+    kind = classify(data)
+    if kind is PacketKind.STUN or kind is PacketKind.DTLS:
+        counters.punted += 1
+        leg.session.relay.punt(leg, kind, data, (host, port))
+        return None
+    if kind is PacketKind.OTHER:
+        leg.drop(DropReason.NOT_RTP if data else DropReason.TOO_SHORT, source)
+        return None
+    # Without rtcp-mux every RTP-range datagram on the RTP port is RTP (payload
+    # types 64-95 are legal there), and everything on the RTCP port is RTCP.
+    rtcp = on_rtcp_port or (leg.rtcp_mux and kind is PacketKind.RTCP)
+
+    # 2. Parse the fixed header; its SSRC is the latch's plain-RTP proof.
+    try:
+        ssrc = RtcpHeader.parse(data).ssrc if rtcp else RtpHeader.parse(data).ssrc
+    except RtpError as exc:
+        leg.drop(DropReason(exc.reason), source)
+        return None
+
+    # 3. Source check.
+    latch = leg.rtcp_latch if rtcp else leg.rtp_latch
+    inbound = leg.inbound
+    verdict = latch.check(host, port, ssrc, inbound is not None)
+    if verdict is Verdict.DROP:
+        leg.drop(DropReason.UNKNOWN_SOURCE, source)
+        return None
+
+    # 4. RTCP rate (RFC 3550 §6.2 keeps RTCP to a few percent of the session).
+    if rtcp and not leg.take_rtcp_token(now):
+        leg.drop(DropReason.RTCP_FLOOD, source)
+        return None
+
+    # 5. Decrypt.
+    size = len(data)
+    if inbound is not None:
+        try:
+            data = inbound.unprotect_rtcp(data) if rtcp else inbound.unprotect_rtp(data)
+        except Exception as exc:
+            # A stranger that fails to prove itself to a latched leg is just that.
+            if verdict is Verdict.CANDIDATE and latch.latched is not None:
+                leg.drop(DropReason.UNKNOWN_SOURCE, source)
+            else:
+                leg.drop(crypto_drop_reason(exc), source)
+            return None
+
+    # 6. Latch to a source that has proved itself.
+    if verdict is Verdict.CANDIDATE:
+        relatch = latch.latched is not None
+        latch.confirm(host, port, ssrc, now)
+        leg.session.relay.log_latch(leg, rtcp, relatch, source, ssrc)
+    leg.last_packet = now
+
+    # 7. Destination: the peer leg's latched, else signalled, address.
+    peer = leg.peer
+    destination = None
+    if peer is not None:
+        destination = peer.rtcp_destination if rtcp else peer.rtp_latch.destination
+    if peer is None or destination is None:
+        leg.drop(DropReason.NO_DESTINATION, source)
+        return None
+    transport = peer.rtcp_transport if rtcp else peer.rtp_transport
+    if transport is None:
+        leg.drop(DropReason.NO_DESTINATION, source)
+        return None
+
+    # 8. Encrypt for the peer.
+    outbound = peer.outbound
+    if outbound is not None:
+        try:
+            data = outbound.protect_rtcp(data) if rtcp else outbound.protect_rtp(data)
+        except Exception:
+            leg.drop(DropReason.PROTECT_FAILED, source)
+            return None
+
+    # 9. Count; the caller sends.
+    counters.packets_in += 1
+    counters.bytes_in += size
+    out = peer.counters
+    out.packets_out += 1
+    out.bytes_out += len(data)
+    if rtcp:
+        counters.rtcp_in += 1
+        out.rtcp_out += 1
+    return transport, data, destination
+
+
+class _LegSocket(asyncio.DatagramProtocol):
+    """The asyncio glue of one leg socket: hands each datagram to :func:`route`."""
+
+    def __init__(self, leg: Leg, rtcp: bool) -> None:
+        self.leg = leg
+        self.rtcp = rtcp
+        self.clock = leg.session.relay.clock
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        leg._closed.append(self.closed)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        try:
+            forwarded = route(self.leg, self.rtcp, data, addr, self.clock())
+        except Exception as exc:  # a bug, not the network's fault: never into the loop
+            self.leg.counters.drops[DropReason.INTERNAL_ERROR] += 1
+            with contextlib.suppress(Exception):
+                self.leg.session.relay.log_error(self.leg, exc)
+            return
+        if forwarded is not None:
+            transport, payload, destination = forwarded
+            transport.sendto(payload, destination)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable for an earlier send: the endpoint is not there yet.
+        self.leg.counters.send_errors += 1
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class MediaSession:
+    """The media of one call: an ``"offer"`` leg and an ``"answer"`` leg.
+
+    ``on_hold`` (set by the proxy from the SDP direction attributes) excludes the
+    call from the media timeout; leaving hold restarts the timeout's clock.
+    """
+
+    def __init__(self, relay: MediaRelay, call_id: str) -> None:
+        self.relay = relay
+        self.call_id = call_id
+        self.legs: dict[str, Leg] = {}
+        self.created_at = relay.clock()
+        self._on_hold = False
+        self._hold_changed_at = self.created_at
+        self.closed = False
+
+    async def add_leg(
+        self, name: str, rtcp_mux: bool = False, latch: LatchMode = LatchMode.NAT
+    ) -> Leg:
+        """Allocate and bind the leg's ports; raise PortsExhausted when none are
+        free.  The two legs are each other's peer."""
+        if name not in LEG_NAMES:
+            raise ValueError(f"leg name must be one of {LEG_NAMES}, not {name!r}")
+        if name in self.legs:
+            raise ValueError(f"session {self.call_id!r} already has an {name!r} leg")
+        if self.closed:
+            raise RuntimeError(f"session {self.call_id!r} is deleted")
+        allocation = self.relay.pool.allocate(rtcp_mux=rtcp_mux)
+        leg = Leg(name, self, allocation, latch)
+        try:
+            await leg._open(asyncio.get_running_loop())
+        except BaseException:
+            await leg._close()
+            allocation.close()
+            self.relay.pool.release(allocation)
+            raise
+        self.legs[name] = leg
+        peer = self.legs.get(_PEER[name])
+        if peer is not None:
+            leg.peer, peer.peer = peer, leg
+        return leg
+
+    def leg(self, name: str) -> Leg | None:
+        return self.legs.get(name)
+
+    @property
+    def on_hold(self) -> bool:
+        return self._on_hold
+
+    @on_hold.setter
+    def on_hold(self, value: bool) -> None:
+        if value != self._on_hold:
+            self._on_hold = value
+            self._hold_changed_at = self.relay.clock()
+
+    @property
+    def last_packet(self) -> float | None:
+        times = [leg.last_packet for leg in self.legs.values() if leg.last_packet is not None]
+        return max(times) if times else None
+
+    def media_timeout(self, now: float, timeout: float) -> bool:
+        """True when no packet came from either side for ``timeout`` seconds (since
+        the session began or left hold, if later); never while on hold.  ``now``
+        is on the relay's clock."""
+        if self._on_hold or self.closed:
+            return False
+        last = max(self.created_at, self._hold_changed_at, self.last_packet or 0.0)
+        return now - last >= timeout
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "call_id": self.call_id,
+            "on_hold": self._on_hold,
+            "legs": {name: leg.stats() for name, leg in self.legs.items()},
+        }
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for leg in self.legs.values():
+            await leg._close()
+            self.relay.pool.release(leg.ports)
+            self.relay.retire(leg.counters)
+
+
+class MediaRelay:
+    """The relay: a port pool on ``host`` and the media sessions by call id.
+
+    ``on_control(leg, kind, data, source)`` receives STUN and DTLS datagrams;
+    without it they are counted as punted and discarded.  ``rtcp_rate`` and
+    ``rtcp_burst`` bound RTCP per leg (packets per second, bucket size).
+    ``clock`` is the monotonic clock the packet path stamps with; pass its time as
+    ``now`` to :meth:`MediaSession.media_timeout`.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port_range: tuple[int, int] = (10000, 60000),
+        quarantine: float = 30.0,
+        log: LogFn | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        on_control: ControlHandler | None = None,
+        rtcp_rate: float = 100.0,
+        rtcp_burst: int = 200,
+        pool: PortPool | None = None,
+    ) -> None:
+        self.host = host
+        self.clock = clock
+        self.pool = pool or PortPool(host, port_range, quarantine, clock=clock)
+        self.log = log
+        self.on_control = on_control
+        self.rtcp_rate = rtcp_rate
+        self.rtcp_burst = rtcp_burst
+        self.sessions: dict[str, MediaSession] = {}
+        self._retired = LegCounters()  # counters of deleted sessions, for totals
+        self._log_window: dict[str, tuple[float, int]] = {}  # key -> (window start, suppressed)
+
+    async def create_session(self, call_id: str) -> MediaSession:
+        if call_id in self.sessions:
+            raise ValueError(f"media session {call_id!r} exists")
+        session = MediaSession(self, call_id)
+        self.sessions[call_id] = session
+        return session
+
+    def session(self, call_id: str) -> MediaSession | None:
+        return self.sessions.get(call_id)
+
+    async def delete_session(self, call_id: str) -> bool:
+        """Close the call's sockets and quarantine its ports; False if unknown."""
+        session = self.sessions.pop(call_id, None)
+        if session is None:
+            return False
+        await session.close()
+        return True
+
+    async def close(self) -> None:
+        for call_id in list(self.sessions):
+            await self.delete_session(call_id)
+
+    def timed_out(self, now: float, timeout: float) -> list[str]:
+        """Call ids whose media timed out (see :meth:`MediaSession.media_timeout`)."""
+        return [cid for cid, s in self.sessions.items() if s.media_timeout(now, timeout)]
+
+    def retire(self, counters: LegCounters) -> None:
+        self._retired.add(counters)
+
+    def stats(self) -> dict[str, Any]:
+        """Totals since start (deleted sessions included), sessions and ports."""
+        totals = LegCounters()
+        totals.add(self._retired)
+        legs = 0
+        for session in self.sessions.values():
+            for leg in session.legs.values():
+                totals.add(leg.counters)
+                legs += 1
+        ports = self.pool.stats()
+        return {
+            "sessions": len(self.sessions),
+            "legs": legs,
+            "ports_in_use": ports.in_use,
+            "ports_free": ports.free,
+            "ports_quarantined": ports.quarantined,
+            "port_bind_failures": ports.bind_failures,
+            **totals.as_dict(),
+        }
+
+    # ---------------------------------------------------------------- callbacks
+
+    def punt(self, leg: Leg, kind: PacketKind, data: bytes, source: Address) -> None:
+        if self.on_control is not None:
+            try:
+                self.on_control(leg, kind, data, source)
+            except Exception as exc:
+                leg.counters.drops[DropReason.INTERNAL_ERROR] += 1
+                self.log_error(leg, exc)
+
+    # ---------------------------------------------------------------- logging
+
+    def _limited(self, key: str) -> int | None:
+        """None when a line for ``key`` was already logged this second; else the
+        number of lines suppressed since the last one."""
+        now = self.clock()
+        start, suppressed = self._log_window.get(key, (-1.0, 0))
+        if now - start < 1.0 and start >= 0:
+            self._log_window[key] = (start, suppressed + 1)
+            return None
+        if len(self._log_window) > 1024:
+            self._log_window.clear()
+        self._log_window[key] = (now, 0)
+        return suppressed
+
+    def log_drop(self, leg: Leg, reason: DropReason, source: Address) -> None:
+        if self.log is None:
+            return
+        suppressed = self._limited(f"drop:{reason}")
+        if suppressed is not None:
+            self.log(
+                "info",
+                "media_drop",
+                reason=str(reason),
+                call_id=leg.session.call_id,
+                leg=leg.name,
+                source=f"{source[0]}:{source[1]}",
+                suppressed=suppressed,
+            )
+
+    def log_latch(self, leg: Leg, rtcp: bool, relatch: bool, source: Address, ssrc: int) -> None:
+        if self.log is None:
+            return
+        suppressed = self._limited(f"latch:{leg.session.call_id}:{leg.name}")
+        if suppressed is not None:
+            self.log(
+                "info",
+                "media_relatched" if relatch else "media_latched",
+                call_id=leg.session.call_id,
+                leg=leg.name,
+                component="rtcp" if rtcp else "rtp",
+                source=f"{source[0]}:{source[1]}",
+                ssrc=f"{ssrc:08x}",
+                suppressed=suppressed,
+            )
+
+    def log_error(self, leg: Leg, exc: BaseException) -> None:
+        if self.log is None:
+            return
+        if self._limited("error") is not None:
+            self.log(
+                "error",
+                "media_internal_error",
+                call_id=leg.session.call_id,
+                leg=leg.name,
+                error=f"{type(exc).__name__}: {exc}",
+            )
