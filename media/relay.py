@@ -601,6 +601,8 @@ class MediaRelay:
             try:
                 self.on_control(leg, kind, data, source)
             except Exception as exc:
+                # Counted as an internal error instead of as punted.
+                leg.counters.punted -= 1
                 leg.counters.drops[DropReason.INTERNAL_ERROR] += 1
                 self.log_error(leg, exc)
 
@@ -637,14 +639,16 @@ class MediaRelay:
     def log_latch(self, leg: Leg, rtcp: bool, relatch: bool, source: Address, ssrc: int) -> None:
         if self.log is None:
             return
-        suppressed = self._limited(f"latch:{leg.session.call_id}:{leg.name}")
+        component = "rtcp" if rtcp else "rtp"
+        key = f"latch:{leg.session.call_id}:{leg.name}:{component}:{relatch}"
+        suppressed = self._limited(key)
         if suppressed is not None:
             self.log(
                 "info",
                 "media_relatched" if relatch else "media_latched",
                 call_id=leg.session.call_id,
                 leg=leg.name,
-                component="rtcp" if rtcp else "rtp",
+                component=component,
                 source=f"{source[0]}:{source[1]}",
                 ssrc=f"{ssrc:08x}",
                 suppressed=suppressed,
