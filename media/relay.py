@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import time
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 from media.latching import Address, DropReason, Latch, LatchMode, Verdict
 from media.ports import PortAllocation, PortPool
-from media.rtp import PacketKind, RtcpHeader, RtpError, RtpHeader, classify
+from media.rtp import PacketKind, RtpError, classify, rtcp_ssrc, rtp_ssrc
 
 LEG_NAMES: Final = ("offer", "answer")
 _PEER: Final = {"offer": "answer", "answer": "offer"}
@@ -195,10 +196,17 @@ class Leg:
         with rtcp-mux.  ``sip_source``: the IP the endpoint's SIP came from, also
         trusted as proof for plain RTP (a NATed phone names its private address).
         A changed address unlatches; port 0 (a disabled stream) clears the remote.
+        Raise ValueError for anything but an IP literal of the relay's family, or a
+        port outside 1-65535.
         """
         if rtp_port == 0:
             self.clear_remote()
             return
+        if ipaddress.ip_address(ip).version != ipaddress.ip_address(self.local_host).version:
+            raise ValueError(f"remote {ip} is not of the relay address family ({self.local_host})")
+        for port in (rtp_port, rtcp_port):
+            if port is not None and not 0 < port <= 65535:
+                raise ValueError(f"port {port} out of range")
         extra = (sip_source,) if sip_source else ()
         self.rtp_latch.set_signalled(ip, rtp_port, extra)
         if self.rtcp_mux:
@@ -322,7 +330,7 @@ def route(
 
     # 2. Parse the fixed header; its SSRC is the latch's plain-RTP proof.
     try:
-        ssrc = RtcpHeader.parse(data).ssrc if rtcp else RtpHeader.parse(data).ssrc
+        ssrc = rtcp_ssrc(data) if rtcp else rtp_ssrc(data)
     except RtpError as exc:
         leg.drop(DropReason(exc.reason), source)
         return None
@@ -414,7 +422,10 @@ class _LegSocket(asyncio.DatagramProtocol):
             return
         if forwarded is not None:
             transport, payload, destination = forwarded
-            transport.sendto(payload, destination)
+            try:
+                transport.sendto(payload, destination)
+            except (OSError, ValueError, RuntimeError):
+                self.leg.counters.send_errors += 1
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable for an earlier send: the endpoint is not there yet.

@@ -77,16 +77,17 @@ class PacketKind(enum.IntEnum):
 
 
 # One lookup per datagram: the first byte decides all but RTP versus RTCP.
-_FIRST_BYTE: Final = bytes(
-    PacketKind.STUN
-    if b <= 3
-    else PacketKind.DTLS
-    if 20 <= b <= 63
-    else PacketKind.RTP
-    if 128 <= b <= 191
-    else PacketKind.OTHER
-    for b in range(256)
-)
+def _first_byte_kind(b: int) -> PacketKind:
+    if b <= 3:
+        return PacketKind.STUN
+    if 20 <= b <= 63:
+        return PacketKind.DTLS
+    if 128 <= b <= 191:
+        return PacketKind.RTP
+    return PacketKind.OTHER
+
+
+_FIRST_BYTE: Final = tuple(_first_byte_kind(b) for b in range(256))
 
 
 def classify(data: bytes) -> PacketKind:
@@ -97,7 +98,7 @@ def classify(data: bytes) -> PacketKind:
     """
     if not data:
         return PacketKind.OTHER
-    kind = PacketKind(_FIRST_BYTE[data[0]])
+    kind = _FIRST_BYTE[data[0]]
     if kind is PacketKind.RTP and len(data) > 1 and RTCP_PT_MIN <= data[1] <= RTCP_PT_MAX:
         return PacketKind.RTCP
     return kind
@@ -227,9 +228,38 @@ class RtcpHeader:
         )
 
 
+def rtp_header_length(data: bytes) -> int:
+    """Validate an RTP header as :meth:`RtpHeader.parse` does and return its length,
+    without building the object (the relay's per-packet check)."""
+    size = len(data)
+    if size < RTP_HEADER_MIN:
+        raise RtpError("too_short", f"RTP packet of {size} bytes")
+    b0 = data[0]
+    if b0 >> 6 != RTP_VERSION:
+        raise RtpError("not_rtp", f"RTP version {b0 >> 6}")
+    length = RTP_HEADER_MIN + 4 * (b0 & 0x0F)
+    if b0 & 0x10:
+        if size < length + 4:
+            raise RtpError("malformed", "header extension past the end of the packet")
+        length += 4 + 4 * ((data[length + 2] << 8) | data[length + 3])
+    if size < length:
+        raise RtpError("malformed", "CSRC list or header extension past the end of the packet")
+    return length
+
+
 def rtp_ssrc(data: bytes) -> int:
-    """The SSRC of an RTP packet (bytes 8-11) or RTCP packet (bytes 4-7) whose header
-    was already validated; the relay's per-packet shortcut."""
-    if is_rtcp(data):
-        return int.from_bytes(data[4:8], "big")
+    """The SSRC of a valid RTP header; raise :class:`RtpError` as the parser does."""
+    rtp_header_length(data)
     return int.from_bytes(data[8:12], "big")
+
+
+def rtcp_ssrc(data: bytes) -> int:
+    """The sender SSRC of a valid RTCP header; raise :class:`RtpError` as the parser
+    does."""
+    if len(data) < RTCP_HEADER_MIN:
+        raise RtpError("too_short", f"RTCP packet of {len(data)} bytes")
+    if data[0] >> 6 != RTP_VERSION:
+        raise RtpError("not_rtp", f"RTCP version {data[0] >> 6}")
+    if not RTCP_PT_MIN <= data[1] <= RTCP_PT_MAX:
+        raise RtpError("not_rtp", f"RTCP packet type {data[1]}")
+    return int.from_bytes(data[4:8], "big")

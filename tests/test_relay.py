@@ -824,6 +824,21 @@ async def test_delete_session_quarantines_its_ports(
     assert relay.stats()["ports_quarantined"] == 0
 
 
+async def test_set_remote_refuses_bad_addresses(
+    make_relay: Callable[..., MediaRelay], harness: Harness
+) -> None:
+    relay = make_relay()
+    session = await relay.create_session("bad")
+    leg = await session.add_leg("offer")
+    for args in [("::1", 4000), ("phone.example.com", 4000), (CALLER, 70000), (CALLER, -1)]:
+        with pytest.raises(ValueError):
+            leg.set_remote(*args)
+    with pytest.raises(ValueError):
+        leg.set_remote(CALLER, 4000, 0)
+    leg.set_remote(CALLER, 4000, 4001)
+    assert leg.rtp_destination == (CALLER, 4000) and leg.rtcp_destination == (CALLER, 4001)
+
+
 async def test_exhaustion_and_bad_legs(
     make_relay: Callable[..., MediaRelay], harness: Harness
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -17,6 +18,9 @@ from media.rtp import (
     RtpHeader,
     classify,
     is_rtcp,
+    rtcp_ssrc,
+    rtp_header_length,
+    rtp_ssrc,
 )
 
 # A G.711 µ-law packet as a phone sends it: V=2, PT 0, seq 1, ts 160, SSRC 0xdeadbeef,
@@ -182,3 +186,45 @@ def test_parsers_raise_only_rtp_error(data: bytes) -> None:
         RtcpHeader.parse(data)
     except RtpError as exc:
         assert exc.reason in {"too_short", "not_rtp"}
+
+
+def _outcome(parse: Callable[[bytes], object], data: bytes) -> object:
+    try:
+        return parse(data)
+    except RtpError as exc:
+        return exc.reason
+
+
+rtp_like = st.one_of(
+    st.binary(max_size=48),
+    # Version 2 with random flags, CSRC counts and extension lengths: the edge cases.
+    st.tuples(st.integers(0x80, 0xBF), st.binary(min_size=0, max_size=60)).map(
+        lambda t: bytes([t[0]]) + t[1]
+    ),
+)
+
+
+@given(rtp_like)
+def test_fast_rtp_check_agrees_with_the_parser(data: bytes) -> None:
+    """The relay's per-packet check (no object built) and the parser are one
+    definition: same SSRC, same header length, same refusal reason."""
+    parsed = _outcome(RtpHeader.parse, data)
+    if isinstance(parsed, RtpHeader):
+        assert rtp_ssrc(data) == parsed.ssrc
+        assert rtp_header_length(data) == parsed.header_length
+    else:
+        assert _outcome(rtp_ssrc, data) == parsed
+
+
+@given(rtp_like)
+def test_fast_rtcp_check_agrees_with_the_parser(data: bytes) -> None:
+    parsed = _outcome(RtcpHeader.parse, data)
+    if isinstance(parsed, RtcpHeader):
+        assert rtcp_ssrc(data) == parsed.ssrc
+    else:
+        assert _outcome(rtcp_ssrc, data) == parsed
+
+
+def test_fast_checks_on_the_vectors() -> None:
+    assert rtp_ssrc(PCMU) == 0xDEADBEEF and rtp_header_length(RICH) == 28
+    assert rtcp_ssrc(SR) == 0xDEADBEEF and rtcp_ssrc(RR) == 0xCAFEBABE
