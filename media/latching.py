@@ -23,8 +23,9 @@ multiplexed):
 - Relatching (the endpoint's NAT binding changed) needs proof too: an SRTP packet
   that authenticates from the new address; for plain RTP a packet from a signalled
   host IP that carries the latched SSRC.  A stranger never relatches a leg.
-- The latched SSRC follows the latched source: a packet from the latched address
-  with another SSRC (a restarted stream) updates it.
+- The latched SSRC follows the latched source: an accepted packet (one that passed
+  the inbound transform) from the latched address with another SSRC (a restarted
+  stream) updates it, through :meth:`Latch.follow`.
 - A new signalled address (re-INVITE) unlatches: the next proof latches afresh.
 - Time is passed in (``now``) and only recorded; nothing here reads a clock.
 
@@ -139,15 +140,14 @@ class Latch:
     # ---------------------------------------------------------------- per packet
 
     def check(self, host: str, port: int, ssrc: int, secure: bool) -> Verdict:
-        """Whether a packet from ``(host, port)`` with ``ssrc`` may pass.
+        """Whether a packet from ``(host, port)`` with ``ssrc`` may pass (a question:
+        nothing changes).
 
         ``secure`` says the leg decrypts inbound (SRTP): a CANDIDATE must then
         authenticate before :meth:`confirm`.
         """
         latched = self.latched
         if latched is not None and host == latched[0] and port == latched[1]:
-            if ssrc != self.ssrc and self.mode is LatchMode.NAT:
-                self.ssrc = ssrc  # a restarted stream from the proven source
             return Verdict.ACCEPT
         if self.mode is LatchMode.STRICT:
             return Verdict.DROP
@@ -158,6 +158,12 @@ class Latch:
         if latched is None or ssrc == self.ssrc:
             return Verdict.CANDIDATE
         return Verdict.DROP
+
+    def follow(self, ssrc: int) -> None:
+        """An accepted packet from the latched source (after its inbound transform)
+        with another SSRC: a restarted stream; the plain-RTP relatch proof follows."""
+        if self.mode is LatchMode.NAT:
+            self.ssrc = ssrc
 
     def confirm(self, host: str, port: int, ssrc: int, now: float) -> None:
         """Latch (or relatch) to a CANDIDATE that proved itself."""

@@ -366,6 +366,8 @@ def route(
         relatch = latch.latched is not None
         latch.confirm(host, port, ssrc, now)
         leg.session.relay.log_latch(leg, rtcp, relatch, source, ssrc)
+    elif ssrc != latch.ssrc:
+        latch.follow(ssrc)
     leg.last_packet = now
 
     # 7. Destination: the peer leg's latched, else signalled, address.
@@ -619,60 +621,40 @@ class MediaRelay:
 
     # ---------------------------------------------------------------- logging
 
-    def _limited(self, key: str) -> int | None:
-        """None when a line for ``key`` was already logged this second; else the
-        number of lines suppressed since the last one."""
+    def log_limited(self, key: str, level: str, event: str, leg: Leg, **fields: Any) -> None:
+        """At most one line per ``key`` per second; the next one that passes says how
+        many were suppressed.  Peers trigger these at will: never a line per packet."""
+        if self.log is None:
+            return
         now = self.clock()
         start, suppressed = self._log_window.get(key, (-1.0, 0))
-        if now - start < 1.0 and start >= 0:
+        if start >= 0 and now - start < 1.0:
             self._log_window[key] = (start, suppressed + 1)
-            return None
+            return
         if len(self._log_window) > 1024:
             self._log_window.clear()
         self._log_window[key] = (now, 0)
-        return suppressed
+        call_id, name = leg.session.call_id, leg.name
+        self.log(level, event, call_id=call_id, leg=name, suppressed=suppressed, **fields)
 
     def log_drop(self, leg: Leg, reason: DropReason, source: Address) -> None:
-        if self.log is None:
-            return
-        suppressed = self._limited(f"drop:{reason}")
-        if suppressed is not None:
-            self.log(
-                "info",
-                "media_drop",
-                reason=str(reason),
-                call_id=leg.session.call_id,
-                leg=leg.name,
-                source=f"{source[0]}:{source[1]}",
-                suppressed=suppressed,
-            )
+        source_text = f"{source[0]}:{source[1]}"
+        self.log_limited(
+            f"drop:{reason}", "info", "media_drop", leg, reason=str(reason), source=source_text
+        )
 
     def log_latch(self, leg: Leg, rtcp: bool, relatch: bool, source: Address, ssrc: int) -> None:
-        if self.log is None:
-            return
         component = "rtcp" if rtcp else "rtp"
-        key = f"latch:{leg.session.call_id}:{leg.name}:{component}:{relatch}"
-        suppressed = self._limited(key)
-        if suppressed is not None:
-            self.log(
-                "info",
-                "media_relatched" if relatch else "media_latched",
-                call_id=leg.session.call_id,
-                leg=leg.name,
-                component=component,
-                source=f"{source[0]}:{source[1]}",
-                ssrc=f"{ssrc:08x}",
-                suppressed=suppressed,
-            )
+        self.log_limited(
+            f"latch:{leg.session.call_id}:{leg.name}:{component}:{relatch}",
+            "info",
+            "media_relatched" if relatch else "media_latched",
+            leg,
+            component=component,
+            source=f"{source[0]}:{source[1]}",
+            ssrc=f"{ssrc:08x}",
+        )
 
     def log_error(self, leg: Leg, exc: BaseException) -> None:
-        if self.log is None:
-            return
-        if self._limited("error") is not None:
-            self.log(
-                "error",
-                "media_internal_error",
-                call_id=leg.session.call_id,
-                leg=leg.name,
-                error=f"{type(exc).__name__}: {exc}",
-            )
+        error = f"{type(exc).__name__}: {exc}"
+        self.log_limited("error", "error", "media_internal_error", leg, error=error)

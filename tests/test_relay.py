@@ -85,6 +85,8 @@ def test_nat_latched_ssrc_follows_the_latched_source() -> None:
     latch.set_signalled(CALLER, 4000)
     latch.confirm(CALLER, 4000, 1, now=1.0)
     assert latch.check(CALLER, 4000, 2, secure=False) is Verdict.ACCEPT  # stream restarted
+    assert latch.ssrc == 1  # check() is a question: only an accepted packet moves it
+    latch.follow(2)
     assert latch.ssrc == 2
     assert latch.check(CALLER, 5000, 1, secure=False) is Verdict.DROP
     assert latch.check(CALLER, 5000, 2, secure=False) is Verdict.CANDIDATE
@@ -532,6 +534,32 @@ async def test_plain_nat_latching_and_strict_mode(
     s_caller.rtp.send(rtp(2), to_rtp(s_offer))
     assert (await s_callee.rtp.recv())[0] == rtp(2)
     assert callee.rtp.pending() == [] and s_callee.rtp.pending() == []
+
+
+async def test_latched_ssrc_follows_accepted_packets_only(
+    make_relay: Callable[..., MediaRelay], harness: Harness
+) -> None:
+    relay = make_relay()
+    _, offer, answer, caller, callee = await call(relay, harness)
+    answer.set_crypto(inbound=FakeSrtp(0x5A), outbound=None)
+    callee_tx = FakeSrtp(0x5A)
+    # Plain: the caller restarts its stream with a new SSRC; a later NAT rebinding
+    # proves itself with the new one.
+    caller.rtp.send(rtp(1), to_rtp(offer))
+    caller.rtp.send(rtp(2, ssrc=0x33), to_rtp(offer))
+    assert [(await callee.rtp.recv())[0] for _ in range(2)] == [rtp(1), rtp(2, ssrc=0x33)]
+    assert offer.rtp_latch.ssrc == 0x33
+    rebound = await harness.endpoint(CALLER)
+    rebound.send(rtp(3, ssrc=0x33), to_rtp(offer))
+    assert (await callee.rtp.recv())[0] == rtp(3, ssrc=0x33)
+    assert offer.rtp_latch.latched == rebound.address
+    # SRTP: a packet spoofing the latched source with a bad tag changes nothing.
+    callee.rtp.send(callee_tx.protect_rtp(rtp(1, ssrc=0x22)), to_rtp(answer))
+    assert (await rebound.recv())[0] == rtp(1, ssrc=0x22)
+    forged = FakeSrtp(0x77).protect_rtp(rtp(2, ssrc=0x99))
+    callee.rtp.send(forged, to_rtp(answer))
+    await until(lambda: answer.counters.auth_failures == 1)
+    assert answer.rtp_latch.ssrc == 0x22
 
 
 async def test_sip_source_lets_a_natted_phone_prove_itself(
