@@ -24,7 +24,8 @@ The packet path (:func:`route`), one step per line, every failure a counted drop
 
 Crypto transforms are duck-typed (:class:`CryptoTransform`), one per leg and
 direction; ``None`` is plain RTP.  An exception from ``unprotect_*`` is an
-authentication failure, or a replay when its type or text says "replay".
+authentication failure, or a replay when its ``reason`` (media.srtp), type or text
+says "replay" (:func:`crypto_drop_reason`).
 
 Nothing the network sends raises into the event loop: every datagram ends as
 forwarded, punted or dropped with a reason, so ``received == packets_in + punted +
@@ -67,8 +68,21 @@ ControlHandler = Callable[["Leg", PacketKind, bytes, Address], None]
 Forwarded = tuple[asyncio.DatagramTransport, bytes, Address]
 
 
+# ``reason`` of media.srtp.SrtpError; other transforms (pylibsrtp) are read by text.
+_CRYPTO_REASONS: Final = {
+    "replay": DropReason.REPLAY,
+    "short": DropReason.TOO_SHORT,
+    "format": DropReason.MALFORMED,
+}
+
+
 def crypto_drop_reason(exc: BaseException) -> DropReason:
-    """auth_failed or replay, from an exception of an ``unprotect_*`` call."""
+    """The drop reason for an exception of an ``unprotect_*`` call: its ``reason``
+    attribute when it has one, else replay when its type or text says so, else
+    auth_failed."""
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, str):
+        return _CRYPTO_REASONS.get(reason, DropReason.AUTH_FAILED)
     text = f"{type(exc).__name__} {exc}".lower()
     return DropReason.REPLAY if "replay" in text else DropReason.AUTH_FAILED
 

@@ -144,6 +144,17 @@ def test_crypto_errors_map_to_replay_or_auth_failed() -> None:
     assert crypto_drop_reason(Exception("authentication failure")) is DropReason.AUTH_FAILED
     assert crypto_drop_reason(ValueError("short")) is DropReason.AUTH_FAILED
 
+    class SrtpError(Exception):  # media.srtp's shape: a reason attribute
+        def __init__(self, reason: str) -> None:
+            super().__init__(reason)
+            self.reason = reason
+
+    assert crypto_drop_reason(SrtpError("replay")) is DropReason.REPLAY
+    assert crypto_drop_reason(SrtpError("auth")) is DropReason.AUTH_FAILED
+    assert crypto_drop_reason(SrtpError("short")) is DropReason.TOO_SHORT
+    assert crypto_drop_reason(SrtpError("format")) is DropReason.MALFORMED
+    assert crypto_drop_reason(SrtpError("ssrc_limit")) is DropReason.AUTH_FAILED
+
 
 # ================================================================ helpers
 
@@ -666,6 +677,41 @@ async def test_rtp_to_srtp_with_libsrtp_as_reference(
     assert (await caller.rtcp.recv())[0] == rtcp_sr(ssrc=0x22, tag=2)
     assert answer.counters.auth_failures == 0 and answer.counters.replays == 0
     assert balanced(offer) and balanced(answer)
+
+
+async def test_rtp_to_srtp_with_sipedge_srtp_core_against_libsrtp(
+    make_relay: Callable[..., MediaRelay], harness: Harness
+) -> None:
+    """The same call with sipedge's own SRTP core (media.srtp) inside the relay and
+    libsrtp at the callee: what the relay sends decrypts with libsrtp, and back."""
+    srtp = pytest.importorskip("media.srtp")
+    relay = make_relay()
+    _, offer, answer, caller, callee = await call(relay, harness)
+    relay_key, callee_key = random.randbytes(30), random.randbytes(30)
+    suite = "AES_CM_128_HMAC_SHA1_80"
+    answer.set_crypto(
+        inbound=srtp.Context(callee_key[:16], callee_key[16:], suite, direction="inbound"),
+        outbound=srtp.Context(relay_key[:16], relay_key[16:], suite, direction="outbound"),
+    )
+    callee_rx, callee_tx = LibSrtp(relay_key, outbound=False), LibSrtp(callee_key, True)
+    for seq in range(1, 11):
+        caller.rtp.send(rtp(seq), to_rtp(offer))
+        assert callee_rx.unprotect_rtp((await callee.rtp.recv())[0]) == rtp(seq)
+        callee.rtp.send(callee_tx.protect_rtp(rtp(seq, ssrc=0x22)), to_rtp(answer))
+        assert (await caller.rtp.recv())[0] == rtp(seq, ssrc=0x22)
+    caller.rtcp.send(rtcp_sr(tag=1), to_rtcp(offer))
+    assert callee_rx.unprotect_rtcp((await callee.rtcp.recv())[0]) == rtcp_sr(tag=1)
+    srtcp = callee_tx.protect_rtcp(rtcp_sr(ssrc=0x22, tag=2))
+    callee.rtcp.send(srtcp, to_rtcp(answer))
+    assert (await caller.rtcp.recv())[0] == rtcp_sr(ssrc=0x22, tag=2)
+    replayed = callee_tx.protect_rtp(rtp(11, ssrc=0x22))
+    callee.rtp.send(replayed, to_rtp(answer))
+    callee.rtp.send(replayed, to_rtp(answer))
+    callee.rtcp.send(srtcp[:-1] + bytes([srtcp[-1] ^ 1]), to_rtcp(answer))
+    assert (await caller.rtp.recv())[0] == rtp(11, ssrc=0x22)
+    await until(lambda: answer.counters.received == 14)
+    assert answer.counters.replays == 1 and answer.counters.auth_failures == 1
+    assert balanced(answer) and caller.rtp.pending() == []
 
 
 async def test_replayed_and_tampered_srtp_are_dropped_and_counted(
