@@ -707,7 +707,8 @@ async def test_rtp_to_srtp_with_sipedge_srtp_core_against_libsrtp(
     replayed = callee_tx.protect_rtp(rtp(11, ssrc=0x22))
     callee.rtp.send(replayed, to_rtp(answer))
     callee.rtp.send(replayed, to_rtp(answer))
-    callee.rtcp.send(srtcp[:-1] + bytes([srtcp[-1] ^ 1]), to_rtcp(answer))
+    fresh = callee_tx.protect_rtcp(rtcp_sr(ssrc=0x22, tag=3))
+    callee.rtcp.send(fresh[:-1] + bytes([fresh[-1] ^ 1]), to_rtcp(answer))  # bad tag
     assert (await caller.rtp.recv())[0] == rtp(11, ssrc=0x22)
     await until(lambda: answer.counters.received == 14)
     assert answer.counters.replays == 1 and answer.counters.auth_failures == 1
