@@ -78,6 +78,7 @@ enum se_srtp_direction { SE_SRTP_OUTBOUND = 0, SE_SRTP_INBOUND = 1 };
 #define SE_SRTP_SRTCP_INDEX 4   /* E flag + 31-bit index */
 #define SE_SRTP_WINDOW 128      /* replay window, packets */
 #define SE_SRTP_MAX_SSRCS 65536
+#define SE_SRTP_MAX_PACKET 65535 /* larger than any UDP payload: refused as "format" */
 
 /* RFC 3711 section 3.3.1: 2^48 SRTP packets, SRTCP indices are 31 bits. */
 #define SE_SRTP_MAX_INDEX ((UINT64_C(1) << 48) - 1)
@@ -180,8 +181,8 @@ aes_cm_xor(EVP_CIPHER_CTX *aes, const uint8_t iv[16], const uint8_t *src, uint8_
     uint8_t ks[SE_KS_BLOCKS * 16];
     uint32_t block = 0;
 
-    if (len > ((size_t)1 << 20))
-        return SE_SRTP_ERR_FORMAT;
+    if (len > ((size_t)1 << 20)) /* the 16-bit block counter would wrap */
+        return SE_SRTP_ERR_CRYPTO;
     while (len > 0) {
         size_t n = len < sizeof ks ? len : sizeof ks;
         size_t nb = (n + 15) / 16;
@@ -480,6 +481,8 @@ se_srtp_protect_rtp(se_srtp_ctx *c, const uint8_t *src, size_t len, uint8_t *dst
 
     if (c->direction != SE_SRTP_OUTBOUND)
         return SE_SRTP_ERR_DIRECTION;
+    if (len > SE_SRTP_MAX_PACKET)
+        return refuse(c, SE_SRTP_ERR_FORMAT);
     if (len < SE_SRTP_RTP_HEADER)
         return refuse(c, SE_SRTP_ERR_SHORT);
     if ((h = rtp_header_len(src, len)) < 0)
@@ -537,6 +540,8 @@ se_srtp_unprotect_rtp(se_srtp_ctx *c, const uint8_t *src, size_t len, uint8_t *d
 
     if (c->direction != SE_SRTP_INBOUND)
         return SE_SRTP_ERR_DIRECTION;
+    if (len > SE_SRTP_MAX_PACKET)
+        return refuse(c, SE_SRTP_ERR_FORMAT);
     if (len < SE_SRTP_RTP_HEADER + tag_len)
         return refuse(c, SE_SRTP_ERR_SHORT);
     body = len - tag_len;
@@ -606,6 +611,8 @@ se_srtp_protect_rtcp(se_srtp_ctx *c, const uint8_t *src, size_t len, uint8_t *ds
 
     if (c->direction != SE_SRTP_OUTBOUND)
         return SE_SRTP_ERR_DIRECTION;
+    if (len > SE_SRTP_MAX_PACKET)
+        return refuse(c, SE_SRTP_ERR_FORMAT);
     if (len < SE_SRTP_RTCP_HEADER)
         return refuse(c, SE_SRTP_ERR_SHORT);
     if ((src[0] >> 6) != 2)
@@ -654,6 +661,8 @@ se_srtp_unprotect_rtcp(se_srtp_ctx *c, const uint8_t *src, size_t len, uint8_t *
 
     if (c->direction != SE_SRTP_INBOUND)
         return SE_SRTP_ERR_DIRECTION;
+    if (len > SE_SRTP_MAX_PACKET)
+        return refuse(c, SE_SRTP_ERR_FORMAT);
     if (len < SE_SRTP_RTCP_HEADER + SE_SRTP_SRTCP_INDEX + tag_len)
         return refuse(c, SE_SRTP_ERR_SHORT);
     if ((src[0] >> 6) != 2)
@@ -958,49 +967,61 @@ context_ctx(ContextObject *self)
     return self->ctx;
 }
 
-/* transform(packet) -> bytes: the result in a new bytes object of its exact size. */
+/* The four transforms, as the Python methods see them. */
+enum { T_PROTECT_RTP, T_UNPROTECT_RTP, T_PROTECT_RTCP, T_UNPROTECT_RTCP };
+static const struct {
+    se_srtp_transform_fn fn;
+    int grows; /* protect adds the trailer, unprotect removes it */
+    int rtcp;  /* trailer: tag (RTP) or E|index + tag (RTCP) */
+} transforms[] = {
+    [T_PROTECT_RTP] = {se_srtp_protect_rtp, 1, 0},
+    [T_UNPROTECT_RTP] = {se_srtp_unprotect_rtp, 0, 0},
+    [T_PROTECT_RTCP] = {se_srtp_protect_rtcp, 1, 1},
+    [T_UNPROTECT_RTCP] = {se_srtp_unprotect_rtcp, 0, 1},
+};
+
+/* transform(packet) -> bytes: the result in a new bytes object of its exact
+ * size (the trailer length is fixed per context). */
 static PyObject *
-transform_to_bytes(PyObject *op, PyObject *arg, se_srtp_transform_fn fn, int grows,
-                   unsigned trailer)
+transform_to_bytes(PyObject *op, PyObject *arg, int kind)
 {
-    ContextObject *self = (ContextObject *)op;
-    se_srtp_ctx *ctx = context_ctx(self);
+    se_srtp_ctx *ctx = context_ctx((ContextObject *)op);
     Py_buffer in;
     PyObject *out;
-    Py_ssize_t out_size;
+    Py_ssize_t out_size, trailer;
     size_t out_len = 0;
     int rc;
 
     if (ctx == NULL)
         return NULL;
+    trailer = transforms[kind].rtcp ? SE_SRTP_SRTCP_INDEX + ctx->params.rtcp_tag_len
+                                    : ctx->params.rtp_tag_len;
     if (PyObject_GetBuffer(arg, &in, PyBUF_SIMPLE) < 0)
         return NULL;
-    if (grows)
-        out_size = in.len + (Py_ssize_t)trailer;
+    if (transforms[kind].grows)
+        out_size = in.len + trailer;
     else
-        out_size = in.len > (Py_ssize_t)trailer ? in.len - (Py_ssize_t)trailer : 0;
+        out_size = in.len > trailer ? in.len - trailer : 0;
     out = PyBytes_FromStringAndSize(NULL, out_size);
     if (out == NULL) {
         PyBuffer_Release(&in);
         return NULL;
     }
-    rc = fn(ctx, (const uint8_t *)in.buf, (size_t)in.len, (uint8_t *)PyBytes_AS_STRING(out),
-            (size_t)out_size, &out_len);
+    rc = transforms[kind].fn(ctx, (const uint8_t *)in.buf, (size_t)in.len,
+                             (uint8_t *)PyBytes_AS_STRING(out), (size_t)out_size, &out_len);
     PyBuffer_Release(&in);
     if (rc != SE_SRTP_OK) {
         Py_DECREF(out);
         return raise_status(state_of_type(Py_TYPE(op)), rc);
     }
-    /* out_len == out_size: the trailer lengths are fixed per context. */
     return out;
 }
 
 /* transform_into(buffer, length) -> int: in place on a writable buffer. */
 static PyObject *
-transform_into(PyObject *op, PyObject *const *args, Py_ssize_t nargs, se_srtp_transform_fn fn)
+transform_into(PyObject *op, PyObject *const *args, Py_ssize_t nargs, int kind)
 {
-    ContextObject *self = (ContextObject *)op;
-    se_srtp_ctx *ctx = context_ctx(self);
+    se_srtp_ctx *ctx = context_ctx((ContextObject *)op);
     Py_buffer buf;
     Py_ssize_t length;
     size_t out_len = 0;
@@ -1022,73 +1043,29 @@ transform_into(PyObject *op, PyObject *const *args, Py_ssize_t nargs, se_srtp_tr
         PyErr_SetString(PyExc_ValueError, "length must be within the buffer");
         return NULL;
     }
-    rc = fn(ctx, (const uint8_t *)buf.buf, (size_t)length, (uint8_t *)buf.buf, (size_t)buf.len,
-            &out_len);
+    rc = transforms[kind].fn(ctx, (const uint8_t *)buf.buf, (size_t)length, (uint8_t *)buf.buf,
+                             (size_t)buf.len, &out_len);
     PyBuffer_Release(&buf);
     if (rc != SE_SRTP_OK)
         return raise_status(state_of_type(Py_TYPE(op)), rc);
     return PyLong_FromSize_t(out_len);
 }
 
-#define CTX(op) (((ContextObject *)(op))->ctx)
+#define TRANSFORM_METHODS(name, kind)                                                          \
+    static PyObject *Context_##name(PyObject *op, PyObject *arg)                               \
+    {                                                                                          \
+        return transform_to_bytes(op, arg, kind);                                              \
+    }                                                                                          \
+    static PyObject *Context_##name##_into(PyObject *op, PyObject *const *args,                \
+                                           Py_ssize_t nargs)                                   \
+    {                                                                                          \
+        return transform_into(op, args, nargs, kind);                                          \
+    }
 
-static PyObject *
-Context_protect_rtp(PyObject *op, PyObject *arg)
-{
-    if (CTX(op) == NULL)
-        return (PyObject *)context_ctx((ContextObject *)op);
-    return transform_to_bytes(op, arg, se_srtp_protect_rtp, 1, CTX(op)->params.rtp_tag_len);
-}
-
-static PyObject *
-Context_unprotect_rtp(PyObject *op, PyObject *arg)
-{
-    if (CTX(op) == NULL)
-        return (PyObject *)context_ctx((ContextObject *)op);
-    return transform_to_bytes(op, arg, se_srtp_unprotect_rtp, 0, CTX(op)->params.rtp_tag_len);
-}
-
-static PyObject *
-Context_protect_rtcp(PyObject *op, PyObject *arg)
-{
-    if (CTX(op) == NULL)
-        return (PyObject *)context_ctx((ContextObject *)op);
-    return transform_to_bytes(op, arg, se_srtp_protect_rtcp, 1,
-                              SE_SRTP_SRTCP_INDEX + CTX(op)->params.rtcp_tag_len);
-}
-
-static PyObject *
-Context_unprotect_rtcp(PyObject *op, PyObject *arg)
-{
-    if (CTX(op) == NULL)
-        return (PyObject *)context_ctx((ContextObject *)op);
-    return transform_to_bytes(op, arg, se_srtp_unprotect_rtcp, 0,
-                              SE_SRTP_SRTCP_INDEX + CTX(op)->params.rtcp_tag_len);
-}
-
-static PyObject *
-Context_protect_rtp_into(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
-{
-    return transform_into(op, args, nargs, se_srtp_protect_rtp);
-}
-
-static PyObject *
-Context_unprotect_rtp_into(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
-{
-    return transform_into(op, args, nargs, se_srtp_unprotect_rtp);
-}
-
-static PyObject *
-Context_protect_rtcp_into(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
-{
-    return transform_into(op, args, nargs, se_srtp_protect_rtcp);
-}
-
-static PyObject *
-Context_unprotect_rtcp_into(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
-{
-    return transform_into(op, args, nargs, se_srtp_unprotect_rtcp);
-}
+TRANSFORM_METHODS(protect_rtp, T_PROTECT_RTP)
+TRANSFORM_METHODS(unprotect_rtp, T_UNPROTECT_RTP)
+TRANSFORM_METHODS(protect_rtcp, T_PROTECT_RTCP)
+TRANSFORM_METHODS(unprotect_rtcp, T_UNPROTECT_RTCP)
 
 static PyObject *
 Context_counters(PyObject *op, PyObject *Py_UNUSED(ignored))
@@ -1112,14 +1089,17 @@ static PyObject *
 Context_roc(PyObject *op, PyObject *arg)
 {
     se_srtp_ctx *ctx = context_ctx((ContextObject *)op);
-    unsigned long ssrc;
+    long long ssrc;
     se_stream *s;
     if (ctx == NULL)
         return NULL;
-    ssrc = PyLong_AsUnsignedLong(arg);
-    if (ssrc == (unsigned long)-1 && PyErr_Occurred())
-        return NULL;
-    if (ssrc > 0xffffffffUL) {
+    ssrc = PyLong_AsLongLong(arg);
+    if (ssrc == -1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+            return NULL;
+        PyErr_Clear();
+    }
+    if (ssrc < 0 || ssrc > 0xffffffffLL) {
         PyErr_SetString(PyExc_ValueError, "SSRC must fit in 32 bits");
         return NULL;
     }
@@ -1584,8 +1564,8 @@ srtp_bench_core(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "O!O!y*l:_bench_core", st->context_type, &out_obj,
                           st->context_type, &in_obj, &pkt, &n))
         return NULL;
-    tx = CTX(out_obj);
-    rx = CTX(in_obj);
+    tx = ((ContextObject *)out_obj)->ctx;
+    rx = ((ContextObject *)in_obj)->ctx;
     if (tx == NULL || rx == NULL || n < BENCH_BATCH || pkt.len < SE_SRTP_RTP_HEADER
         || pkt.len > 1400) {
         PyBuffer_Release(&pkt);

@@ -19,6 +19,7 @@ names the reason, in the same order as the C core.
 from __future__ import annotations
 
 import hmac as _hmac
+import operator
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Literal
 
@@ -39,6 +40,7 @@ _MAX_INDEX: Final = (1 << 48) - 1  # §3.3.1: 2^48 SRTP packets per master key
 _MAX_SRTCP_INDEX: Final = 0x7FFFFFFF  # §3.4: 31-bit SRTCP index
 _E_FLAG: Final = 0x80000000
 _WINDOW_MASK: Final = (1 << REPLAY_WINDOW) - 1
+_MAX_PACKET: Final = 65535  # larger than any UDP payload: refused as "format"
 _RTP_HEADER: Final = 12
 _RTCP_HEADER: Final = 8  # SRTCP encrypts from the octet after the first SSRC
 _SRTCP_INDEX: Final = 4
@@ -314,7 +316,7 @@ class Context:
 
     def roc(self, ssrc: int) -> int | None:
         """Roll-over counter of the highest SRTP index of that SSRC (None if unseen)."""
-        if not 0 <= ssrc <= 0xFFFFFFFF:
+        if not 0 <= operator.index(ssrc) <= 0xFFFFFFFF:
             raise ValueError("SSRC must fit in 32 bits")
         stream = self._streams.get(ssrc)
         if stream is None or not stream.rtp.seen:
@@ -353,6 +355,8 @@ class Context:
 
     def _protect_rtp(self, p: bytes, cap: int) -> bytes:
         self._check_direction("outbound")
+        if len(p) > _MAX_PACKET:
+            self._refuse("format")
         n = len(p)
         if n < _RTP_HEADER:
             self._refuse("short")
@@ -380,6 +384,8 @@ class Context:
 
     def _unprotect_rtp(self, p: bytes, cap: int) -> bytes:
         self._check_direction("inbound")
+        if len(p) > _MAX_PACKET:
+            self._refuse("format")
         n, tag_len = len(p), self._rtp_tag
         if n < _RTP_HEADER + tag_len:
             self._refuse("short")
@@ -412,6 +418,8 @@ class Context:
         """RFC 3711 §3.4: encrypted from octet 8, then E=1 and the 31-bit SRTCP
         index (0 for an SSRC's first packet), then the tag over all of it."""
         self._check_direction("outbound")
+        if len(p) > _MAX_PACKET:
+            self._refuse("format")
         n, tag_len = len(p), self._rtcp_tag
         if n < _RTCP_HEADER:
             self._refuse("short")
@@ -435,6 +443,8 @@ class Context:
     def _unprotect_rtcp(self, p: bytes, cap: int) -> bytes:
         """A packet with E=0 was authenticated but not encrypted: passed through."""
         self._check_direction("inbound")
+        if len(p) > _MAX_PACKET:
+            self._refuse("format")
         n, tag_len = len(p), self._rtcp_tag
         if n < _RTCP_HEADER + _SRTCP_INDEX + tag_len:
             self._refuse("short")

@@ -588,6 +588,84 @@ def test_in_place_api(impl: ModuleType, suite: str) -> None:
     assert tx.protect_rtp(memoryview(rtp(12))) == tx2.protect_rtp(bytearray(rtp(12)))
 
 
+def test_c_api_capsule_runs_the_core_without_python() -> None:
+    """The se_srtp_capi table in media._srtp._C_API, as the fast path of issue 7
+    uses it: context_core() with the GIL, then the transforms in place on a C
+    buffer with the GIL released (ctypes CFUNCTYPE calls drop it)."""
+    import ctypes
+
+    c = importlib.import_module("media._srtp")
+    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+    get_pointer.restype = ctypes.c_void_p
+    get_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    size_p = ctypes.POINTER(ctypes.c_size_t)
+    transform = ctypes.CFUNCTYPE(
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        size_p,
+    )
+
+    class Counters(ctypes.Structure):
+        _fields_ = [
+            ("rtp_packets", ctypes.c_uint64),
+            ("rtcp_packets", ctypes.c_uint64),
+            ("refused", ctypes.c_uint64 * 6),
+        ]
+
+    class Capi(ctypes.Structure):
+        _fields_ = [
+            ("version", ctypes.c_uint),
+            ("context_core", ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object)),
+            ("protect_rtp", transform),
+            ("unprotect_rtp", transform),
+            ("protect_rtcp", transform),
+            ("unprotect_rtcp", transform),
+            ("counters", ctypes.CFUNCTYPE(ctypes.POINTER(Counters), ctypes.c_void_p)),
+        ]
+
+    capi = Capi.from_address(get_pointer(c._C_API, b"media._srtp._C_API"))
+    assert capi.version == 1
+    tx, rx = our_pair(c, "AES_CM_128_HMAC_SHA1_80", bytes(range(30)))
+    ref_tx, _ = our_pair(c, "AES_CM_128_HMAC_SHA1_80", bytes(range(30)))
+    core_tx, core_rx = capi.context_core(tx), capi.context_core(rx)
+    assert core_tx and core_rx
+    with pytest.raises(TypeError):
+        capi.context_core(object())
+
+    packet = rtp(1, payload=bytes(range(160)))
+    buf = ctypes.create_string_buffer(packet, 200)
+    out = ctypes.c_size_t()
+    assert capi.protect_rtp(core_tx, buf, len(packet), buf, 200, ctypes.byref(out)) == 0
+    assert buf.raw[: out.value] == ref_tx.protect_rtp(packet)
+    srtp_len = out.value
+    buf.raw = bytes(buf.raw[: srtp_len - 1]) + bytes([buf.raw[srtp_len - 1] ^ 1])
+    before = buf.raw
+    assert capi.unprotect_rtp(core_rx, buf, srtp_len, buf, 200, ctypes.byref(out)) == 3  # auth
+    assert buf.raw == before
+    buf.raw = bytes(before[: srtp_len - 1]) + bytes([before[srtp_len - 1] ^ 1])
+    assert capi.unprotect_rtp(core_rx, buf, srtp_len, buf, 200, ctypes.byref(out)) == 0
+    assert buf.raw[: out.value] == packet
+    assert capi.protect_rtp(core_tx, buf, len(packet), buf, len(packet) + 9, ctypes.byref(out)) == 6
+    assert capi.protect_rtp(core_rx, buf, len(packet), buf, 200, ctypes.byref(out)) == 7
+    counters = capi.counters(core_rx).contents
+    assert (counters.rtp_packets, counters.refused[3]) == (1, 1)
+    assert rx.counters()["auth_failures"] == 1 and rx.counters()["rtp_packets"] == 1
+
+
+@pytest.mark.parametrize("direction", ["outbound", "inbound"])
+def test_oversized_packets_are_refused(impl: ModuleType, direction: str) -> None:
+    tx, rx = our_pair(impl, "AES_CM_128_HMAC_SHA1_80", bytes(range(30)))
+    huge = rtp(1, payload=bytes(65600))
+    if direction == "outbound":
+        assert outcome(tx.protect_rtp, huge) == outcome(tx.protect_rtcp, huge) == "format"
+    else:
+        assert outcome(rx.unprotect_rtp, huge) == outcome(rx.unprotect_rtcp, huge) == "format"
+
+
 def test_direction_is_enforced(impl: ModuleType) -> None:
     tx, rx = our_pair(impl, "AES_CM_128_HMAC_SHA1_80", bytes(range(30)))
     for call in (tx.unprotect_rtp, tx.unprotect_rtcp, rx.protect_rtp, rx.protect_rtcp):
