@@ -3,7 +3,7 @@
 The pure-Python twin ``media._srtp_py`` has the same API; ``media.srtp`` picks one.
 """
 
-from typing import Final, Literal
+from typing import Final, Literal, final
 
 from _typeshed import ReadableBuffer, WriteableBuffer
 
@@ -15,6 +15,7 @@ MAX_SSRCS: Final[int]
 _C_API: object
 """Capsule ``media._srtp._C_API``: the se_srtp_capi table for C loops (see _srtp.c)."""
 
+@final
 class Context:
     """One direction of SRTP and SRTCP under one master key (RFC 3711), for up to
     ``max_ssrcs`` SSRCs: ``"outbound"`` contexts protect, ``"inbound"`` ones

@@ -18,7 +18,7 @@ return the new length.  A refused packet raises :class:`SrtpError` whose
 
 The backend is the C core ``media._srtp`` unless ``SIPEDGE_SRTP_BACKEND`` says
 otherwise: ``python`` selects the pure-Python twin ``media._srtp_py`` (same
-verdicts, same bytes, about 30x slower), ``c`` insists on the C core (an import
+verdicts, same bytes, about 13x the CPU per packet), ``c`` insists on the C core (an import
 error if it is missing), empty or ``auto`` takes the C core when it imports and
 otherwise falls back to Python with one warning, which :data:`FALLBACK_WARNING`
 keeps for the application's own log.
@@ -67,7 +67,7 @@ def _load() -> tuple[ModuleType, str | None]:
 
         warning = (
             f"the C SRTP core media._srtp cannot be imported ({exc}); falling back to the "
-            "pure-Python SRTP, which costs about 30x more CPU per packet: rebuild the "
+            "pure-Python SRTP, which costs about 13x more CPU per packet: rebuild the "
             "extension (make install) before carrying real media"
         )
         _log.warning(warning)

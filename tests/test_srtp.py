@@ -739,7 +739,15 @@ def test_constructor_checks(impl: ModuleType) -> None:
         impl.Context(key, salt, "AES_CM_128_HMAC_SHA1_80")
     with pytest.raises(ValueError, match="max_ssrcs"):
         impl.Context(key, salt, "AES_CM_128_HMAC_SHA1_80", direction="inbound", max_ssrcs=0)
+    with pytest.raises(TypeError):
+        impl.Context(16, 14, "AES_CM_128_HMAC_SHA1_80", direction="inbound")
+    with pytest.raises(TypeError):
+        impl.Context(key, salt, 80, direction="inbound")
     ctx = impl.Context(key, salt, SUITES["AES_CM_128_HMAC_SHA1_32"], direction="outbound")
+    with pytest.raises(TypeError):
+        ctx.protect_rtp(172)
+    with pytest.raises(TypeError):
+        ctx.protect_rtp("not bytes")
     assert ctx.suite == "AES_CM_128_HMAC_SHA1_32"
     assert "AES_CM_128_HMAC_SHA1_32" in repr(ctx)
 
