@@ -996,20 +996,27 @@ transform_to_bytes(PyObject *op, PyObject *arg, int kind)
         return NULL;
     trailer = transforms[kind].rtcp ? SE_SRTP_SRTCP_INDEX + ctx->params.rtcp_tag_len
                                     : ctx->params.rtp_tag_len;
-    if (PyObject_GetBuffer(arg, &in, PyBUF_SIMPLE) < 0)
+    if (PyBytes_CheckExact(arg)) { /* the common case, without the buffer protocol */
+        in.obj = NULL;
+        in.buf = PyBytes_AS_STRING(arg);
+        in.len = PyBytes_GET_SIZE(arg);
+    } else if (PyObject_GetBuffer(arg, &in, PyBUF_SIMPLE) < 0) {
         return NULL;
+    }
     if (transforms[kind].grows)
         out_size = in.len + trailer;
     else
         out_size = in.len > trailer ? in.len - trailer : 0;
     out = PyBytes_FromStringAndSize(NULL, out_size);
     if (out == NULL) {
-        PyBuffer_Release(&in);
+        if (in.obj != NULL)
+            PyBuffer_Release(&in);
         return NULL;
     }
     rc = transforms[kind].fn(ctx, (const uint8_t *)in.buf, (size_t)in.len,
                              (uint8_t *)PyBytes_AS_STRING(out), (size_t)out_size, &out_len);
-    PyBuffer_Release(&in);
+    if (in.obj != NULL)
+        PyBuffer_Release(&in);
     if (rc != SE_SRTP_OK) {
         Py_DECREF(out);
         return raise_status(state_of_type(Py_TYPE(op)), rc);
