@@ -82,6 +82,10 @@ MAX_FAILED_RATIO = 0.001  # "< 0.1% failed calls"
 # simply drop.  So sipp ignores unexpected messages here; a call still fails if an expected
 # message does not come (-recv_timeout) or the call cannot be completed.
 SIPP_LENIENT = ("-default_behaviors", "all,-abortunexp")
+# sipp's socket buffers default to 64 KB: at thousands of calls per second a burst overflows
+# them and the load generator, not the SUT, drops datagrams.  (The kernel caps this at
+# net.core.rmem_max / wmem_max.)
+SIPP_BUFFERS = ("-buff_size", "4194304")
 
 Transport = Literal["udp", "tls"]
 
@@ -201,6 +205,7 @@ def start_sut(
             tls=tls_module.exists(),
             cpu=SUT_CPU,
             fr_timer_ms=5000,
+            shm_mb=2048,
         )
         procs.add(kam).start()
         return kam.wait_ready().addresses
@@ -266,7 +271,7 @@ def run_load(
         calls=calls,
         timeout=calls / rate + 60,
         cpu=LOAD_CPU,
-        extra=SIPP_LENIENT,
+        extra=SIPP_LENIENT + SIPP_BUFFERS,
     )
     procs.add(uas).start()
     uas.wait_ready()
@@ -299,7 +304,7 @@ def run_load(
         timeout=calls / rate + 40,
         recv_timeout_ms=plan.recv_timeout_ms,
         cpu=LOAD_CPU,
-        extra=SIPP_LENIENT,
+        extra=SIPP_LENIENT + SIPP_BUFFERS,
     )
     pid = sut_pid(procs)
     cpu0 = cpu_seconds(pid)

@@ -1124,6 +1124,7 @@ class KamailioProc(Proc):
         tls: bool = True,
         cpu: int | None = None,
         config: Path = KAMAILIO_CFG,
+        shm_mb: int = 256,
     ) -> None:
         exe = find_binary("kamailio") or "kamailio"
         self.host = host
@@ -1150,7 +1151,9 @@ class KamailioProc(Proc):
             "require_certificate = yes\n"
             f"ca_list = {certs.ca}\n"
         )
-        argv = [exe, "-DD", "-E", "-f", str(config), "-m", "128", "-M", "16"]
+        # Shared memory holds every transaction (kept for a while after it ends): under load
+        # tm fails with "out of mem" at 128 MB, so the bench gives it far more.
+        argv = [exe, "-DD", "-E", "-f", str(config), "-m", str(shm_mb), "-M", "32"]
         argv += ["-l", f"udp:{host}:{sip_port}", "-l", f"tcp:{host}:{sip_port}"]
         if tls:
             argv += ["-l", f"tls:{host}:{tls_port}", "-A", "WITH_TLS"]
