@@ -180,6 +180,54 @@ def _check_name(name: str) -> None:
         raise SipError("malformed header name")
 
 
+class _Memo:
+    """Parsed header values by their exact text, bounded.
+
+    The messages of one call repeat From, To, Contact, Record-Route, CSeq and
+    most Vias, and calls repeat Content-Type and CSeq lines: a value that
+    parsed once is known good, so the same text gets the same (immutable by
+    convention) object.  Strictness is unchanged: text that fails to parse is
+    never cached and fails again.  Full means start over, so hostile churn
+    only costs misses.
+    """
+
+    __slots__ = ("_parse", "_cache", "_limit")
+
+    def __init__(self, parse: Callable[[str], Any], limit: int = 4096) -> None:
+        self._parse = parse
+        self._cache: dict[str, Any] = {}
+        self._limit = limit
+
+    def __call__(self, text: str) -> Any:
+        try:
+            return self._cache[text]
+        except KeyError:
+            pass
+        value = self._parse(text)
+        if len(self._cache) >= self._limit:
+            self._cache.clear()
+        self._cache[text] = value
+        return value
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+
+_via = _Memo(Via.parse)
+_name_addr = _Memo(NameAddr.parse)
+_contact = _Memo(Contact.parse)
+_cseq = _Memo(CSeq.parse)
+_content_type = _Memo(ContentType.parse, 256)
+_request_uri = _Memo(URI.parse)
+_MEMOS = (_via, _name_addr, _contact, _cseq, _content_type, _request_uri)
+
+
+def clear_parse_caches() -> None:
+    """Forget every memoised header value (benchmarks measure the cold path with it)."""
+    for memo in _MEMOS:
+        memo.clear()
+
+
 def _parse_list(values: list[str], parser: Callable[[str], Any], what: str) -> list[Any]:
     out = []
     for value in values:
@@ -196,7 +244,7 @@ def _single(values: list[str], what: str) -> str:
 
 
 def _route_list(values: list[str]) -> list[NameAddr]:
-    routes = _parse_list(values, NameAddr.parse, "Route")
+    routes = _parse_list(values, _name_addr, "Route")
     for route in routes:
         if not route.bracketed:
             raise SipError("Route and Record-Route values need <>")
@@ -204,7 +252,7 @@ def _route_list(values: list[str]) -> list[NameAddr]:
 
 
 def _contacts(values: list[str]) -> list[Contact]:
-    contacts = _parse_list(values, Contact.parse, "Contact")
+    contacts = _parse_list(values, _contact, "Contact")
     if len(contacts) > 1 and any(c.star for c in contacts):
         raise SipError("Contact * must stand alone")
     return contacts
@@ -212,16 +260,16 @@ def _contacts(values: list[str]) -> list[Contact]:
 
 # key -> parser of the (comma-split for list headers) values of that header.
 _TYPED: dict[str, Callable[[list[str]], Any]] = {
-    "via": lambda v: _parse_list(v, Via.parse, "Via"),
-    "from": lambda v: NameAddr.parse(_single(v, "From")),
-    "to": lambda v: NameAddr.parse(_single(v, "To")),
+    "via": lambda v: _parse_list(v, _via, "Via"),
+    "from": lambda v: _name_addr(_single(v, "From")),
+    "to": lambda v: _name_addr(_single(v, "To")),
     "call-id": lambda v: parse_call_id(_single(v, "Call-ID")),
-    "cseq": lambda v: CSeq.parse(_single(v, "CSeq")),
+    "cseq": lambda v: _cseq(_single(v, "CSeq")),
     "max-forwards": lambda v: parse_int(_single(v, "Max-Forwards"), "Max-Forwards", 255),
     "content-length": lambda v: parse_int(
         _single(v, "Content-Length"), "Content-Length", 2**31 - 1
     ),
-    "content-type": lambda v: ContentType.parse(_single(v, "Content-Type")),
+    "content-type": lambda v: _content_type(_single(v, "Content-Type")),
     "contact": _contacts,
     "route": _route_list,
     "record-route": _route_list,
@@ -702,7 +750,7 @@ def _parse_start_line(line: str, headers: Headers, limits: Limits) -> Request | 
     request = Request.__new__(Request)
     request.headers = headers
     request.method = m.group(1)
-    request.uri = URI.parse(uri_text)
+    request.uri = _request_uri(uri_text)
     if request.uri.headers:
         # RFC 4475 §3.1.2.11: headers in a Request-URI are refused, never
         # forwarded or turned into real headers.
