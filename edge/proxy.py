@@ -43,6 +43,7 @@ from sip.message import (
     Request,
     Response,
     make_response,
+    own_via,
     parse_message,
     salvage_response,
 )
@@ -756,7 +757,8 @@ class Proxy:
 
     def _our_via(self, transport: str, branch: str) -> str:
         host, port = self._local(transport)
-        return f"SIP/2.0/{transport.upper()} {format_host(host)}:{port};branch={branch};rport"
+        via = Via(transport.upper(), host, port, (("branch", branch), ("rport", None)))
+        return own_via(via)
 
     def _rr_value(self, transport: str, user: str | None = None) -> str:
         host, port = self._local(transport)

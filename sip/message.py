@@ -212,6 +212,12 @@ class _Memo:
     def clear(self) -> None:
         self._cache.clear()
 
+    def remember(self, text: str, value: Any) -> None:
+        """Cache a value we built ourselves (it must be what parsing ``text`` gives)."""
+        if len(self._cache) >= self._limit:
+            self._cache.clear()
+        self._cache[text] = value
+
 
 _via = _Memo(Via.parse)
 _name_addr = _Memo(NameAddr.parse)
@@ -220,6 +226,14 @@ _cseq = _Memo(CSeq.parse)
 _content_type = _Memo(ContentType.parse, 256)
 _request_uri = _Memo(URI.parse)
 _MEMOS = (_via, _name_addr, _contact, _cseq, _content_type, _request_uri)
+
+
+def own_via(via: Via) -> str:
+    """The text of a Via we write, remembered so that parsing it back (in the
+    responses that return through us) costs a lookup."""
+    text = str(via)
+    _via.remember(text, via)
+    return text
 
 
 def clear_parse_caches() -> None:
