@@ -57,6 +57,10 @@ FROM_COMMAND_LINE = "<from command line>"
 VERIFY_CLIENT = ("none", "optional", "required")
 ALGORITHMS = ("round-robin", "weight", "hash")
 TRANSPORTS = ("udp", "tcp", "tls")
+# What one side of a call speaks (docs/configuration.md, [media]): the relay bridges
+# between the two sides' policies.  "dtls-srtp" arrives with WebRTC.
+MEDIA_POLICIES = ("as-offered", "rtp", "srtp", "passthrough")
+DEFAULT_PORT_RANGE = (10000, 60000)
 # RFC 3261 §19.1.2: the default port of a sip: URI is 5060, 5061 over TLS.
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
 ECHO_SET = "echo"
@@ -169,6 +173,8 @@ class UpstreamSetConfig:
     probe_interval: float = 10.0
     probe_failures: int = 2
     probe_successes: int = 1
+    # What the set's servers speak (MEDIA_POLICIES); a PBX answers in kind by default.
+    media: str = "as-offered"
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +201,9 @@ class EchoConfig:
     address: HostPort = HostPort("127.0.0.1", 5099)
     rtp_address: str = "127.0.0.1"
     answer_delay: float = 0.0
+    # The media policy of the "echo" set: the echo endpoint answers RTP/AVP(F) only
+    # (edge/echo.py), so an SRTP caller reaches it through the relay as plain RTP.
+    media: str = "rtp"
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +221,44 @@ class TrunkConfig:
     host: str = ""
     port: int | None = None
     prefixes: tuple[str, ...] = ()
+    # What the carrier speaks (MEDIA_POLICIES): carriers speak plain RTP.
+    media: str = "rtp"
+
+
+@dataclass(frozen=True, slots=True)
+class MediaConfig:
+    """The media relay (media/relay.py) and the SDP rewriting of the proxy.
+
+    ``address`` is where the relay binds and what it writes into SDP; "" means the
+    host of the first ``listen.udp`` address, or ``listen.advertise`` when that is a
+    wildcard and the advertised name is an IP literal: :meth:`resolved_address`,
+    which raises :class:`ConfigError` when neither gives an IP (the media
+    controller calls it at start-up).  ``caller`` is the media policy of a calling
+    side that is not a trunk (a trunk's is its own ``media``).
+    """
+
+    enabled: bool = True
+    address: str = ""
+    port_range: tuple[int, int] = DEFAULT_PORT_RANGE
+    quarantine: float = 30.0
+    timeout: float = 60.0
+    caller: str = "as-offered"
+
+    def resolved_address(self, listen: ListenConfig) -> str:
+        """The IP the relay binds and writes into SDP."""
+        if self.address:
+            return self.address
+        wildcard = ("0.0.0.0", "::")
+        if listen.udp and listen.udp[0].host not in wildcard:
+            return listen.udp[0].host
+        try:
+            advertised = ipaddress.ip_address(listen.advertise)
+        except ValueError:
+            pass
+        else:
+            return str(advertised)
+        why = "listen.udp is empty" if not listen.udp else "listen.udp[0] is a wildcard address"
+        raise ConfigError("media.address", f"required: {why} and listen.advertise is no IP")
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +271,23 @@ class Config:
     upstream: UpstreamConfig = field(default_factory=lambda: UpstreamConfig(echo=True))
     echo: EchoConfig = field(default_factory=EchoConfig)
     trunks: tuple[TrunkConfig, ...] = ()
+    media: MediaConfig = field(default_factory=MediaConfig)
+
+    def media_policy_of_set(self, name: str) -> str:
+        """The media policy of upstream set ``name`` (``"echo"``: the echo endpoint's)."""
+        if name == ECHO_SET and self.upstream.echo:
+            return self.echo.media
+        for s in self.upstream.sets:
+            if s.name == name:
+                return s.media
+        raise KeyError(f"no upstream set {name!r}")
+
+    def media_policy_of_trunk(self, name: str) -> str:
+        """The media policy of trunk ``name``."""
+        for t in self.trunks:
+            if t.name == name:
+                return t.media
+        raise KeyError(f"no trunk {name!r}")
 
 
 # ---------------------------------------------------------------- loading
@@ -269,7 +333,7 @@ def parse(
     _no_unknown_keys(
         data,
         "",
-        {"listen", "tls", "metrics", "limits", "proxy", "upstream", "echo", "trunks"},
+        {"listen", "tls", "metrics", "limits", "proxy", "upstream", "echo", "trunks", "media"},
     )
     listen = _parse_listen(_table(data, "listen"))
     tls = _parse_tls(_table(data, "tls"), pem)
@@ -279,6 +343,7 @@ def parse(
     upstream = _parse_upstream(_table(data, "upstream"))
     echo = _parse_echo(_table(data, "echo"))
     trunks = _parse_trunks(data.get("trunks", []))
+    media = _parse_media(_table(data, "media"))
     if upstream.echo:
         _check_echo_address(echo, listen)
     if check_files and listen.tls:
@@ -297,6 +362,7 @@ def parse(
         upstream=upstream,
         echo=echo,
         trunks=trunks,
+        media=media,
     )
 
 
@@ -328,6 +394,8 @@ def to_dict(config: Config) -> dict[str, Any]:
         result["tls"]["key"] = config.tls.pem_source
     result["tls"]["client_ca"] = str(config.tls.client_ca or "")
     result["upstream"]["resolved_default"] = config.upstream.resolved_default()
+    low, high = config.media.port_range
+    result["media"]["port_range"] = f"{low}-{high}"  # as written in the file
     return result
 
 
@@ -498,6 +566,7 @@ def _parse_set(t: Mapping[str, Any], where: str) -> UpstreamSetConfig:
         probe_interval=_seconds(t, where, "probe_interval", d.probe_interval, allow_zero=True),
         probe_failures=_int(t, where, "probe_failures", d.probe_failures, 1, 1000),
         probe_successes=_int(t, where, "probe_successes", d.probe_successes, 1, 1000),
+        media=_media_policy(t, where, "media", d.media),
     )
 
 
@@ -516,6 +585,7 @@ def _parse_echo(t: Mapping[str, Any]) -> EchoConfig:
         address=address,
         rtp_address=rtp_address,
         answer_delay=_seconds(t, "echo", "answer_delay", d.answer_delay, allow_zero=True),
+        media=_media_policy(t, "echo", "media", d.media),
     )
 
 
@@ -541,7 +611,7 @@ def _parse_trunks(value: Any) -> tuple[TrunkConfig, ...]:
     prefix_owner: dict[str, str] = {}
     for i, t in enumerate(value):
         where = f"trunks[{i}]"
-        _no_unknown_keys(t, where, {"name", "allow", "address", "prefixes"})
+        _no_unknown_keys(t, where, {"name", "allow", "address", "prefixes", "media"})
         name = _name(t, where)
         if name in names:
             raise ConfigError(f"{where}.name", f"duplicate trunk name {name!r}")
@@ -577,9 +647,55 @@ def _parse_trunks(value: Any) -> tuple[TrunkConfig, ...]:
                 host=host,
                 port=port,
                 prefixes=tuple(prefixes),
+                media=_media_policy(t, where, "media", TrunkConfig(name="").media),
             )
         )
     return tuple(trunks)
+
+
+def _media_policy(t: Mapping[str, Any], section: str, name: str, default: str) -> str:
+    if t.get(name) == "dtls-srtp":
+        # A policy of the media issue that needs the DTLS handshake and ICE of WebRTC.
+        raise ConfigError(
+            _key(section, name), "'dtls-srtp' is not supported yet (it comes with WebRTC)"
+        )
+    return _choice(t, section, name, default, MEDIA_POLICIES)
+
+
+# "start-end": both ends inclusive, an even start (RTP even, RTCP the odd port after).
+_PORT_RANGE = re.compile(r"([0-9]{1,5})-([0-9]{1,5})")
+
+
+def _parse_media(t: Mapping[str, Any]) -> MediaConfig:
+    s = "media"
+    d = MediaConfig()
+    _no_unknown_keys(t, s, {f.name for f in dataclasses.fields(d)})
+    address = _str(t, s, "address", d.address)
+    if address:
+        try:
+            address = str(ipaddress.ip_address(address))
+        except ValueError:
+            raise ConfigError("media.address", f"{address!r} is not an IP address") from None
+        if address in ("0.0.0.0", "::"):
+            raise ConfigError("media.address", "a wildcard address cannot be written into SDP")
+    low, high = d.port_range
+    text = _str(t, s, "port_range", f"{low}-{high}")
+    m = _PORT_RANGE.fullmatch(text)
+    if m is None:
+        raise ConfigError("media.port_range", f'{text!r} is not "start-end", e.g. "10000-60000"')
+    low, high = int(m[1]), int(m[2])
+    if not 1024 <= low < high <= 65535:
+        raise ConfigError("media.port_range", f"{text!r} must lie within 1024-65535, start < end")
+    if low % 2:
+        raise ConfigError("media.port_range", f"{text!r}: the start must be even (an RTP port)")
+    return MediaConfig(
+        enabled=_bool(t, s, "enabled", d.enabled),
+        address=address,
+        port_range=(low, high),
+        quarantine=_seconds(t, s, "quarantine", d.quarantine, allow_zero=True),
+        timeout=_seconds(t, s, "timeout", d.timeout, allow_zero=True),
+        caller=_media_policy(t, s, "caller", d.caller),
+    )
 
 
 # ---------------------------------------------------------------- base64 PEM
