@@ -477,6 +477,7 @@ class Negotiation:
         problem = self._address_problem(sd, m)
         if problem is not None:
             return StreamOffer(i, "declined", problem)
+        sd.is_on_hold(m)  # conflicting direction attributes raise here, before any port is taken
         srtp_offered = proto_is_srtp(m.proto)
         chosen, declined = choose_crypto(m)
         why = "; ".join(declined) or "no crypto attribute"
