@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge import __version__
-from edge.config import Config, HostPort
+from edge.config import Config, ConfigError, HostPort
 from edge.log import LogFn, Logger
 
 EXIT_OK = 0
@@ -198,7 +198,10 @@ class _App:
                 await asyncio.wait_for(self.transport.close(), CLOSE_TIMEOUT)
             raise _listen_error(cfg, e) from None
         self._started.append(("transport", self.transport.close))
-        await self.proxy.start()
+        try:
+            await self.proxy.start()  # starts the media relay when [media] is enabled
+        except ConfigError as e:
+            raise StartupError(e.key, e.problem) from None
         self._started.append(("proxy", self.proxy.close))
 
     async def _drain(self) -> None:

@@ -26,6 +26,7 @@ carried out.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import secrets
 import time
@@ -139,6 +140,12 @@ class _Forward:
     cancelled: bool = False
     timer_c: asyncio.TimerHandle | None = None
     dialog: Dialog | None = None
+    # Media: the call's relay session, which side sent the offer, and the
+    # answers already rewritten (a retransmitted 2xx repeats its SDP).
+    media_key: str | None = None
+    answer_from: str = "callee"
+    answers: dict[bytes, bytes] = field(default_factory=dict)
+    media_task: asyncio.Task[None] | None = None
 
 
 class Proxy:
@@ -185,12 +192,20 @@ class Proxy:
             self._local_hosts.add(self.advertise.lower())
         self._loop: asyncio.AbstractEventLoop | None = None
         self._probe_task: asyncio.Task[None] | None = None
+        self.media: Any = None  # edge.media.MediaController when [media] is enabled
+        self._tasks: set[asyncio.Task[None]] = set()
         self._loop_secret = secrets.token_hex(4)
         self._roles: dict[str, str | None] = {}
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        media_cfg = getattr(self.config, "media", None)
+        if media_cfg is not None and media_cfg.enabled and self.media is None:
+            from edge.media import MediaController
+
+            self.media = MediaController(self.config, log=self.log)
+            await self.media.start()  # ConfigError naming media.address if unusable
         self._probe_task = asyncio.create_task(self._probe_loop())
 
     async def drain(self, grace: float) -> None:
@@ -209,6 +224,10 @@ class Proxy:
     async def close(self) -> None:
         if self._probe_task is not None:
             self._probe_task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        if self.media is not None:
+            await self.media.close()
         contexts: list[_ServerCtx | _ClientCtx] = [*self._server.values(), *self._client.values()]
         for ctx in contexts:
             for handle in ctx.timers.values():
@@ -315,6 +334,7 @@ class Proxy:
         fwd_req.headers.set("Max-Forwards", str((self.max_forwards if mf is None else mf) - 1))
 
         hops: list[tuple[Destination, Any]] = []
+        decision_policy: str | None = None
         routes = fwd_req.route
         if routes:
             next_uri = routes[0].uri
@@ -343,6 +363,7 @@ class Proxy:
             if decision.kind == "none" or not decision.targets:
                 self._reply(ctx, 404 if decision.kind == "none" else 480)
                 return
+            decision_policy = self._policy_of(decision)
             if decision.kind == "trunk":
                 target = decision.targets[0]
                 fwd_req.uri = fwd_req.uri.replace(host=target.host, port=target.port)
@@ -367,6 +388,10 @@ class Proxy:
             fwd.dialog.caller_hop = ctx.reply
         if req.method == "INVITE":
             fwd.timer_c = self._get_loop().call_later(self.timer_c, self._on_timer_c, fwd)
+        plan = self._media_plan(fwd, req, role, decision_policy)
+        if plan is not None:
+            self._spawn(self._offer_then_forward(fwd, *plan))
+            return
         self._try_next(fwd)
 
     def _try_next(self, fwd: _Forward) -> None:
@@ -491,7 +516,7 @@ class Proxy:
             if fwd.timer_c is not None:  # §16.7 step 2: a provisional resets Timer C
                 fwd.timer_c.cancel()
                 fwd.timer_c = self._get_loop().call_later(self.timer_c, self._on_timer_c, fwd)
-            self._relay(fwd, resp)
+            self._relay_with_media(fwd, resp)
             return
         if status < 300:
             # Every 2xx goes upstream, retransmissions too (RFC 6026 §8.4).
@@ -501,7 +526,7 @@ class Proxy:
                 self._end_dialog(fwd.request, "bye")
             fwd.final_sent = True
             self._stop_timer_c(fwd)
-            self._relay(fwd, resp)
+            self._relay_with_media(fwd, resp)
             return
         if fwd.final_sent or cctx is not fwd.client:
             return
@@ -541,6 +566,7 @@ class Proxy:
     def _relay_final(self, fwd: _Forward, resp: Response) -> None:
         fwd.final_sent = True
         self._stop_timer_c(fwd)
+        self._media_failed(fwd, f"failed-{resp.status}")
         if fwd.dialog is not None:
             self.dialogs.end(fwd.dialog, time.time(), f"failed-{resp.status}")
             fwd.dialog = None
@@ -554,6 +580,7 @@ class Proxy:
             return
         fwd.final_sent = True
         self._stop_timer_c(fwd)
+        self._media_failed(fwd, f"failed-{status}")
         if fwd.dialog is not None:
             self.dialogs.end(fwd.dialog, time.time(), f"failed-{status}")
             fwd.dialog = None
@@ -580,7 +607,131 @@ class Proxy:
     def _end_dialog(self, req: Request, reason: str) -> None:
         dialog = self.dialogs.get(req.call_id, req.from_.tag, req.to.tag)
         if dialog is not None:
-            self.dialogs.end(dialog, time.time(), reason)
+            self._end_call(dialog, reason)
+
+    def _end_call(self, dialog: Dialog, reason: str) -> None:
+        self.dialogs.end(dialog, time.time(), reason)
+        key = dialog.extra.get("media_key")
+        if key is not None and self.media is not None:
+            self._spawn(self.media.end(key, reason))
+
+    # ------------------------------------------------------------ media
+    def _policy_of(self, decision: Any) -> str | None:
+        """The media policy of the side a new call goes to (its set or trunk)."""
+        cfg = self.config
+        if decision.kind == "trunk":
+            for trunk in getattr(cfg, "trunks", ()):
+                if trunk.name == decision.name:
+                    return str(trunk.media)
+            return None
+        if decision.name == "echo" and hasattr(cfg, "echo"):
+            return str(cfg.echo.media)
+        for upstream_set in getattr(getattr(cfg, "upstream", None), "sets", ()):
+            if upstream_set.name == decision.name:
+                return str(upstream_set.media)
+        return None
+
+    def _media_plan(
+        self, fwd: _Forward, req: Request, role: str, to_policy: str | None
+    ) -> tuple[str, str, str, str] | None:
+        """(call key, side the offer comes from, its policy, the other side's) or None."""
+        if self.media is None or req.method not in ("INVITE", "UPDATE") or not req.body:
+            return None
+        ctype = req.content_type
+        if ctype is None or ctype.mime != "application/sdp":
+            return None  # late offers and multipart bodies pass untouched (not yet relayed)
+        if fwd.dialog is not None:  # a new call
+            if to_policy is None:
+                return None
+            if role == "carrier":
+                trunk = self.router.trunk_for_source(fwd.server.source.remote[0])
+                from_policy = str(trunk.media) if trunk is not None else "rtp"
+            else:
+                from_policy = str(self.config.media.caller)
+            key = f"{req.call_id};{req.from_.tag or ''}"
+            fwd.dialog.extra.update(
+                media_key=key, caller_policy=from_policy, callee_policy=to_policy
+            )
+            fwd.answer_from = "callee"
+            return key, "caller", from_policy, to_policy
+        dialog = self.dialogs.get(req.call_id, req.from_.tag, req.to.tag)
+        if dialog is None or "media_key" not in dialog.extra:
+            return None
+        side = "caller" if req.from_.tag == dialog.from_tag else "callee"
+        other = "callee" if side == "caller" else "caller"
+        fwd.answer_from = other
+        return (
+            dialog.extra["media_key"],
+            side,
+            dialog.extra[f"{side}_policy"],
+            dialog.extra[f"{other}_policy"],
+        )
+
+    async def _offer_then_forward(
+        self, fwd: _Forward, key: str, side: str, from_policy: str, to_policy: str
+    ) -> None:
+        try:
+            body = await self.media.offer(
+                key,
+                side,
+                fwd.request.body,
+                from_policy=from_policy,
+                to_policy=to_policy,
+                source_ip=fwd.server.source.remote[0],
+            )
+        except SipError as error:
+            self._final(fwd, error.status_hint)
+            return
+        fwd.media_key = key
+        fwd.request.body = body
+        self._try_next(fwd)
+
+    def _relay_with_media(self, fwd: _Forward, resp: Response) -> None:
+        """Relay a response; an SDP answer in it is rewritten first (in order)."""
+        if fwd.media_key is None or not resp.body:
+            if fwd.media_task is None:
+                self._relay(fwd, resp)
+            else:  # keep responses in order behind a rewrite in flight
+                fwd.media_task = self._spawn(self._after(fwd.media_task, fwd, resp, None))
+            return
+        fwd.media_task = self._spawn(self._after(fwd.media_task, fwd, resp, fwd.media_key))
+
+    async def _after(
+        self, previous: asyncio.Task[None] | None, fwd: _Forward, resp: Response, key: str | None
+    ) -> None:
+        if previous is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await previous
+        if key is not None:
+            body = resp.body
+            rewritten = fwd.answers.get(body)
+            if rewritten is None:
+                try:
+                    rewritten = await self.media.answer(key, fwd.answer_from, body)
+                except SipError as error:
+                    # An answer we cannot relay must not leak the far end's
+                    # addresses: drop its body, the caller sees no media.
+                    self.log("warning", "media_answer_refused", reason=error.reason)
+                    rewritten = b""
+                fwd.answers[body] = rewritten
+            resp.body = rewritten
+        self._relay(fwd, resp)
+
+    def _media_failed(self, fwd: _Forward, reason: str) -> None:
+        """A new call that failed gives its relay session back."""
+        if fwd.media_key is not None and fwd.dialog is not None and self.media is not None:
+            self._spawn(self.media.end(fwd.media_key, reason))
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = self._get_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log("error", "proxy_task_error", error=repr(task.exception()))
 
     # ------------------------------------------------------------ stateless
     def _forward_stateless(self, req: Request, source: Source) -> None:
@@ -861,8 +1012,23 @@ class Proxy:
                 for dialog in self.dialogs.expire(time.time()):
                     # No BYE ever came (a lost peer): forget the call.
                     self.log("warning", "dialog_expired", call_id=dialog.call_id)
+                    self._end_call(dialog, "max-age")
+                if self.media is not None:
+                    self._media_timeouts(loop.time())
             except Exception as exc:
                 self.log("error", "probe_error", error=repr(exc))
+
+    def _media_timeouts(self, now: float) -> None:
+        """Calls whose media stopped (no packet either way, hold excluded)."""
+        timed_out = set(self.media.timed_out(now))
+        if not timed_out:
+            return
+        for dialog in self.dialogs:
+            if dialog.extra.get("media_key") in timed_out:
+                # Not yet: a BYE to both parties (the dialog's CSeq and targets
+                # are not tracked); the call is forgotten and its ports freed.
+                self.log("warning", "media_timeout", call_id=dialog.call_id)
+                self._end_call(dialog, "media-timeout")
 
     def _probe(self, target: Any) -> None:
         dest = Destination(target.transport, target.host, target.port)
