@@ -538,6 +538,7 @@ class Negotiation:
                 continue
             if stream is None:
                 stream = self.streams[d.index] = Stream(d.index, m.media)
+            stream.media = m.media  # a rejected m= line may be reused (RFC 3264 §8.3)
             mine, theirs = stream.sides[frm], stream.sides[to]
             mine.ports, theirs.ports = ports[d.index][frm], ports[d.index][to]
             mine.proto, mine.srtp = m.proto, d.from_srtp
