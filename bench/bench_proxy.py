@@ -268,7 +268,10 @@ def run_load(
         name="uas",
         local_ip=UPSTREAM,
         port=uas_port,
-        calls=calls,
+        # Room for more calls than the UAC places: a stray retransmission arriving after its
+        # call ended starts a new call in sipp, and a UAS that reached -m would then ignore
+        # the last real INVITE.  It is stopped once the UAC is done.
+        calls=calls * 2,
         timeout=calls / rate + 60,
         cpu=LOAD_CPU,
         extra=SIPP_LENIENT + SIPP_BUFFERS,
@@ -333,9 +336,10 @@ def run_load(
     load_uas = cpu_seconds(uas.pid, tree=False) - load0
     if stopped_early:
         uas.stop()
-    # The UAS ends half a second after its last call; one still waiting for a message that
-    # will not come (its caller gave up) is stopped: the caller's count is the verdict.
-    uas_result = uas.finish(timeout=1)
+    # The UAS lingers 2 s after its last call (1 s after the UAC's end) for retransmissions;
+    # one still waiting for a message that will not come (its caller gave up) is stopped:
+    # the caller's count is the verdict.
+    uas_result = uas.finish(timeout=1.5)
     if tunnel is not None:
         tunnel.stop()
     # On schedule, the last call starts at calls/rate and ends a hold and the UAC's 1 s
