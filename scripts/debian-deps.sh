@@ -13,7 +13,7 @@ BUILD_PACKAGES=(build-essential libssl-dev)
 # Real peers and tools the test suite drives.  Later issues add theirs here as their
 # tests need them: baresip-core, kamailio, rtpengine-daemon, chromium, chromium-driver,
 # stunnel4, tshark, redis-server (see shared/peers/README.md for how each is used).
-TEST_PACKAGES=(sip-tester openssl stunnel4)
+TEST_PACKAGES=(sip-tester openssl stunnel4 baresip-core tshark)
 
 # Only for `make bench` (DEPS_BENCH=1): the reference proxy the benchmarks compare against.
 BENCH_PACKAGES=(kamailio kamailio-tls-modules)
