@@ -10,8 +10,8 @@ For each system under test (SUT) and each transport it measures, in one run:
 
 The SUT is pinned to CPU 0; the load (sipp UAC, sipp UAS, stunnel) to CPU 1, as with
 ``taskset -c``.  Calls: INVITE (with SDP) / 100 / 180 / 200 / ACK / hold / BYE / 200,
-with no RTP: signalling only, media passthrough (sipedge rewrites no SDP and relays no
-media yet; Kamailio runs without rtpengine).  The UAC is tests/sipp/proxy_uac.xml, the
+with no RTP: signalling only, media passthrough (sipedge with ``[media] enabled = false``,
+which leaves SDP untouched; Kamailio without rtpengine).  The UAC is tests/sipp/proxy_uac.xml, the
 UAS tests/sipp/proxy_uas.xml (the scenarios of the end-to-end tests).
 
 Transports (the caller's leg; the upstream leg is UDP in both):
@@ -227,6 +227,8 @@ def start_sut(
                     }
                 ],
             },
+            # Signalling only, SDP untouched: the like of plain Kamailio (no rtpengine).
+            extra={"media": {"enabled": False}},
             cpu=SUT_CPU,
         )
         procs.add(edge).start()
@@ -336,10 +338,10 @@ def run_load(
     load_uas = cpu_seconds(uas.pid, tree=False) - load0
     if stopped_early:
         uas.stop()
-    # The UAS lingers 2 s after its last call (1 s after the UAC's end) for retransmissions;
-    # one still waiting for a message that will not come (its caller gave up) is stopped:
-    # the caller's count is the verdict.
-    uas_result = uas.finish(timeout=1.5)
+    # The UAC has seen every call end; the UAS (lingering for retransmissions, or waiting
+    # for a message of a call its caller gave up) is stopped: the caller's count is the
+    # verdict.
+    uas_result = uas.stop_and_result()
     if tunnel is not None:
         tunnel.stop()
     # On schedule, the last call starts at calls/rate and ends a hold and the UAC's 1 s

@@ -137,6 +137,23 @@ def free_port(host: str = "127.0.0.1", kind: PortKind = "udp", *, count: int = 1
     raise PeerError(f"no free {kind} port on {host} in {_PORT_LOW}-{_PORT_HIGH}")
 
 
+def free_udp_block(
+    host: str = "127.0.0.1", count: int = 200, low: int = 40000, high: int = 60000
+) -> tuple[int, int]:
+    """An even-aligned block of ``count`` UDP ports free on ``host`` (first, last), away
+    from :func:`free_port`'s range: for a media relay's port range."""
+    rng = random.Random()
+    for _ in range(200):
+        start = rng.randrange(low, high - count) & ~1
+        ports = range(start, start + count)
+        if any(p in _handed_out for p in ports):
+            continue
+        if all(_bindable(host, p, "udp") for p in ports):
+            _handed_out.update(ports)
+            return start, start + count - 1
+    raise PeerError(f"no free block of {count} UDP ports on {host} in {low}-{high}")
+
+
 def _hex_address(host: str) -> set[str]:
     """How /proc/net/{udp,tcp}[6] spell ``host`` (and the wildcard that also covers it)."""
     ip = ipaddress.ip_address(host)
@@ -1008,8 +1025,9 @@ class SipedgeProc(Proc):
     """``sipedge run --config FILE`` with a generated TOML config.
 
     Listens on ``host`` with fresh ports for UDP, TCP (one port for both), TLS, metrics and
-    the echo endpoint.  ``upstream`` is the [upstream] table (default: echo); ``extra``
-    is merged over the generated top-level tables (e.g. ``{"proxy": {"timer_t1": 0.1}}``).
+    the echo endpoint, and gives the media relay a block of 200 free UDP ports.
+    ``upstream`` is the [upstream] table (default: echo); ``extra`` is merged over the
+    generated top-level tables (e.g. ``{"proxy": {"timer_t1": 0.1}}``).
     :meth:`wait_ready` waits for the JSON log line with ``"event": "ready"``.  The test CA
     is its trust store for outbound TLS (``SSL_CERT_FILE``).
     """
@@ -1045,6 +1063,8 @@ class SipedgeProc(Proc):
             "metrics": {"address": f"{self.metrics[0]}:{self.metrics[1]}"},
             "upstream": dict(upstream) if upstream is not None else {"echo": True},
             "echo": {"address": f"{self.echo[0]}:{self.echo[1]}"},
+            # The relay's ports: a block of its own, clear of the ports the peers use.
+            "media": {"port_range": "{}-{}".format(*free_udp_block(host))},
             "trunks": [dict(t) for t in trunks]
             if trunks is not None
             else [{"name": "loopback", "allow": ["127.0.0.1/32"]}],
@@ -1196,6 +1216,7 @@ __all__ = [
     "descendants",
     "find_binary",
     "free_port",
+    "free_udp_block",
     "make_test_certs",
     "missing_binary_message",
     "port_is_bound",
