@@ -70,6 +70,18 @@ FORBIDDEN_IN_VALUE_RE = re.compile(r"[\r\n]")
 _UNQUOTE_RE = re.compile(r"\\(.)", re.S)
 
 
+def split_plain_params(text: str) -> tuple[tuple[str, str | None], ...]:
+    """``;name[=value]...`` that a regex has already validated (no quoting, no
+    empty values), as (name, value-or-None) pairs, in order."""
+    if not text:
+        return ()
+    out = []
+    for item in text[1:].split(";"):
+        name, _, value = item.partition("=")
+        out.append((name, value or None))
+    return tuple(out)
+
+
 def unquote(text: str) -> str:
     """Strip the DQUOTEs of a quoted-string and undo its quoted-pairs."""
     return _UNQUOTE_RE.sub(r"\1", text[1:-1])

@@ -34,6 +34,7 @@ from sip._abnf import (
     SWS,
     TOKEN,
     quote,
+    split_plain_params,
     unquote,
 )
 from sip.errors import SipError
@@ -135,15 +136,9 @@ class Via:
         fast = _FAST_VIA_RE.fullmatch(text)
         if fast is not None:
             transport, host, port_text, param_text = fast.groups()
-            params: tuple[Param, ...] = ()
-            if param_text:
-                items = []
-                for item in param_text[1:].split(";"):
-                    name, _, value = item.partition("=")
-                    items.append((name, value or None))
-                params = tuple(items)
-                if len(params) > 1 and len({n.lower() for n, _ in params}) != len(params):
-                    raise SipError("duplicate Via parameter")
+            params = split_plain_params(param_text)
+            if len(params) > 1 and len({n.lower() for n, _ in params}) != len(params):
+                raise SipError("duplicate Via parameter")
             if host[0].isdigit():
                 check_ipv4_like(host)
             via = cls(transport.upper(), host, _port(port_text), params, text)

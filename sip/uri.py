@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote as _pct_decode
 
-from sip._abnf import ESCAPED, HOST, HOSTNAME, IPV4_RE, UNRESERVED
+from sip._abnf import ESCAPED, HOST, HOSTNAME, IPV4_RE, UNRESERVED, split_plain_params
 from sip.errors import SipError
 
 MAX_URI_LENGTH = 4096
@@ -150,13 +150,7 @@ class URI:
                 port = int(port_text)
                 if port > 65535:
                     raise SipError("URI port out of range")
-            params: tuple[Param, ...] = ()
-            if param_text:
-                items = []
-                for item in param_text[1:].split(";"):
-                    name, _, value = item.partition("=")
-                    items.append((name, value or None))
-                params = tuple(items)
+            params = split_plain_params(param_text)
             return cls(scheme.lower(), user, None, host, port, params, (), None, text)
         colon = text.find(":")
         if colon <= 0 or _SCHEME_RE.fullmatch(text, 0, colon) is None:
