@@ -151,6 +151,7 @@ class Step:
     invite_ms: float | None  # mean INVITE -> 200 time seen by the caller
     sut_cpu_s: float
     load_cpu_s: float
+    other_cpu_s: float  # time CPU 0 spent on anything but the SUT (other work, IRQs)
     returncode: int | None
     stopped_early: bool = False
     note: str = ""
@@ -181,6 +182,7 @@ class Row:
     sut_cpu_at_max: float | None = None  # share of one core during the best step
     load_cpu_at_max: float | None = None
     invite_ms_at_max: float | None = None
+    other_cpu_at_max: float | None = None
     cpu_per_1000: float | None = None
     cpu_per_1000_runs: list[float] = field(default_factory=list)
     fixed_failed: int = 0
@@ -313,6 +315,7 @@ def run_load(
     )
     pid = sut_pid(procs)
     cpu0 = cpu_seconds(pid)
+    busy0 = cpu_busy_seconds(SUT_CPU)
     t0 = time.monotonic()
     procs.add(uac).start()
     uac_pid = uac.pid
@@ -333,6 +336,7 @@ def run_load(
         time.sleep(0.1)
     elapsed = time.monotonic() - t0
     cpu1 = cpu_seconds(pid)
+    busy1 = cpu_busy_seconds(SUT_CPU)
     uac.stop()
     result = uac.result()
     load_uas = cpu_seconds(uas.pid, tree=False) - load0
@@ -362,10 +366,23 @@ def run_load(
         invite_ms=_sipp_ms(result.stats.get("ResponseTime1(C)", "")),
         sut_cpu_s=cpu1 - cpu0,
         load_cpu_s=load_uac + load_uas,
+        other_cpu_s=max(0.0, (busy1 - busy0) - (cpu1 - cpu0)),
         returncode=result.returncode,
         stopped_early=stopped_early,
         note=note,
     )
+
+
+def cpu_busy_seconds(cpu: int) -> float:
+    """Seconds CPU ``cpu`` has spent busy (not idle or waiting for I/O), from /proc/stat."""
+    tick = os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                v = [int(x) for x in line.split()[1:]]
+                # user nice system idle iowait irq softirq steal (guest is inside user)
+                return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / tick
+    raise PeerError(f"no cpu{cpu} in /proc/stat")
 
 
 def _sipp_ms(value: str) -> float | None:
@@ -473,6 +490,7 @@ def measure_row(
             busy = max(best.seconds - 1.0, best.calls / best.rate, 1e-3)
             row.sut_cpu_at_max = best.sut_cpu_s / busy
             row.load_cpu_at_max = best.load_cpu_s / busy
+            row.other_cpu_at_max = best.other_cpu_s / busy
             row.invite_ms_at_max = best.invite_ms
             if row.load_cpu_at_max > 0.85 and row.sut_cpu_at_max < 0.85:
                 row.limited_by += "; load generator near one core: a lower bound"
@@ -494,6 +512,7 @@ def _progress(system: str, transport: str, kind: str, step: Step) -> None:
         f"({step.failed_ratio:.2%}){' stopped' if step.stopped_early else ''}, "
         f"late {step.lag_s:.1f} s, INVITE->200 {_fmt(step.invite_ms, '.1f')} ms, "
         f"SUT {step.sut_cpu_s:.2f} cpu-s, load {step.load_cpu_s:.2f} cpu-s, "
+        f"other on CPU {SUT_CPU} {step.other_cpu_s:.2f} cpu-s, "
         f"{step.seconds:.1f} s ({step.total_s:.1f} s in all) {step.note}",
         file=sys.stderr,
         flush=True,
@@ -565,14 +584,15 @@ def render(rows: list[Row], plan: Plan, quick: bool, versions: dict[str, str]) -
         "upstream.",
         "",
         "| system | transport | max cps (<0.1% failed) | CPU s / 1000 calls "
-        f"@ {plan.fixed_rate} cps | SUT CPU at max | load CPU at max | INVITE->200 ms at max "
-        "| limited by |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        f"@ {plan.fixed_rate} cps | SUT CPU at max | load CPU at max | other work on CPU "
+        f"{SUT_CPU} at max | INVITE->200 ms at max | limited by |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         if not r.runnable:
             lines.append(
-                f"| {r.system} | {r.transport} | not runnable ({r.reason}) | - | - | - | - | - |"
+                f"| {r.system} | {r.transport} | not runnable ({r.reason}) "
+                "| - | - | - | - | - | - |"
             )
             continue
         cpu = _fmt(r.cpu_per_1000, ".3f")
@@ -581,7 +601,8 @@ def render(rows: list[Row], plan: Plan, quick: bool, versions: dict[str, str]) -
         lines.append(
             f"| {r.system} | {r.transport} | {_fmt(r.max_cps, 'd')} | {cpu} | "
             f"{_fmt(r.sut_cpu_at_max, '.0%')} | {_fmt(r.load_cpu_at_max, '.0%')} | "
-            f"{_fmt(r.invite_ms_at_max, '.1f')} | {r.limited_by} |"
+            f"{_fmt(r.other_cpu_at_max, '.0%')} | {_fmt(r.invite_ms_at_max, '.1f')} | "
+            f"{r.limited_by} |"
         )
     by = {(r.system, r.transport): r for r in rows if r.runnable}
     for transport in ("udp", "tls"):
@@ -589,8 +610,17 @@ def render(rows: list[Row], plan: Plan, quick: bool, versions: dict[str, str]) -
         if s is not None and k is not None:
             lines.append(
                 f"| sipedge/Kamailio | {transport} | {_ratio(s.max_cps, k.max_cps)} | "
-                f"{_ratio(s.cpu_per_1000, k.cpu_per_1000)} | - | - | - | - |"
+                f"{_ratio(s.cpu_per_1000, k.cpu_per_1000)} | - | - | - | - | - |"
             )
+    steps = [st for r in rows for st in r.steps]
+    wall = sum(st["seconds"] for st in steps)
+    if wall > 0:
+        other = sum(st["other_cpu_s"] for st in steps) / wall
+        lines += [
+            "",
+            f"Other work on CPU {SUT_CPU} (not the SUT) during the load runs: {other:.0%} of "
+            "the core on average; numbers taken while it is high are pessimistic and noisy.",
+        ]
     lines += ["", "Versions: " + "; ".join(f"{k} {v}" for k, v in versions.items()), ""]
     return "\n".join(lines)
 
