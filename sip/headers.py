@@ -434,9 +434,15 @@ _TOKEN_RE = re.compile(TOKEN)
 
 
 def parse_token_list(values: list[str], what: str) -> tuple[str, ...]:
-    """Supported / Require / Proxy-Require / Unsupported: ``option-tag *(COMMA option-tag)``."""
+    """Supported / Require / Proxy-Require / Unsupported: ``[option-tag *(COMMA option-tag)]``.
+
+    The list may be empty (RFC 3261 §25.1: ``Supported:`` alone is how baresip
+    says it supports nothing), so empty elements are skipped, not refused.
+    """
     out = []
     for value in values:
+        if not value:
+            continue
         if _TOKEN_RE.fullmatch(value) is None:
             raise SipError(f"malformed {what}")
         out.append(value)

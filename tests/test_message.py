@@ -71,6 +71,15 @@ def test_compact_forms_and_case() -> None:
     assert msg.content_length == 0
 
 
+def test_empty_supported_is_an_empty_list() -> None:
+    """RFC 3261 §25.1: Supported may be empty; baresip 1.0 sends it in every INVITE
+    (found by the media e2e test: the edge answered 400)."""
+    msg = parse_message(INVITE.replace(b"Supported: replaces, timer", b"Supported:"))
+    assert msg.supported == ()
+    with pytest.raises(SipError):
+        parse_message(INVITE.replace(b"Supported: replaces, timer", b"Supported: a b"))
+
+
 def test_proxy_edits_keep_other_headers_verbatim() -> None:
     msg = parse_message(INVITE)
     assert isinstance(msg, Request)
