@@ -521,6 +521,7 @@ class Proxy:
         if status < 300:
             # Every 2xx goes upstream, retransmissions too (RFC 6026 §8.4).
             if fwd.dialog is not None:
+                self._remember_parties(fwd.dialog, fwd.server.txn.request, resp)
                 self.dialogs.confirm(fwd.dialog, resp.to.tag, time.time())
             if fwd.request.method == "BYE":
                 self._end_dialog(fwd.request, "bye")
@@ -1019,16 +1020,69 @@ class Proxy:
                 self.log("error", "probe_error", error=repr(exc))
 
     def _media_timeouts(self, now: float) -> None:
-        """Calls whose media stopped (no packet either way, hold excluded)."""
+        """Calls whose media stopped (no packet either way, hold excluded) are
+        ended by the edge: a BYE to each party, then the call is forgotten."""
         timed_out = set(self.media.timed_out(now))
         if not timed_out:
             return
         for dialog in self.dialogs:
             if dialog.extra.get("media_key") in timed_out:
-                # Not yet: a BYE to both parties (the dialog's CSeq and targets
-                # are not tracked); the call is forgotten and its ports freed.
                 self.log("warning", "media_timeout", call_id=dialog.call_id)
+                self._bye_both(dialog)
                 self._end_call(dialog, "media-timeout")
+
+    @staticmethod
+    def _remember_parties(dialog: Dialog, invite: Request, ok: Response) -> None:
+        """What the edge needs to end the call itself: both targets and identities."""
+        if "caller_contact" in dialog.extra:
+            return
+        caller = invite.contact[0].uri if invite.contact else None
+        callee = ok.contact[0].uri if "contact" in ok.headers and ok.contact else None
+        dialog.extra.update(
+            caller_contact=str(caller) if caller is not None else "",
+            callee_contact=str(callee) if callee is not None else "",
+            caller_from=invite.headers.get("From") or "",
+            callee_to=ok.headers.get("To") or "",
+            invite_cseq=str(invite.cseq.number),
+        )
+
+    def _bye_both(self, dialog: Dialog) -> None:
+        """§15: a BYE to each party, as if the other had hung up.
+
+        Sent straight to each party's hop with its Contact as Request-URI; the
+        CSeq is far above the INVITE's so that it is higher than anything the
+        party has seen from the other side (§12.2.2).
+        """
+        extra = dialog.extra
+        if not extra.get("caller_contact") or not extra.get("callee_contact"):
+            return
+        cseq = int(extra["invite_cseq"]) + 10000
+        for target, hop, from_value, to_value in (
+            (extra["callee_contact"], dialog.callee_hop, extra["caller_from"], extra["callee_to"]),
+            (extra["caller_contact"], dialog.caller_hop, extra["callee_to"], extra["caller_from"]),
+        ):
+            if hop is None:
+                continue
+            try:
+                headers: list[tuple[str, Any]] = [
+                    ("Via", self._our_via(hop.transport, new_branch())),
+                    ("Max-Forwards", str(self.max_forwards)),
+                    ("From", from_value),
+                    ("To", to_value),
+                    ("Call-ID", dialog.call_id),
+                    ("CSeq", f"{cseq} BYE"),
+                    ("Reason", 'SIP;cause=408;text="media timeout"'),
+                ]
+                bye = Request("BYE", target, headers)
+            except SipError as error:
+                self.log("warning", "bye_not_sent", call_id=dialog.call_id, reason=error.reason)
+                continue
+            txn = NonInviteClientTransaction(
+                bye, reliable=hop.transport != "udp", config=self.timer_config
+            )
+            cctx = _ClientCtx(txn, hop, None)
+            self._client[txn.key] = cctx
+            self._run(cctx, txn.start(self._get_loop().time()))
 
     def _probe(self, target: Any) -> None:
         dest = Destination(target.transport, target.host, target.port)

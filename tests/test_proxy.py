@@ -67,7 +67,7 @@ class StubRouter:
         return ip in ("127.0.0.2", "127.0.0.3")
 
     def trunk_for_source(self, ip: str) -> Any:
-        return SimpleNamespace(name="loopback") if ip == "127.0.0.1" else None
+        return SimpleNamespace(name="loopback", media="as-offered") if ip == "127.0.0.1" else None
 
     def report_failure(self, target: Any, now: float) -> None:
         self.failures.append(target)
@@ -379,3 +379,71 @@ async def test_stream_caller_gets_flow_token_and_double_record_route(proxy: Prox
     proxy.on_message(forged, udp(PBX1))
     ((_, dest),) = only(t.take(), Request)
     assert dest.conn_id is None
+
+
+class StubMedia:
+    """The media controller's interface, recording calls; SDP passes unchanged."""
+
+    enabled = True
+
+    def __init__(self) -> None:
+        self.offers: list[tuple[str, str]] = []
+        self.ended: list[str] = []
+        self.expired: list[str] = []
+
+    async def offer(self, key: str, side: str, body: bytes, **policies: Any) -> bytes:
+        self.offers.append((key, side))
+        return body.replace(b"c=IN IP4 127.0.0.1", b"c=IN IP4 127.0.0.1 ")
+
+    async def answer(self, key: str, side: str, body: bytes) -> bytes:
+        return body
+
+    async def end(self, key: str, reason: str) -> None:
+        self.ended.append(key)
+
+    def timed_out(self, now: float) -> list[str]:
+        return self.expired
+
+    async def close(self) -> None:
+        pass
+
+
+SDP = (
+    b"v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\n"
+    b"t=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
+)
+
+
+async def test_media_timeout_ends_the_call_with_a_bye_to_each_party(proxy: Proxy) -> None:
+    t: FakeTransport = proxy.transport
+    media = StubMedia()
+    proxy.media = media
+    proxy.config.media = SimpleNamespace(enabled=True, caller="as-offered")
+    proxy.config.upstream = SimpleNamespace(sets=(SimpleNamespace(name="pbx", media="rtp"),))
+    data = invite(extra=("Content-Type: application/sdp",)).replace(
+        b"Content-Length: 0\r\n\r\n", b"Content-Length: %d\r\n\r\n" % len(SDP) + SDP
+    )
+    proxy.on_message(data, udp(CALLER))
+    await asyncio.sleep(0.05)  # the offer goes through the (async) media controller
+    sent = t.take()
+    assert [m.status for m, _ in only(sent, Response)] == [100], sent
+    ((fwd, _),) = only(sent, Request)
+    assert media.offers == [("call-1@127.0.0.1;a1", "caller")]
+    assert b"c=IN IP4 127.0.0.1 " in fwd.body  # what was forwarded is the rewritten offer
+    proxy.on_message(answer(fwd, 200), udp(PBX1))
+    await asyncio.sleep(0.05)
+    t.take()
+    media.expired = ["call-1@127.0.0.1;a1"]
+    proxy._media_timeouts(0.0)
+    byes = [(m, d) for m, d in t.take() if isinstance(m, Request) and m.method == "BYE"]
+    assert [(str(m.uri), d.host, d.port) for m, d in byes] == [
+        ("sip:pbx@127.0.0.2:5080", *PBX1),
+        ("sip:alice@127.0.0.1:5070", *CALLER),
+    ]
+    to_callee, to_caller = byes[0][0], byes[1][0]
+    assert to_callee.from_.tag == "a1" and to_callee.to.tag == "b1"
+    assert to_caller.from_.tag == "b1" and to_caller.to.tag == "a1"
+    assert to_callee.cseq.number > 1 and to_caller.cseq.number > 1
+    assert len(proxy.dialogs) == 0
+    await asyncio.sleep(0)
+    assert media.ended == ["call-1@127.0.0.1;a1"]
