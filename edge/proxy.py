@@ -409,7 +409,11 @@ class Proxy:
             return
         dest, target = fwd.hops.pop(0)
         base = fwd.request
-        req = Request(base.method, base.uri, base.headers.copy(), base.body)
+        # Each try adds its own Via and Record-Route to a copy; the last try
+        # may use the request itself (nothing will be tried after it).
+        req = (
+            base if not fwd.hops else Request(base.method, base.uri, base.headers.copy(), base.body)
+        )
         try:
             if fwd.record_route:
                 self._add_record_route(req, fwd.server.source, dest)
@@ -846,8 +850,17 @@ class Proxy:
             if ctx.forward is not None:
                 self._stop_timer_c(ctx.forward)
                 self._forwards.discard(ctx.forward)
-        elif self._client.get(ctx.txn.key) is ctx:
-            del self._client[ctx.txn.key]
+                # Break the ctx <-> forward cycle so reference counting frees the
+                # call's objects now rather than the (rare, tuned) cyclic GC.
+                ctx.forward = None
+        else:
+            if self._client.get(ctx.txn.key) is ctx:
+                del self._client[ctx.txn.key]
+            fwd = ctx.forward
+            if fwd is not None:
+                if fwd.client is ctx and fwd.final_sent:
+                    fwd.client = None
+                ctx.forward = None
 
     def _on_timer(self, ctx: _ServerCtx | _ClientCtx, name: Any) -> None:
         if ctx.timers.pop(name, None) is None:

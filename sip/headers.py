@@ -213,7 +213,11 @@ class Via:
         return (self.host, self.port)
 
     def with_param(self, name: str, value: str | None) -> Via:
-        return self.replace(params=set_param(self.params, name, value))
+        # Built directly: dataclasses.replace costs several µs, and the proxy
+        # stamps received/rport on every request it gets (RFC 3581).
+        via = Via(self.transport, self.host, self.port, set_param(self.params, name, value))
+        via.text = via._build()
+        return via
 
     def replace(self, **changes: object) -> Via:
         changed = dataclasses.replace(self, **changes)  # type: ignore[arg-type]

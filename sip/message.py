@@ -332,7 +332,12 @@ class Headers:
         if not isinstance(name, str):
             return False
         key = canonical_name(name)
-        return any(f.key == key for f in self._fields)
+        if key in self._typed:
+            return True
+        for f in self._fields:  # noqa: SIM110 (a plain loop is cheaper than any() here)
+            if f.key == key:
+                return True
+        return False
 
     @property
     def fields(self) -> list[HeaderField]:
