@@ -26,16 +26,16 @@ carried out.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from edge.dialogs import Dialog, DialogTable
 from edge.flows import FlowTokens
+from edge.proxy_media import MediaMixin
+from edge.proxy_state import _ClientCtx, _Forward, _ServerCtx
 from edge.transport import Destination, Source
 from sip.errors import SipError
 from sip.headers import NameAddr, Via, has_param
@@ -52,10 +52,7 @@ from sip.transaction import (
     MAGIC_COOKIE,
     CancelTimer,
     DeliverToTU,
-    InviteClientTransaction,
-    InviteServerTransaction,
     NonInviteClientTransaction,
-    NonInviteServerTransaction,
     Send,
     StartTimer,
     Terminated,
@@ -104,51 +101,7 @@ def _describe(dest: Destination | Source) -> str:
     return f"{dest.transport}:{format_host(dest.host)}:{dest.port}"
 
 
-@dataclass(eq=False, slots=True)
-class _ServerCtx:
-    txn: InviteServerTransaction | NonInviteServerTransaction
-    source: Source
-    reply: Destination
-    timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
-    forward: _Forward | None = None
-
-
-@dataclass(eq=False, slots=True)
-class _ClientCtx:
-    txn: InviteClientTransaction | NonInviteClientTransaction
-    dest: Destination
-    forward: _Forward | None
-    target: Any = None  # routing.Target when the hop came from the router
-    on_final: Callable[[Response | None], None] | None = None
-    timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
-    provisional: bool = False
-    cancelled: bool = False
-
-
-@dataclass(eq=False, slots=True)
-class _Forward:
-    """One proxied request and the hops left to try for it (serial failover)."""
-
-    server: _ServerCtx
-    request: Request  # Route-processed copy, before this hop's Via and Record-Route
-    hops: list[tuple[Destination, Any]]
-    record_route: bool
-    client: _ClientCtx | None = None
-    best: Response | None = None
-    failures: list[str] = field(default_factory=list)
-    final_sent: bool = False
-    cancelled: bool = False
-    timer_c: asyncio.TimerHandle | None = None
-    dialog: Dialog | None = None
-    # Media: the call's relay session, which side sent the offer, and the
-    # answers already rewritten (a retransmitted 2xx repeats its SDP).
-    media_key: str | None = None
-    answer_from: str = "callee"
-    answers: dict[bytes, bytes] = field(default_factory=dict)
-    media_task: asyncio.Task[None] | None = None
-
-
-class Proxy:
+class Proxy(MediaMixin):
     """The transaction user of a stateful, record-routing proxy."""
 
     def __init__(
@@ -620,113 +573,6 @@ class Proxy:
         if key is not None and self.media is not None:
             self._spawn(self.media.end(key, reason))
 
-    # ------------------------------------------------------------ media
-    def _policy_of(self, decision: Any) -> str | None:
-        """The media policy of the side a new call goes to (its set or trunk)."""
-        cfg = self.config
-        if decision.kind == "trunk":
-            for trunk in getattr(cfg, "trunks", ()):
-                if trunk.name == decision.name:
-                    return str(trunk.media)
-            return None
-        if decision.name == "echo" and hasattr(cfg, "echo"):
-            return str(cfg.echo.media)
-        for upstream_set in getattr(getattr(cfg, "upstream", None), "sets", ()):
-            if upstream_set.name == decision.name:
-                return str(upstream_set.media)
-        return None
-
-    def _media_plan(
-        self, fwd: _Forward, req: Request, role: str, to_policy: str | None
-    ) -> tuple[str, str, str, str] | None:
-        """(call key, side the offer comes from, its policy, the other side's) or None."""
-        if self.media is None or req.method not in ("INVITE", "UPDATE") or not req.body:
-            return None
-        ctype = req.content_type
-        if ctype is None or ctype.mime != "application/sdp":
-            return None  # late offers and multipart bodies pass untouched (not yet relayed)
-        if fwd.dialog is not None:  # a new call
-            if to_policy is None:
-                return None
-            if role == "carrier":
-                trunk = self.router.trunk_for_source(fwd.server.source.remote[0])
-                from_policy = str(trunk.media) if trunk is not None else "rtp"
-            else:
-                from_policy = str(self.config.media.caller)
-            key = f"{req.call_id};{req.from_.tag or ''}"
-            fwd.dialog.extra.update(
-                media_key=key, caller_policy=from_policy, callee_policy=to_policy
-            )
-            fwd.answer_from = "callee"
-            return key, "caller", from_policy, to_policy
-        dialog = self.dialogs.get(req.call_id, req.from_.tag, req.to.tag)
-        if dialog is None or "media_key" not in dialog.extra:
-            return None
-        side = "caller" if req.from_.tag == dialog.from_tag else "callee"
-        other = "callee" if side == "caller" else "caller"
-        fwd.answer_from = other
-        return (
-            dialog.extra["media_key"],
-            side,
-            dialog.extra[f"{side}_policy"],
-            dialog.extra[f"{other}_policy"],
-        )
-
-    async def _offer_then_forward(
-        self, fwd: _Forward, key: str, side: str, from_policy: str, to_policy: str
-    ) -> None:
-        try:
-            body = await self.media.offer(
-                key,
-                side,
-                fwd.request.body,
-                from_policy=from_policy,
-                to_policy=to_policy,
-                source_ip=fwd.server.source.remote[0],
-            )
-        except SipError as error:
-            self._final(fwd, error.status_hint)
-            return
-        fwd.media_key = key
-        fwd.request.body = body
-        self._try_next(fwd)
-
-    def _relay_with_media(self, fwd: _Forward, resp: Response) -> None:
-        """Relay a response; an SDP answer in it is rewritten first (in order)."""
-        if fwd.media_key is None or not resp.body:
-            if fwd.media_task is None:
-                self._relay(fwd, resp)
-            else:  # keep responses in order behind a rewrite in flight
-                fwd.media_task = self._spawn(self._after(fwd.media_task, fwd, resp, None))
-            return
-        fwd.media_task = self._spawn(self._after(fwd.media_task, fwd, resp, fwd.media_key))
-
-    async def _after(
-        self, previous: asyncio.Task[None] | None, fwd: _Forward, resp: Response, key: str | None
-    ) -> None:
-        if previous is not None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await previous
-        if key is not None:
-            body = resp.body
-            rewritten = fwd.answers.get(body)
-            if rewritten is None:
-                try:
-                    rewritten = await self.media.answer(key, fwd.answer_from, body)
-                except SipError as error:
-                    # An answer we cannot relay must not leak the far end's
-                    # addresses: drop its body, the caller sees no media.
-                    self.log("warning", "media_answer_refused", reason=error.reason)
-                    rewritten = b""
-                fwd.answers[body] = rewritten
-            resp.body = rewritten
-        self._relay(fwd, resp)
-
-    def _media_failed(self, fwd: _Forward, reason: str) -> None:
-        """A new call that failed gives its relay session back."""
-        if fwd.media_key is not None and fwd.dialog is not None and self.media is not None:
-            self._spawn(self.media.end(fwd.media_key, reason))
-
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = self._get_loop().create_task(coro)
         self._tasks.add(task)
@@ -1031,71 +877,6 @@ class Proxy:
                     self._media_timeouts(loop.time())
             except Exception as exc:
                 self.log("error", "probe_error", error=repr(exc))
-
-    def _media_timeouts(self, now: float) -> None:
-        """Calls whose media stopped (no packet either way, hold excluded) are
-        ended by the edge: a BYE to each party, then the call is forgotten."""
-        timed_out = set(self.media.timed_out(now))
-        if not timed_out:
-            return
-        for dialog in self.dialogs:
-            if dialog.extra.get("media_key") in timed_out:
-                self.log("warning", "media_timeout", call_id=dialog.call_id)
-                self._bye_both(dialog)
-                self._end_call(dialog, "media-timeout")
-
-    @staticmethod
-    def _remember_parties(dialog: Dialog, invite: Request, ok: Response) -> None:
-        """What the edge needs to end the call itself: both targets and identities."""
-        if "caller_contact" in dialog.extra:
-            return
-        caller = invite.contact[0].uri if invite.contact else None
-        callee = ok.contact[0].uri if "contact" in ok.headers and ok.contact else None
-        dialog.extra.update(
-            caller_contact=str(caller) if caller is not None else "",
-            callee_contact=str(callee) if callee is not None else "",
-            caller_from=invite.headers.get("From") or "",
-            callee_to=ok.headers.get("To") or "",
-            invite_cseq=str(invite.cseq.number),
-        )
-
-    def _bye_both(self, dialog: Dialog) -> None:
-        """§15: a BYE to each party, as if the other had hung up.
-
-        Sent straight to each party's hop with its Contact as Request-URI; the
-        CSeq is far above the INVITE's so that it is higher than anything the
-        party has seen from the other side (§12.2.2).
-        """
-        extra = dialog.extra
-        if not extra.get("caller_contact") or not extra.get("callee_contact"):
-            return
-        cseq = int(extra["invite_cseq"]) + 10000
-        for target, hop, from_value, to_value in (
-            (extra["callee_contact"], dialog.callee_hop, extra["caller_from"], extra["callee_to"]),
-            (extra["caller_contact"], dialog.caller_hop, extra["callee_to"], extra["caller_from"]),
-        ):
-            if hop is None:
-                continue
-            try:
-                headers: list[tuple[str, Any]] = [
-                    ("Via", self._our_via(hop.transport, new_branch())),
-                    ("Max-Forwards", str(self.max_forwards)),
-                    ("From", from_value),
-                    ("To", to_value),
-                    ("Call-ID", dialog.call_id),
-                    ("CSeq", f"{cseq} BYE"),
-                    ("Reason", 'SIP;cause=408;text="media timeout"'),
-                ]
-                bye = Request("BYE", target, headers)
-            except SipError as error:
-                self.log("warning", "bye_not_sent", call_id=dialog.call_id, reason=error.reason)
-                continue
-            txn = NonInviteClientTransaction(
-                bye, reliable=hop.transport != "udp", config=self.timer_config
-            )
-            cctx = _ClientCtx(txn, hop, None)
-            self._client[txn.key] = cctx
-            self._run(cctx, txn.start(self._get_loop().time()))
 
     def _probe(self, target: Any) -> None:
         dest = Destination(target.transport, target.host, target.port)

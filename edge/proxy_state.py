@@ -1,0 +1,69 @@
+"""What the proxy keeps per transaction and per proxied request.
+
+The transaction machines (``sip/transaction.py``) hold protocol state; these
+records hold what the proxy needs around them: where answers go, the timer
+handles, and for a proxied request the hops still to try and its call's
+media.  They are plain records: the logic lives in :mod:`edge.proxy` and
+:mod:`edge.proxy_media`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from edge.dialogs import Dialog
+from edge.transport import Destination, Source
+from sip.message import Request, Response
+from sip.transaction import (
+    InviteClientTransaction,
+    InviteServerTransaction,
+    NonInviteClientTransaction,
+    NonInviteServerTransaction,
+)
+
+
+@dataclass(eq=False, slots=True)
+class _ServerCtx:
+    txn: InviteServerTransaction | NonInviteServerTransaction
+    source: Source
+    reply: Destination
+    timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    forward: _Forward | None = None
+
+
+@dataclass(eq=False, slots=True)
+class _ClientCtx:
+    txn: InviteClientTransaction | NonInviteClientTransaction
+    dest: Destination
+    forward: _Forward | None
+    target: Any = None  # routing.Target when the hop came from the router
+    on_final: Callable[[Response | None], None] | None = None
+    timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    provisional: bool = False
+    cancelled: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class _Forward:
+    """One proxied request and the hops left to try for it (serial failover)."""
+
+    server: _ServerCtx
+    request: Request  # Route-processed copy, before this hop's Via and Record-Route
+    hops: list[tuple[Destination, Any]]
+    record_route: bool
+    client: _ClientCtx | None = None
+    best: Response | None = None
+    failures: list[str] = field(default_factory=list)
+    final_sent: bool = False
+    cancelled: bool = False
+    timer_c: asyncio.TimerHandle | None = None
+    dialog: Dialog | None = None
+    # Media: the call's relay session, which side sent the offer, and the
+    # answers already rewritten (a retransmitted 2xx repeats its SDP).
+    media_key: str | None = None
+    answer_from: str = "callee"
+    answers: dict[bytes, bytes] = field(default_factory=dict)
+    media_task: asyncio.Task[None] | None = None
