@@ -530,6 +530,10 @@ class Proxy(MediaMixin):
             fwd.dialog = None
         if fwd.request.method == "BYE":
             self._end_dialog(fwd.request, "bye")
+        if resp.status == 503:
+            # §16.7 step 6: a 503 speaks for the upstream that sent it, not for
+            # the edge; forwarded as is, the caller would stop using us too.
+            resp.status, resp.reason = 500, "Server Internal Error"
         self._relay(fwd, resp)
 
     def _final(self, fwd: _Forward, status: int) -> None:
