@@ -147,6 +147,7 @@ class Proxy(MediaMixin):
         self._probe_task: asyncio.Task[None] | None = None
         self.media: Any = None  # edge.media.MediaController when [media] is enabled
         self._tasks: set[asyncio.Task[None]] = set()
+        self._late_answers: dict[str, tuple[bytes, bytes]] = {}
         self._loop_secret = secrets.token_hex(4)
         self._roles: dict[str, str | None] = {}
 
@@ -575,6 +576,7 @@ class Proxy(MediaMixin):
         self.dialogs.end(dialog, time.time(), reason)
         key = dialog.extra.get("media_key")
         if key is not None and self.media is not None:
+            self._late_answers.pop(key, None)
             self._spawn(self.media.end(key, reason))
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
@@ -593,6 +595,18 @@ class Proxy(MediaMixin):
         """An ACK for a 2xx (end to end, §13.2.2.4), forwarded along its route."""
         if self._role(source) is None:
             return
+        if self.media is not None and req.body:
+            dialog = self.dialogs.get(req.call_id, req.from_.tag, req.to.tag)
+            if dialog is not None and dialog.extra.get("late_offer") == "1":
+                self._spawn(
+                    self.ack_answer_then_forward(
+                        req, dialog, lambda ack: self._send_stateless(ack, source)
+                    )
+                )
+                return
+        self._send_stateless(req, source)
+
+    def _send_stateless(self, req: Request, source: Source) -> None:
         flow_conn = self._pop_own_routes(req)
         mf = req.max_forwards
         if mf is not None and mf <= 0:

@@ -33,6 +33,7 @@ class MediaMixin:
     max_forwards: int
     timer_config: TimerConfig
     _client: dict[TransactionKey, _ClientCtx]
+    _late_answers: dict[str, tuple[bytes, bytes]]
 
     if TYPE_CHECKING:
 
@@ -64,19 +65,27 @@ class MediaMixin:
         self, fwd: _Forward, req: Request, role: str, to_policy: str | None
     ) -> tuple[str, str, str, str] | None:
         """(call key, side the offer comes from, its policy, the other side's) or None."""
-        if self.media is None or req.method not in ("INVITE", "UPDATE") or not req.body:
+        if self.media is None or req.method not in ("INVITE", "UPDATE"):
+            return None
+        if not req.body:
+            if fwd.dialog is not None and to_policy is not None:
+                # A late offer (RFC 3264 §5 via RFC 3261 §13.2.1): the offer
+                # will come in the 2xx and the answer in the ACK.
+                key = f"{req.call_id};{req.from_.tag or ''}"
+                fwd.dialog.extra.update(
+                    media_key=key,
+                    caller_policy=self._caller_policy(fwd, role),
+                    callee_policy=to_policy,
+                    late_offer="1",
+                )
             return None
         ctype = req.content_type
         if ctype is None or ctype.mime != "application/sdp":
-            return None  # late offers and multipart bodies pass untouched (not yet relayed)
+            return None  # multipart bodies pass untouched (not relayed yet)
         if fwd.dialog is not None:  # a new call
             if to_policy is None:
                 return None
-            if role == "carrier":
-                trunk = self.router.trunk_for_source(fwd.server.source.remote[0])
-                from_policy = str(trunk.media) if trunk is not None else "rtp"
-            else:
-                from_policy = str(self.config.media.caller)
+            from_policy = self._caller_policy(fwd, role)
             key = f"{req.call_id};{req.from_.tag or ''}"
             fwd.dialog.extra.update(
                 media_key=key, caller_policy=from_policy, callee_policy=to_policy
@@ -95,6 +104,12 @@ class MediaMixin:
             dialog.extra[f"{side}_policy"],
             dialog.extra[f"{other}_policy"],
         )
+
+    def _caller_policy(self, fwd: _Forward, role: str) -> str:
+        if role == "carrier":
+            trunk = self.router.trunk_for_source(fwd.server.source.remote[0])
+            return str(trunk.media) if trunk is not None else "rtp"
+        return str(self.config.media.caller)
 
     async def _offer_then_forward(
         self, fwd: _Forward, key: str, side: str, from_policy: str, to_policy: str
@@ -117,6 +132,17 @@ class MediaMixin:
 
     def _relay_with_media(self, fwd: _Forward, resp: Response) -> None:
         """Relay a response; an SDP answer in it is rewritten first (in order)."""
+        dialog = fwd.dialog
+        if (
+            fwd.media_key is None
+            and resp.body
+            and dialog is not None
+            and dialog.extra.get("late_offer") == "1"
+            and 200 <= resp.status < 300
+        ):
+            # The callee's 2xx carries the offer of a late-offer call.
+            fwd.media_task = self._spawn(self._late_offer(fwd.media_task, fwd, resp, dialog))
+            return
         if fwd.media_key is None or not resp.body:
             if fwd.media_task is None:
                 self._relay(fwd, resp)
@@ -145,6 +171,49 @@ class MediaMixin:
                 fwd.answers[body] = rewritten
             resp.body = rewritten
         self._relay(fwd, resp)
+
+    async def _late_offer(
+        self, previous: asyncio.Task[None] | None, fwd: _Forward, resp: Response, dialog: Dialog
+    ) -> None:
+        if previous is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await previous
+        extra = dialog.extra
+        body = resp.body
+        rewritten = fwd.answers.get(body)  # a retransmitted 2xx repeats its offer
+        if rewritten is None:
+            try:
+                rewritten = await self.media.offer(
+                    extra["media_key"],
+                    "callee",
+                    body,
+                    from_policy=extra["callee_policy"],
+                    to_policy=extra["caller_policy"],
+                    source_ip=fwd.client.dest.host if fwd.client is not None else "",
+                )
+            except SipError as error:
+                self.log("warning", "media_offer_refused", reason=error.reason)
+                rewritten = b""
+            fwd.answers[body] = rewritten
+        resp.body = rewritten
+        self._relay(fwd, resp)
+
+    async def ack_answer_then_forward(self, req: Request, dialog: Dialog, forward: Any) -> None:
+        """The caller's ACK carries the answer of a late-offer call: rewrite, then send."""
+        key = dialog.extra["media_key"]
+        body = req.body
+        done = self._late_answers.get(key)
+        if done is not None and done[0] == body:
+            rewritten = done[1]  # an ACK for a retransmitted 2xx
+        else:
+            try:
+                rewritten = await self.media.answer(key, "caller", body)
+            except SipError as error:
+                self.log("warning", "media_answer_refused", reason=error.reason)
+                rewritten = b""
+            self._late_answers[key] = (body, rewritten)
+        req.body = rewritten
+        forward(req)
 
     def _media_failed(self, fwd: _Forward, reason: str) -> None:
         """A new call that failed gives its relay session back."""

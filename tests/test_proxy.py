@@ -388,6 +388,7 @@ class StubMedia:
 
     def __init__(self) -> None:
         self.offers: list[tuple[str, str]] = []
+        self.answers: list[tuple[str, str]] = []
         self.ended: list[str] = []
         self.expired: list[str] = []
 
@@ -396,7 +397,8 @@ class StubMedia:
         return body.replace(b"c=IN IP4 127.0.0.1", b"c=IN IP4 127.0.0.1 ")
 
     async def answer(self, key: str, side: str, body: bytes) -> bytes:
-        return body
+        self.answers.append((key, side))
+        return body.replace(b"m=audio 4000", b"m=audio 5000")
 
     async def end(self, key: str, reason: str) -> None:
         self.ended.append(key)
@@ -447,3 +449,41 @@ async def test_media_timeout_ends_the_call_with_a_bye_to_each_party(proxy: Proxy
     assert len(proxy.dialogs) == 0
     await asyncio.sleep(0)
     assert media.ended == ["call-1@127.0.0.1;a1"]
+
+
+async def test_late_offer_goes_through_the_relay(proxy: Proxy) -> None:
+    """RFC 3261 §13.2.1: INVITE without SDP, offer in the 2xx, answer in the ACK."""
+    t: FakeTransport = proxy.transport
+    media = StubMedia()
+    proxy.media = media
+    proxy.config.media = SimpleNamespace(enabled=True, caller="as-offered")
+    proxy.config.upstream = SimpleNamespace(sets=(SimpleNamespace(name="pbx", media="rtp"),))
+    proxy.on_message(invite(), udp(CALLER))
+    ((fwd, _),) = only(t.take(), Request)
+    assert fwd.body == b"" and media.offers == []
+    ok = answer(fwd, 200, extra=("Content-Type: application/sdp",)).replace(
+        b"Content-Length: 0\r\n\r\n", b"Content-Length: %d\r\n\r\n" % len(SDP) + SDP
+    )
+    proxy.on_message(ok, udp(PBX1))
+    await asyncio.sleep(0.05)
+    ((relayed, _),) = only(t.take(), Response)
+    assert media.offers == [("call-1@127.0.0.1;a1", "callee")]
+    assert b"c=IN IP4 127.0.0.1 " in relayed.body  # the offer the caller sees is rewritten
+    ack = build(
+        "ACK sip:pbx@127.0.0.2:5080 SIP/2.0",
+        "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKack9;rport",
+        "Route: <sip:127.0.0.1:5060;transport=udp;lr>",
+        "Max-Forwards: 70",
+        "From: <sip:alice@127.0.0.1:5070>;tag=a1",
+        "To: <sip:1000@127.0.0.1:5060>;tag=b1",
+        "Call-ID: call-1@127.0.0.1",
+        "CSeq: 1 ACK",
+        "Content-Type: application/sdp",
+        f"Content-Length: {len(SDP)}",
+        body=SDP,
+    )
+    proxy.on_message(ack, udp(CALLER))
+    await asyncio.sleep(0.05)
+    ((fwd_ack, dest),) = only(t.take(), Request)
+    assert media.answers == [("call-1@127.0.0.1;a1", "caller")]
+    assert b"m=audio 5000" in fwd_ack.body and dest == Destination("udp", *PBX1)
