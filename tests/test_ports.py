@@ -243,7 +243,7 @@ def test_ipv6_pool() -> None:
         probe.bind(("::1", 0))
         probe.close()
     except OSError:
-        pytest.skip("no IPv6 loopback")
+        pytest.fail("no IPv6 loopback (::1): enable IPv6 on lo to run this test")
     pool = PortPool("::1", small_range(4), clock=FakeClock())
     a = pool.allocate()
     try:
