@@ -522,13 +522,17 @@ class Proxy(MediaMixin):
             resp.headers.set("Server", self.server_header)
         self._run(fwd.server, fwd.server.txn.send_response(resp, self._get_loop().time()))
 
-    def _relay_final(self, fwd: _Forward, resp: Response) -> None:
+    def _give_up(self, fwd: _Forward, status: int) -> None:
+        """The request ends with a final failure: stop Timer C, free the new call."""
         fwd.final_sent = True
         self._stop_timer_c(fwd)
-        self._media_failed(fwd, f"failed-{resp.status}")
+        self._media_failed(fwd, f"failed-{status}")
         if fwd.dialog is not None:
-            self.dialogs.end(fwd.dialog, time.time(), f"failed-{resp.status}")
+            self.dialogs.end(fwd.dialog, time.time(), f"failed-{status}")
             fwd.dialog = None
+
+    def _relay_final(self, fwd: _Forward, resp: Response) -> None:
+        self._give_up(fwd, resp.status)
         if fwd.request.method == "BYE":
             self._end_dialog(fwd.request, "bye")
         if resp.status == 503:
@@ -541,12 +545,7 @@ class Proxy(MediaMixin):
         """A final response of our own for a request we could not get through."""
         if fwd.final_sent:
             return
-        fwd.final_sent = True
-        self._stop_timer_c(fwd)
-        self._media_failed(fwd, f"failed-{status}")
-        if fwd.dialog is not None:
-            self.dialogs.end(fwd.dialog, time.time(), f"failed-{status}")
-            fwd.dialog = None
+        self._give_up(fwd, status)
         self._reply(fwd.server, status)
 
     def _stop_timer_c(self, fwd: _Forward) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from edge.dialogs import Dialog, DialogTable
@@ -131,8 +132,10 @@ class MediaMixin:
         self._try_next(fwd)
 
     def _relay_with_media(self, fwd: _Forward, resp: Response) -> None:
-        """Relay a response; an SDP answer in it is rewritten first (in order)."""
+        """Relay a response; SDP in it is rewritten first, responses kept in order."""
         dialog = fwd.dialog
+        rewrite: Callable[[bytes], Awaitable[bytes]] | None = None
+        event = "media_answer_refused"
         if (
             fwd.media_key is None
             and resp.body
@@ -141,61 +144,59 @@ class MediaMixin:
             and 200 <= resp.status < 300
         ):
             # The callee's 2xx carries the offer of a late-offer call.
-            fwd.media_task = self._spawn(self._late_offer(fwd.media_task, fwd, resp, dialog))
-            return
-        if fwd.media_key is None or not resp.body:
-            if fwd.media_task is None:
-                self._relay(fwd, resp)
-            else:  # keep responses in order behind a rewrite in flight
-                fwd.media_task = self._spawn(self._after(fwd.media_task, fwd, resp, None))
-            return
-        fwd.media_task = self._spawn(self._after(fwd.media_task, fwd, resp, fwd.media_key))
+            extra = dialog.extra
+            source_ip = fwd.client.dest.host if fwd.client is not None else ""
 
-    async def _after(
-        self, previous: asyncio.Task[None] | None, fwd: _Forward, resp: Response, key: str | None
-    ) -> None:
-        if previous is not None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await previous
-        if key is not None:
-            body = resp.body
-            rewritten = fwd.answers.get(body)
-            if rewritten is None:
-                try:
-                    rewritten = await self.media.answer(key, fwd.answer_from, body)
-                except SipError as error:
-                    # An answer we cannot relay must not leak the far end's
-                    # addresses: drop its body, the caller sees no media.
-                    self.log("warning", "media_answer_refused", reason=error.reason)
-                    rewritten = b""
-                fwd.answers[body] = rewritten
-            resp.body = rewritten
-        self._relay(fwd, resp)
-
-    async def _late_offer(
-        self, previous: asyncio.Task[None] | None, fwd: _Forward, resp: Response, dialog: Dialog
-    ) -> None:
-        if previous is not None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await previous
-        extra = dialog.extra
-        body = resp.body
-        rewritten = fwd.answers.get(body)  # a retransmitted 2xx repeats its offer
-        if rewritten is None:
-            try:
-                rewritten = await self.media.offer(
+            async def rewrite(body: bytes) -> bytes:
+                result: bytes = await self.media.offer(
                     extra["media_key"],
                     "callee",
                     body,
                     from_policy=extra["callee_policy"],
                     to_policy=extra["caller_policy"],
-                    source_ip=fwd.client.dest.host if fwd.client is not None else "",
+                    source_ip=source_ip,
                 )
-            except SipError as error:
-                self.log("warning", "media_offer_refused", reason=error.reason)
-                rewritten = b""
-            fwd.answers[body] = rewritten
-        resp.body = rewritten
+                return result
+
+            event = "media_offer_refused"
+        elif fwd.media_key is not None and resp.body:
+            key, side = fwd.media_key, fwd.answer_from
+
+            async def rewrite(body: bytes) -> bytes:
+                result: bytes = await self.media.answer(key, side, body)
+                return result
+
+        elif fwd.media_task is None:
+            self._relay(fwd, resp)
+            return
+        fwd.media_task = self._spawn(
+            self._rewrite_then_relay(fwd.media_task, fwd, resp, rewrite, event)
+        )
+
+    async def _rewrite_then_relay(
+        self,
+        previous: asyncio.Task[None] | None,
+        fwd: _Forward,
+        resp: Response,
+        rewrite: Callable[[bytes], Awaitable[bytes]] | None,
+        event: str,
+    ) -> None:
+        if previous is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await previous
+        if rewrite is not None:
+            body = resp.body
+            rewritten = fwd.answers.get(body)  # a retransmitted response repeats its SDP
+            if rewritten is None:
+                try:
+                    rewritten = await rewrite(body)
+                except SipError as error:
+                    # SDP we cannot relay must not leak the far end's addresses:
+                    # drop the body, the caller sees no media.
+                    self.log("warning", event, reason=error.reason)
+                    rewritten = b""
+                fwd.answers[body] = rewritten
+            resp.body = rewritten
         self._relay(fwd, resp)
 
     async def ack_answer_then_forward(self, req: Request, dialog: Dialog, forward: Any) -> None:
