@@ -36,6 +36,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge.config_security import (
+    SECURITY_SECTIONS,
+    AuditConfig,
+    AuthConfig,
+    BanConfig,
+    RateLimitConfig,
+    ScannerConfig,
+    parse_audit,
+    parse_auth,
+    parse_bans,
+    parse_ratelimit,
+    parse_scanners,
+)
 from edge.config_values import (
     ConfigError,
     HostPort,
@@ -264,6 +277,11 @@ class Config:
     echo: EchoConfig = field(default_factory=EchoConfig)
     trunks: tuple[TrunkConfig, ...] = ()
     media: MediaConfig = field(default_factory=MediaConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    ratelimit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    bans: BanConfig = field(default_factory=BanConfig)
+    scanners: ScannerConfig = field(default_factory=ScannerConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     def media_policy_of_set(self, name: str) -> str:
         """The media policy of upstream set ``name`` (``"echo"``: the echo endpoint's)."""
@@ -309,7 +327,7 @@ def load(
     except tomllib.TOMLDecodeError as e:
         raise ConfigError("config", f"invalid TOML: {e}") from e
     pem = _pem_from_base64(env, cert_b64, key_b64)
-    return parse(data, check_files=check_files, pem=pem)
+    return parse(data, check_files=check_files, pem=pem, env=env)
 
 
 def parse(
@@ -317,15 +335,28 @@ def parse(
     *,
     check_files: bool = True,
     pem: tuple[bytes, bytes, str] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Config:
     """Validate an already decoded TOML document.
 
-    ``pem`` is (certificate, key, source) when they came as base64.
+    ``pem`` is (certificate, key, source) when they came as base64; ``env``
+    holds the JWT signing key (``auth.jwt_key_env``), none when omitted.
     """
     _no_unknown_keys(
         data,
         "",
-        {"listen", "tls", "metrics", "limits", "proxy", "upstream", "echo", "trunks", "media"},
+        {
+            "listen",
+            "tls",
+            "metrics",
+            "limits",
+            "proxy",
+            "upstream",
+            "echo",
+            "trunks",
+            "media",
+            *SECURITY_SECTIONS,
+        },
     )
     listen = _parse_listen(_table(data, "listen"))
     tls = _parse_tls(_table(data, "tls"), pem)
@@ -336,6 +367,11 @@ def parse(
     echo = _parse_echo(_table(data, "echo"))
     trunks = _parse_trunks(data.get("trunks", []))
     media = _parse_media(_table(data, "media"))
+    auth = parse_auth(_table(data, "auth"), env or {})
+    ratelimit = parse_ratelimit(_table(data, "ratelimit"))
+    bans = parse_bans(_table(data, "bans"))
+    scanners = parse_scanners(_table(data, "scanners"))
+    audit = parse_audit(_table(data, "audit"))
     if upstream.echo:
         _check_echo_address(echo, listen)
     if check_files and listen.tls:
@@ -355,6 +391,11 @@ def parse(
         echo=echo,
         trunks=trunks,
         media=media,
+        auth=auth,
+        ratelimit=ratelimit,
+        bans=bans,
+        scanners=scanners,
+        audit=audit,
     )
 
 
@@ -388,6 +429,11 @@ def to_dict(config: Config) -> dict[str, Any]:
     result["upstream"]["resolved_default"] = config.upstream.resolved_default()
     low, high = config.media.port_range
     result["media"]["port_range"] = f"{low}-{high}"  # as written in the file
+    # Whether bearer tokens can be checked, never the key itself.
+    key_env = config.auth.jwt_key_env
+    result["auth"]["jwt_key"] = (
+        f"<from ${key_env}>" if config.auth.jwt_key else f"<${key_env} unset>"
+    )
     return result
 
 
