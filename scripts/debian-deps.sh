@@ -15,8 +15,29 @@ BUILD_PACKAGES=(build-essential libssl-dev)
 # stunnel4, tshark, redis-server (see shared/peers/README.md for how each is used).
 TEST_PACKAGES=(sip-tester openssl stunnel4 baresip-core tshark)
 
-# Only for `make bench` (DEPS_BENCH=1): the reference proxy the benchmarks compare against.
-BENCH_PACKAGES=(kamailio kamailio-tls-modules)
+# Only for `make bench` (DEPS_BENCH=1): the reference proxy the benchmarks compare against,
+# and the media relay it drives in `bench_proxy.py --media` (Kamailio's rtpengine module ->
+# rtpengine-daemon).  The bench starts its own rtpengine (own PID, --config-file=none,
+# userspace only, 127.0.0.1, ports 40000-44999).  The package's system service would use
+# /etc/rtpengine/rtpengine.conf: ports 30000-40000, sipedge's dev range, so
+# bench_after_install stops and disables it when this script has just installed it.
+BENCH_PACKAGES=(kamailio kamailio-tls-modules rtpengine-daemon)
+
+bench_after_install() {
+    local pkg
+    for pkg in "$@"; do
+        if [ "$pkg" = rtpengine-daemon ]; then
+            if [ -d /run/systemd/system ]; then
+                systemctl disable --now rtpengine-daemon.service >&2 || true
+            else
+                # Not booted with systemd: nothing started (no init to ask); keep it so.
+                systemctl disable rtpengine-daemon.service >/dev/null 2>&1 || true
+                update-rc.d rtpengine-daemon disable >/dev/null 2>&1 || true
+            fi
+            echo "debian-deps: rtpengine-daemon's system service disabled (the bench runs its own)" >&2
+        fi
+    done
+}
 
 PYTHON=${PYTHON:-python3}
 
@@ -94,3 +115,4 @@ echo "debian-deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}"
+bench_after_install "${missing[@]}"
