@@ -87,15 +87,17 @@ _VALUE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)\b(response\s*=\s*)(\"[^\"]*\"|[0-9a-f]+)"), rf"\1{REDACTED}"),
     # The password of a sip:/sips: URI (RFC 3261 §19.1.1 allows and discourages it).
     (re.compile(r"(?i)\b(sips?:[^:@\s;<>\"]+:)[^@\s<>\"]*@"), rf"\1{REDACTED}@"),
-    # Bearer and Basic credentials, and JSON Web Tokens on their own.
+    # Bearer, Basic and AccessKey credentials, and JSON Web Tokens and access keys
+    # ("ak_" and 32 random characters) on their own.
     # (Capitalised as in a header, so that prose such as "basic checks" is left alone.)
-    (re.compile(r"\b((?:Bearer|Basic) +)[A-Za-z0-9._~+/=-]{8,}"), rf"\1{REDACTED}"),
+    (re.compile(r"\b((?:Bearer|Basic|AccessKey) +)[A-Za-z0-9._~+/=-]{8,}"), rf"\1{REDACTED}"),
     (re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), REDACTED),
+    (re.compile(r"\bak_[A-Za-z0-9]{16,}"), REDACTED),
 )
 # A quick pre-check so that ordinary values skip the patterns.
 _SUSPECT = re.compile(
     r"(?i)authoriz|private key|passw|pwd|secret|token|key\s*[=:]|response|sips?:[^@\s]*:[^@\s]*@"
-    r"|bearer|basic|eyJ"
+    r"|bearer|basic|eyJ|accesskey|\bak_"
 )
 
 

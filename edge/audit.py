@@ -1,0 +1,442 @@
+"""The audit log: JSON lines for security events and calls, apart from the operational log.
+
+One object per line, with the fields of the reference document's "Audit Log
+Entry", always all of them and in this order::
+
+    {"timestamp": "2026-01-20T12:00:00.000Z", "event_type": "resource_created",
+     "customer_id": "uuid", "agent_id": null, "resource_type": "call",
+     "resource_id": "uuid", "action": "create", "source_ip": "192.0.2.10",
+     "user_agent": "Zoiper 5", "request_id": null,
+     "details": {"source": "+15551234567", "destination": "+15559876543"}}
+
+``timestamp`` is UTC with milliseconds; absent fields are ``null``, absent
+details ``{}``.
+
+Event types (module constants).  Where the reference names one it is used
+(``resource_created`` / ``resource_deleted`` with ``resource_type`` "call",
+``rate_limit_exceeded`` as in its RATE_LIMIT_EXCEEDED reason); its other
+events are prose ("login success/failure", "permission denied attempts",
+"invalid token attempts", "suspicious activity patterns"), made snake_case:
+
+======================  ============================  ==================
+constant                event_type                    suggested action
+======================  ============================  ==================
+AUTH_SUCCESS            authentication_succeeded      authenticate
+AUTH_FAILURE            authentication_failed         authenticate
+INVALID_TOKEN           invalid_token                 authenticate
+PERMISSION_DENIED       permission_denied             the denied method
+RATE_LIMITED            rate_limit_exceeded           reject
+BAN_ADDED               ban_added                     ban
+BAN_EXPIRED             ban_expired                   unban
+SCANNER_DROPPED         scanner_dropped               drop
+CALL_CREATED            resource_created (call)       create
+CALL_ENDED              resource_deleted (call)       delete
+SUPPRESSED              audit_events_suppressed       suppress
+WRITE_FAILED            audit_events_lost             lose
+======================  ============================  ==================
+
+A call's ``resource_id`` is :func:`call_resource_id` of its Call-ID, the same
+for its "created" and "ended" lines.
+
+Nothing secret gets in: every value goes through :func:`edge.log.redact`
+(Authorization headers, passwords, tokens, JWTs, access keys, Digest
+responses), peer-supplied text is clipped (``user_agent`` to 256 characters),
+and JSON escaping (ASCII only) keeps CR, LF, NUL and U+2028 from breaking a
+line.
+
+Floods.  The events in :data:`FLOODABLE` are those an attacker can trigger at
+will.  Each is admitted at most ``per_source`` times per second per (event
+type, source address), and ``per_type`` times per second over all sources
+(many spoofed sources).  What is held back is counted, not lost silently: when
+the second is over, a ``audit_events_suppressed`` line gives the event type,
+the source (``null`` for the all-sources cap), the count and the first and
+last times.  That line is written when the next event of that kind arrives
+or when :meth:`AuditLog.flush_suppressed` runs (the application calls it
+every few seconds), so a flood that stops is still reported.  Successful
+authentications, calls and bans are bounded by the policy itself (rate
+limits, one ban per address) and are never held back per source.
+
+Failures.  A write that fails (disk full, closed stdout) never raises into
+the caller: it is counted in ``write_errors``, reported on stderr once per run
+of failures, and the first line that gets through afterwards is followed by
+an ``audit_events_lost`` line with the count.
+
+The file is opened for append (created with mode 0600: the log holds phone
+numbers and addresses) and each line is a single write(2) on that
+descriptor: line-buffered at its strictest, so lines of several processes
+never interleave and a full disk never leaves half a line in a buffer.
+:meth:`AuditLog.reopen` opens the path again after log rotation (SIGHUP).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Collection, Mapping
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from edge.log import redact
+
+__all__ = [
+    "AUTH_FAILURE",
+    "AUTH_SUCCESS",
+    "BAN_ADDED",
+    "BAN_EXPIRED",
+    "CALL_CREATED",
+    "CALL_ENDED",
+    "CALL_NAMESPACE",
+    "FLOODABLE",
+    "INVALID_TOKEN",
+    "PERMISSION_DENIED",
+    "RATE_LIMITED",
+    "RESOURCE_CALL",
+    "SCANNER_DROPPED",
+    "SUPPRESSED",
+    "WRITE_FAILED",
+    "AuditLog",
+    "call_resource_id",
+]
+
+AUTH_SUCCESS = "authentication_succeeded"
+AUTH_FAILURE = "authentication_failed"
+INVALID_TOKEN = "invalid_token"
+PERMISSION_DENIED = "permission_denied"
+RATE_LIMITED = "rate_limit_exceeded"
+BAN_ADDED = "ban_added"
+BAN_EXPIRED = "ban_expired"
+SCANNER_DROPPED = "scanner_dropped"
+CALL_CREATED = "resource_created"
+CALL_ENDED = "resource_deleted"
+SUPPRESSED = "audit_events_suppressed"
+WRITE_FAILED = "audit_events_lost"
+
+#: ``resource_type`` of call events.
+RESOURCE_CALL = "call"
+
+#: Events a peer can trigger at will, hence capped.  Ban events are here for
+#: the all-sources cap (a spoofed flood bans many addresses); one address is
+#: banned once per ban time, so the per-source cap never bites them.
+FLOODABLE = frozenset(
+    {
+        AUTH_FAILURE,
+        INVALID_TOKEN,
+        PERMISSION_DENIED,
+        RATE_LIMITED,
+        SCANNER_DROPPED,
+        BAN_ADDED,
+        BAN_EXPIRED,
+    }
+)
+
+#: Namespace of :func:`call_resource_id`.  Fixed for good: changing it would
+#: break correlation with lines written by earlier versions.
+CALL_NAMESPACE = uuid.UUID("6d1c4f0e-8a52-5b7e-9c3d-2f4a1e0b7c91")
+
+_USER_AGENT_MAX = 256
+_FIELD_MAX = 256
+_DETAIL_MAX = 1024
+_FILE_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+
+
+def call_resource_id(call_id: str) -> str:
+    """A stable UUID for a SIP Call-ID: the ``resource_id`` of its call events.
+
+    A name-based UUID (version 5), so the "created" and "ended" lines of a
+    call correlate, on any instance, without the raw Call-ID (which may carry
+    a host name or address) in the audit log.  It is a pseudonym, not a
+    secret: whoever holds the Call-ID can compute it and find the call.
+    """
+    return str(uuid.uuid5(CALL_NAMESPACE, call_id))
+
+
+def _timestamp(now: float) -> str:
+    """ISO 8601 in UTC with milliseconds: ``2026-01-20T12:00:00.000Z``."""
+    return datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def _clip(value: Any, limit: int) -> Any:
+    # Redact first, clip second: clipping first could cut a secret short of
+    # the length its pattern needs and leave its head in the log.
+    value = redact(value)
+    if isinstance(value, str) and len(value) > limit:
+        return value[:limit] + "..."
+    return value
+
+
+def _clip_all(value: Any) -> Any:
+    """``value`` (already redacted) with every string in it clipped."""
+    if isinstance(value, str):
+        return value if len(value) <= _DETAIL_MAX else value[:_DETAIL_MAX] + "..."
+    if isinstance(value, dict):
+        return {k: _clip_all(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clip_all(v) for v in value]
+    return value
+
+
+class _Window:
+    """One second of one cap: lines admitted, lines held back and when."""
+
+    __slots__ = ("second", "written", "suppressed", "first", "last")
+
+    def __init__(self, second: int) -> None:
+        self.second = second
+        self.written = 0
+        self.suppressed = 0
+        self.first = 0.0
+        self.last = 0.0
+
+    def hold(self, now: float) -> None:
+        if not self.suppressed:
+            self.first = now
+        self.suppressed += 1
+        self.last = now
+
+
+class AuditLog:
+    """Writes audit lines to ``path`` (a file, appended to) or, for None or "-", stdout.
+
+    ``stream`` replaces stdout (tests); it cannot be combined with a file
+    path.  ``clock`` gives wall time, for the timestamps and the per-second
+    caps.  ``per_source``, ``per_type`` and ``limited`` set the flood caps
+    (see the module docstring); ``max_keys`` bounds the per-source table: when
+    it is full of keys active this second, new sources are held only by the
+    all-sources cap.  Opening the file may raise OSError (a bad path should
+    stop start-up); nothing after that raises.
+    """
+
+    def __init__(
+        self,
+        path: str | None,
+        *,
+        clock: Callable[[], float] = time.time,
+        stream: TextIO | None = None,
+        per_source: int = 10,
+        per_type: int = 1000,
+        limited: Collection[str] = FLOODABLE,
+        max_keys: int = 10_000,
+    ) -> None:
+        if path == "-":
+            path = None
+        if path is not None and stream is not None:
+            raise ValueError("an audit log goes to a file or to a stream, not both")
+        if per_source < 1 or per_type < 1 or max_keys < 1:
+            raise ValueError("audit caps must be at least 1")
+        self._path = path
+        self._stream = stream
+        self._clock = clock
+        self._per_source = per_source
+        self._per_type = per_type
+        self._limited = frozenset(limited)
+        self._max_keys = max_keys
+        self._fd: int | None = os.open(path, _FILE_FLAGS, 0o600) if path is not None else None
+        # A short write left a line without its newline; the next line ends it.
+        self._torn = False
+        self._failing = False
+        self._lost = 0
+        # (event type, source) -> window; event type -> window (all sources).
+        self._windows: dict[tuple[str, str], _Window] = {}
+        self._types: dict[str, _Window] = {}
+        self.lines_written = 0
+        self.write_errors = 0
+
+    # ------------------------------------------------------------ events
+
+    def event(
+        self,
+        event_type: str,
+        *,
+        action: str,
+        source_ip: str | None = None,
+        customer_id: str | None = None,
+        agent_id: str | None = None,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        user_agent: str | None = None,
+        request_id: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Write one audit line (or count it as held back, for a flood)."""
+        now = self._clock()
+        if event_type in self._limited and not self._admit(event_type, source_ip, now):
+            return
+        self._emit(
+            now,
+            event_type,
+            customer_id=customer_id,
+            agent_id=agent_id,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            action=action,
+            source_ip=source_ip,
+            user_agent=user_agent,
+            request_id=request_id,
+            details=details,
+        )
+
+    def flush_suppressed(self, *, final: bool = False) -> None:
+        """Write the summaries of seconds that are over (all of them if ``final``).
+
+        Also forgets the windows written out, which keeps the table small.
+        """
+        second = math.floor(self._clock())
+        for key, window in list(self._windows.items()):
+            if final or window.second != second:
+                self._summarise(key[0], key[1] or None, window)
+                del self._windows[key]
+        for event_type, window in list(self._types.items()):
+            if final or window.second != second:
+                self._summarise(event_type, None, window)
+                del self._types[event_type]
+
+    # ------------------------------------------------------------ the file
+
+    def reopen(self) -> bool:
+        """Open the path again (after rotation); False, still writing to the old file, on error."""
+        if self._path is None:
+            return True
+        try:
+            fd = os.open(self._path, _FILE_FLAGS, 0o600)
+        except OSError as e:
+            self._stderr(f"sipedge: cannot reopen audit log {self._path}: {e}")
+            return False
+        old, self._fd = self._fd, fd
+        self._torn = False
+        if old is not None:
+            with contextlib.suppress(OSError):
+                os.close(old)
+        return True
+
+    def close(self) -> None:
+        """Write pending summaries and close the file (stdout is left open)."""
+        self.flush_suppressed(final=True)
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    # ------------------------------------------------------------ internals
+
+    def _admit(self, event_type: str, source_ip: str | None, now: float) -> bool:
+        second = math.floor(now)
+        key = (event_type, source_ip or "")
+        window = self._windows.get(key)
+        if window is None:
+            if len(self._windows) >= self._max_keys:
+                self.flush_suppressed()
+            if len(self._windows) < self._max_keys:
+                window = self._windows[key] = _Window(second)
+        elif window.second != second:
+            self._summarise(event_type, source_ip, window)
+            self._windows[key] = window = _Window(second)
+        if window is not None and window.written >= self._per_source:
+            window.hold(now)
+            return False
+        overall = self._types.get(event_type)
+        if overall is None or overall.second != second:
+            if overall is not None:
+                self._summarise(event_type, None, overall)
+            overall = self._types[event_type] = _Window(second)
+        if overall.written >= self._per_type:
+            overall.hold(now)
+            return False
+        if window is not None:
+            window.written += 1
+        overall.written += 1
+        return True
+
+    def _summarise(self, event_type: str, source_ip: str | None, window: _Window) -> None:
+        if not window.suppressed:
+            return
+        self._emit(
+            self._clock(),
+            SUPPRESSED,
+            action="suppress",
+            source_ip=source_ip,
+            details={
+                "event_type": event_type,
+                "suppressed": window.suppressed,
+                "first": _timestamp(window.first),
+                "last": _timestamp(window.last),
+                "scope": "source" if source_ip is not None else "all_sources",
+            },
+        )
+        window.suppressed = 0
+
+    def _emit(
+        self,
+        now: float,
+        event_type: str,
+        *,
+        action: str,
+        source_ip: str | None = None,
+        customer_id: str | None = None,
+        agent_id: str | None = None,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        user_agent: str | None = None,
+        request_id: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        # The reference document's order; json keeps insertion order.
+        record: dict[str, Any] = {
+            "timestamp": _timestamp(now),
+            "event_type": _clip(event_type, _FIELD_MAX),
+            "customer_id": _clip(customer_id, _FIELD_MAX),
+            "agent_id": _clip(agent_id, _FIELD_MAX),
+            "resource_type": _clip(resource_type, _FIELD_MAX),
+            "resource_id": _clip(resource_id, _FIELD_MAX),
+            "action": _clip(action, _FIELD_MAX),
+            "source_ip": _clip(source_ip, _FIELD_MAX),
+            "user_agent": _clip(user_agent, _USER_AGENT_MAX),
+            "request_id": _clip(request_id, _FIELD_MAX),
+            "details": {},
+        }
+        try:
+            record["details"] = _clip_all(redact(dict(details or {})))
+            line = json.dumps(record, default=str, separators=(",", ":"))
+        except (RecursionError, TypeError, ValueError) as e:
+            # Details that cannot be walked or encoded (a cycle): keep the event, say why.
+            record["details"] = {"audit_error": f"details not logged: {type(e).__name__}"}
+            line = json.dumps(record, default=str, separators=(",", ":"))
+        self._write(line)
+
+    def _write(self, line: str) -> None:
+        try:
+            if self._fd is None:
+                stream = self._stream if self._stream is not None else sys.stdout
+                stream.write(line + "\n")
+                stream.flush()
+            else:
+                data = ("\n" if self._torn else "").encode() + line.encode() + b"\n"
+                written = os.write(self._fd, data)
+                if written < len(data):
+                    self._torn = self._torn or written > 0
+                    raise OSError(f"short write ({written} of {len(data)} bytes)")
+                self._torn = False
+        except (OSError, ValueError) as e:
+            self.write_errors += 1
+            self._lost += 1
+            if not self._failing:
+                self._failing = True
+                self._stderr(
+                    f"sipedge: audit log write failed ({e}); "
+                    "audit events are lost and counted until writing works again"
+                )
+            return
+        self.lines_written += 1
+        if self._failing:
+            self._failing = False
+            lost, self._lost = self._lost, 0
+            self._emit(self._clock(), WRITE_FAILED, action="lose", details={"lost": lost})
+
+    @staticmethod
+    def _stderr(message: str) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            print(message, file=sys.stderr, flush=True)
