@@ -243,6 +243,7 @@ class AuditLog:
         # (event type, source) -> window; event type -> window (all sources).
         self._windows: dict[tuple[str, str], _Window] = {}
         self._types: dict[str, _Window] = {}
+        self._swept = -1
         self.lines_written = 0
         self.write_errors = 0
 
@@ -328,7 +329,10 @@ class AuditLog:
         key = (event_type, source_ip or "")
         window = self._windows.get(key)
         if window is None:
-            if len(self._windows) >= self._max_keys:
+            if len(self._windows) >= self._max_keys and self._swept != second:
+                # Once a second at most: a full table during a wide flood must
+                # not cost a scan per event.
+                self._swept = second
                 self.flush_suppressed()
             if len(self._windows) < self._max_keys:
                 window = self._windows[key] = _Window(second)
