@@ -30,6 +30,7 @@ import threading
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from edge import __version__
@@ -53,6 +54,8 @@ class Components:
     echo_endpoint: Callable[..., Any]
     router: Callable[..., Any]
     proxy: Callable[..., Any]
+    # (config, log) -> (edge.admission.Admission, closer); None: the proxy's default.
+    admission: Callable[..., Any] | None = None
 
 
 def real_components() -> Components:
@@ -65,7 +68,41 @@ def real_components() -> Components:
         echo_endpoint=echo.EchoEndpoint,
         router=routing.Router,
         proxy=proxy.Proxy,
+        admission=open_admission,
     )
+
+
+def open_admission(cfg: Config, *, log: LogFn) -> tuple[Any, Callable[[], None]]:
+    """The admission policy with its credential database and audit log opened.
+
+    Returns the policy and a function that closes what it opened.  A database
+    or audit file that cannot be opened is a :class:`StartupError` naming the key.
+    """
+    from edge.admission import Admission
+    from edge.audit import AuditLog
+    from edge.credentials import CredentialStore
+    from edge.state import MemoryStateStore
+
+    try:
+        Path(cfg.auth.database).parent.mkdir(parents=True, exist_ok=True)
+        credentials = CredentialStore(cfg.auth.database)
+    except Exception as e:  # sqlite3.Error or OSError: the operator's to fix
+        raise StartupError("auth.database", f"cannot open {cfg.auth.database!r}: {e}") from None
+    try:
+        audit = AuditLog(cfg.audit.path, per_source=cfg.audit.max_per_second)
+    except OSError as e:
+        credentials.close()
+        raise StartupError("audit.path", f"cannot open {cfg.audit.path!r}: {e.strerror}") from None
+    if cfg.auth.jwt_key is None:
+        log("info", "bearer_disabled", reason=f"${cfg.auth.jwt_key_env} is not set")
+    admission = Admission(cfg, MemoryStateStore(), credentials=credentials, audit=audit)
+
+    def close() -> None:
+        audit.flush_suppressed(final=True)
+        audit.close()
+        credentials.close()
+
+    return admission, close
 
 
 class StartupError(Exception):
@@ -133,6 +170,7 @@ class _App:
         self.echo: Any = None
         # (name, close) of what started, in order; closed in reverse.
         self._started: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
+        self._admission: Any = None
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._signals: list[int] = []
@@ -208,7 +246,13 @@ class _App:
             on_message=lambda data, source: self.proxy.on_message(data, source),
             log=self.log,
         )
-        self.proxy = comps.proxy(cfg, self.transport, router, log=self.log)
+        if comps.admission is not None:
+            admission, close_admission = comps.admission(cfg, log=self.log)
+            self._admission = admission
+            self._started.append(("admission", _async(close_admission)))
+            self.proxy = comps.proxy(cfg, self.transport, router, log=self.log, admission=admission)
+        else:
+            self.proxy = comps.proxy(cfg, self.transport, router, log=self.log)
         try:
             await self.transport.start()
         except OSError as e:
@@ -333,6 +377,9 @@ class _App:
     def _on_hup(self, sig: int) -> None:
         self.log("info", "reload", signal=signal.Signals(sig).name)
         self.reload()
+        if self._admission is not None and self._admission.audit is not None:
+            # Log rotation: the rotated file was renamed away; write to a new one.
+            self._admission.audit.reopen()
 
     # ------------------------------------------------------------ logging
     def _log_ready(self) -> None:
@@ -378,6 +425,13 @@ class _App:
 
 
 # ---------------------------------------------------------------- bind errors
+
+
+def _async(close: Callable[[], None]) -> Callable[[], Awaitable[None]]:
+    async def run() -> None:
+        close()
+
+    return run
 
 
 def _bind_problem(address: HostPort, e: OSError) -> str:

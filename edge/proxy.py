@@ -32,10 +32,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from edge.admission import Action, Admission, trusted_identity
 from edge.dialogs import Dialog, DialogTable
 from edge.flows import FlowTokens
 from edge.proxy_media import MediaMixin
 from edge.proxy_state import _ClientCtx, _Forward, _ServerCtx
+from edge.state import MemoryStateStore
 from edge.transport import Destination, Source
 from sip.errors import SipError
 from sip.headers import NameAddr, Via, has_param
@@ -112,6 +114,7 @@ class Proxy(MediaMixin):
         *,
         log: Log | None = None,
         dialogs: DialogTable | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.config = config
         self.transport = transport
@@ -129,6 +132,9 @@ class Proxy(MediaMixin):
         self.trunk_header = str(proxy_cfg.trunk_header)
         self.advertise = str(getattr(config.listen, "advertise", "") or "")
         self.dialogs = dialogs or DialogTable()
+        # Who gets in (edge/admission.py): by default an in-memory state store,
+        # no credential database (nobody but trunks and upstreams), no audit log.
+        self.admission = admission or Admission(config, MemoryStateStore())
         self.flows = FlowTokens()
         self.draining = False
         self.counters: dict[str, int] = {}
@@ -202,13 +208,17 @@ class Proxy(MediaMixin):
     def on_message(self, data: bytes, source: Source) -> None:
         """The transport layer's callback: one whole message from ``source``."""
         try:
+            if self.admission.banned(source.remote[0]):
+                return  # not even parsed: a flood costs a lookup
             try:
                 msg = parse_message(data, self.limits, stream=source.transport != "udp")
             except SipError as error:
                 self._count("parse_errors")
                 # Only peers we know get an answer: to a stranger it would
-                # confirm that a SIP server lives here.
-                if self._role(source) is not None:
+                # confirm that a SIP server lives here.  Garbage counts against
+                # the stranger's request bucket like any request.
+                trusted = self._role(source) is not None
+                if self.admission.unparsable(source.remote[0], trusted) and trusted:
                     answer = salvage_response(data, error)
                     if answer is not None:
                         self.transport.send(answer, self._source_destination(source, None))
@@ -242,10 +252,19 @@ class Proxy(MediaMixin):
             self._run(ctx, ctx.txn.receive_request(req, now))
             return
         role = self._role(source)
-        if role is None:
-            self._count("refused_unknown_source")
-            if req.method != "OPTIONS":  # a probe from a stranger gets nothing
-                self._reply_stateless(req, source, 403)
+        ip = source.remote[0]
+        decision = self.admission.admit(
+            req,
+            ip,
+            trusted=trusted_identity(role),
+            known_dialog=role is None and self._known_dialog(req, ip),
+        )
+        if decision.action is Action.DROP:
+            self._count("refused_dropped")
+            return
+        if decision.action is Action.REPLY:
+            self._count(f"refused_{decision.status}")
+            self._reply_stateless(req, source, decision.status, tuple(decision.headers))
             return
         try:
             check_proxy_request(req)
@@ -255,7 +274,9 @@ class Proxy(MediaMixin):
         ctx = self._new_server(req, source, now)
         if ctx is None:
             return
-        self._route(ctx, req, role, now)
+        self.admission.prepare(req, decision, trusted_source=role is not None)
+        ctx.identity = decision.identity
+        self._route(ctx, req, role or "user", now)
 
     def _new_server(self, req: Request, source: Source, now: float) -> _ServerCtx | None:
         txn = server_transaction(req, reliable=source.transport != "udp", config=self.timer_config)
@@ -340,6 +361,13 @@ class Proxy(MediaMixin):
                 now=time.time(),
             )
             fwd.dialog.caller_hop = ctx.reply
+            fwd.dialog.extra["caller_ip"] = ctx.source.remote[0]
+            callee = hops[0][0]
+            fwd.dialog.extra["callee_ip"] = callee.host
+            identity = ctx.identity
+            if identity is not None and identity.customer_id:
+                fwd.dialog.extra["customer_id"] = identity.customer_id
+            self.admission.call_created(req, ctx.source.remote[0], identity)
         if req.method == "INVITE":
             fwd.timer_c = self._get_loop().call_later(self.timer_c, self._on_timer_c, fwd)
         plan = self._media_plan(fwd, req, role, decision_policy)
@@ -402,9 +430,12 @@ class Proxy(MediaMixin):
         if existing is not None:  # a retransmitted CANCEL
             self._run(existing, existing.txn.receive_request(req, now))
             return
-        if self._role(source) is None:
-            return
         invite_ctx = self._server.get(cancel_target_key(req))
+        if self._role(source) is None and (
+            # A stranger may cancel only the INVITE it sent itself.
+            invite_ctx is None or invite_ctx.source.remote[0] != source.remote[0]
+        ):
+            return
         ctx = self._new_server(req, source, now)
         if ctx is None:
             return
@@ -528,7 +559,7 @@ class Proxy(MediaMixin):
         self._stop_timer_c(fwd)
         self._media_failed(fwd, f"failed-{status}")
         if fwd.dialog is not None:
-            self.dialogs.end(fwd.dialog, time.time(), f"failed-{status}")
+            self._dialog_over(fwd.dialog, f"failed-{status}")
             fwd.dialog = None
 
     def _relay_final(self, fwd: _Forward, resp: Response) -> None:
@@ -572,11 +603,27 @@ class Proxy(MediaMixin):
             self._end_call(dialog, reason)
 
     def _end_call(self, dialog: Dialog, reason: str) -> None:
-        self.dialogs.end(dialog, time.time(), reason)
+        self._dialog_over(dialog, reason)
         key = dialog.extra.get("media_key")
         if key is not None and self.media is not None:
             self._late_answers.pop(key, None)
             self._spawn(self.media.end(key, reason))
+
+    def _dialog_over(self, dialog: Dialog, reason: str) -> None:
+        now = time.time()
+        self.dialogs.end(dialog, now, reason)
+        duration = now - dialog.answered if dialog.answered is not None else None
+        self.admission.call_ended(dialog.call_id, reason, duration, dialog.extra.get("customer_id"))
+
+    def _known_dialog(self, req: Request, ip: str) -> bool:
+        """A request of a call the edge admitted, from one of its two parties."""
+        if req.to.tag is None:
+            return False
+        dialog = self.dialogs.get(req.call_id, req.from_.tag, req.to.tag)
+        return dialog is not None and ip in (
+            dialog.extra.get("caller_ip"),
+            dialog.extra.get("callee_ip"),
+        )
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         task: asyncio.Task[None] = self._get_loop().create_task(coro)
@@ -592,7 +639,7 @@ class Proxy(MediaMixin):
     # ------------------------------------------------------------ stateless
     def _forward_stateless(self, req: Request, source: Source) -> None:
         """An ACK for a 2xx (end to end, §13.2.2.4), forwarded along its route."""
-        if self._role(source) is None:
+        if self._role(source) is None and not self._known_dialog(req, source.remote[0]):
             return
         if self.media is not None and req.body:
             dialog = self.dialogs.get(req.call_id, req.from_.tag, req.to.tag)
@@ -892,6 +939,7 @@ class Proxy(MediaMixin):
                     self._end_call(dialog, "max-age")
                 if self.media is not None:
                     self._media_timeouts(loop.time())
+                self.admission.expire()
             except Exception as exc:
                 self.log("error", "probe_error", error=repr(exc))
 

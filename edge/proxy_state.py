@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge.admission import Identity
 from edge.dialogs import Dialog
 from edge.transport import Destination, Source
 from sip.message import Request, Response
@@ -32,6 +33,7 @@ class _ServerCtx:
     reply: Destination
     timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
     forward: _Forward | None = None
+    identity: Identity | None = None  # who sent the request (edge/admission.py)
 
 
 @dataclass(eq=False, slots=True)

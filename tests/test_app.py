@@ -237,7 +237,7 @@ class Fakes:
             self.transport.fail = self.transport_fail
             return self.transport
 
-        def proxy(cfg: Any, transport: Any, router: Any, *, log: Any) -> FakeProxy:
+        def proxy(cfg: Any, transport: Any, router: Any, *, log: Any, **_: Any) -> FakeProxy:
             self.proxy = FakeProxy(cfg, transport, router, log=log, calls=self.calls)
             self.proxy.drain_forever = self.drain_forever
             return self.proxy

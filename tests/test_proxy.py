@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from edge.config_security import AuditConfig, AuthConfig, BanConfig, RateLimitConfig, ScannerConfig
 from edge.proxy import Proxy
 from edge.transport import Destination, Source
 from sip.message import Request, Response, parse_message
@@ -100,6 +101,11 @@ def make_config(t1: float = 0.5) -> Any:
             timer_c=180.0,
             trunk_header="X-Sipedge-Trunk",
         ),
+        auth=AuthConfig(),
+        ratelimit=RateLimitConfig(),
+        bans=BanConfig(),
+        scanners=ScannerConfig(),
+        audit=AuditConfig(),
     )
 
 
@@ -159,7 +165,7 @@ async def test_invite_is_forwarded_with_via_rr_and_max_forwards(proxy: Proxy) ->
     t: FakeTransport = proxy.transport
     proxy.on_message(invite(), udp(("127.0.0.9", 5070)))  # a stranger
     ((resp, dest),) = t.take()
-    assert isinstance(resp, Response) and resp.status == 403
+    assert isinstance(resp, Response) and resp.status == 407  # a stranger must authenticate
     proxy.on_message(invite(), udp(CALLER))
     sent = t.take()
     trying = only(sent, Response)
