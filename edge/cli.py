@@ -482,11 +482,15 @@ def cmd_keys_create(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         if not 0 < args.expires_days <= 36500:
             return _fail("--expires-days must be more than 0 and at most 36500")
         expires_in = args.expires_days * 86400.0
+    try:
+        # Checked before the database is created for a request that will fail.
+        customer_id = canonical_uuid(args.customer_id)
+        permissions = canonical_permissions(args.permissions)
+    except CredentialError as e:
+        return _fail(str(e))
 
     def create(store: CredentialStore, _realm: str | None) -> int:
-        record, key = store.create_key(
-            args.customer_id, args.permissions, expires_in, now=time.time()
-        )
+        record, key = store.create_key(customer_id, permissions, expires_in, now=time.time())
         print(f"id:          {record.id}")
         print(f"key:         {key}")
         print(f"customer_id: {record.customer_id}")

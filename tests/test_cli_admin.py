@@ -336,6 +336,7 @@ def test_keys_create_bad_values(
     assert status == 2
     assert problem in err
     assert "ak_" not in out
+    assert not db.exists()
 
 
 def test_keys_revoke_unknown(capsys: pytest.CaptureFixture[str], db: Path) -> None:

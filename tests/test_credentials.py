@@ -20,6 +20,7 @@ from edge.credentials import (
     KeyStatus,
     UserRecord,
 )
+from sip.auth import DigestCredentials
 from sip.digest import (
     SUPPORTED_ALGORITHMS,
     DigestVerifier,
@@ -101,9 +102,9 @@ def test_digest_verifier_accepts_store_ha1(store: CredentialStore, algorithm: st
     good = answer_challenge(challenge, "alice", PASSWORD, "INVITE", uri, "c1", 1)
     bad = answer_challenge(challenge, "alice", "wrong-password", "INVITE", uri, "c2", 1)
 
-    def verify(credentials: object) -> Verdict:
+    def verify(credentials: DigestCredentials) -> Verdict:
         return verifier.verify(
-            credentials,  # type: ignore[arg-type]
+            credentials,
             method="INVITE",
             request_uri=uri,
             ha1=store.ha1("alice", REALM, challenge.effective_algorithm),
