@@ -9,10 +9,10 @@ Nothing here can give back a secret it was handed:
   it is password-equivalent for that realm, hence the file mode below, but it
   is not the password.
 * access keys (``Authorization: AccessKey ak_...`` from server-to-server
-  trunks): only SHA-256 of the key is kept.  The key is random, so a
-  plain hash is enough (no salt, no slow hash): at 165 random bits there is
-  no dictionary to attack, and lookup by hash is an index probe.  The key itself is returned
-  once, by :meth:`CredentialStore.create_key`.
+  trunks): only SHA-256 of the key is kept.  A plain hash is enough (no salt,
+  no slow hash): at 165 random bits there is no dictionary to attack, and
+  lookup by hash is an index probe.  The key itself is returned once, by
+  :meth:`CredentialStore.create_key`.
 
 Rules of this file:
 
