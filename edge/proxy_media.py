@@ -11,17 +11,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from edge.dialogs import Dialog, DialogTable
 from edge.proxy_state import _ClientCtx, _Forward
+from media.sdp_rewrite import Side, other_side
 from sip.errors import SipError
 from sip.message import Request, Response
+from sip.multipart import SdpInBody, find_sdp
 from sip.transaction import NonInviteClientTransaction, TimerConfig, TransactionKey, new_branch
 
-if TYPE_CHECKING:
-    pass
+
+class _MediaPlan(NamedTuple):
+    """What :meth:`MediaMixin._offer_then_forward` does with a request's SDP."""
+
+    key: str
+    side: str
+    from_policy: str
+    to_policy: str
+    kind: str = "offer"  # or "answer" (a PRACK answering a reliable provisional's offer)
+    previous: str = ""  # the call's pending offer before this one (restored if refused)
+
+
+def _reliable_provisional(resp: Response) -> bool:
+    """A 1xx sent reliably (RFC 3262 §3: Require: 100rel and an RSeq)."""
+    if resp.status >= 200 or resp.status == 100 or "rseq" not in resp.headers:
+        return False
+    try:
+        return "100rel" in (t.lower() for t in resp.require)
+    except SipError:
+        return False
 
 
 class MediaMixin:
@@ -64,46 +84,58 @@ class MediaMixin:
 
     def _media_plan(
         self, fwd: _Forward, req: Request, role: str, to_policy: str | None
-    ) -> tuple[str, str, str, str] | None:
-        """(call key, side the offer comes from, its policy, the other side's) or None."""
-        if self.media is None or req.method not in ("INVITE", "UPDATE"):
+    ) -> _MediaPlan | None:
+        """What the media controller does with a new request's SDP before it is
+        forwarded, or None (forward as is).  Decided here, on arrival, so that the
+        offer/answer state of the call follows the order of the messages."""
+        if self.media is None or req.method not in ("INVITE", "UPDATE", "PRACK"):
             return None
-        if not req.body:
-            if fwd.dialog is not None and to_policy is not None:
-                # A late offer (RFC 3264 §5 via RFC 3261 §13.2.1): the offer
-                # will come in the 2xx and the answer in the ACK.
-                key = f"{req.call_id};{req.from_.tag or ''}"
-                fwd.dialog.extra.update(
-                    media_key=key,
-                    caller_policy=self._caller_policy(fwd, role),
-                    callee_policy=to_policy,
-                    late_offer="1",
-                )
-            return None
-        ctype = req.content_type
-        if ctype is None or ctype.mime != "application/sdp":
-            return None  # multipart bodies pass untouched (not relayed yet)
+        found = find_sdp(req.body, req.content_type) if req.body else None
+        key = f"{req.call_id};{req.from_.tag or ''}"
         if fwd.dialog is not None:  # a new call
-            if to_policy is None:
+            if req.method != "INVITE" or to_policy is None:
                 return None
             from_policy = self._caller_policy(fwd, role)
-            key = f"{req.call_id};{req.from_.tag or ''}"
-            fwd.dialog.extra.update(
-                media_key=key, caller_policy=from_policy, callee_policy=to_policy
+            extra = fwd.dialog.extra
+            extra.update(
+                media_key=key, caller_policy=from_policy, callee_policy=to_policy, oa_pending=""
             )
+            if found is None:
+                # A late offer (RFC 3264 §5 via RFC 3261 §13.2.1): the offer comes in
+                # the first reliable response, its answer in the PRACK or the ACK.
+                extra["late_offer"] = "1"
+                return None
+            extra["oa_pending"] = "caller"
             fwd.answer_from = "callee"
-            return key, "caller", from_policy, to_policy
+            return _MediaPlan(key, "caller", from_policy, to_policy)
         dialog = self.dialogs.get(req.call_id, req.from_.tag, req.to.tag)
         if dialog is None or "media_key" not in dialog.extra:
             return None
-        side = "caller" if req.from_.tag == dialog.from_tag else "callee"
-        other = "callee" if side == "caller" else "caller"
+        extra = dialog.extra
+        side: Side = "caller" if req.from_.tag == dialog.from_tag else "callee"
+        other = other_side(side)
+        if found is None:
+            if req.method == "INVITE":
+                # A re-INVITE without SDP: the offer comes in its 2xx and the answer
+                # in the ACK, which the proxy then sends through the controller.
+                extra["late_offer"] = "1"
+            return None
+        previous = extra.get("oa_pending", "")
+        if req.method == "PRACK" and previous == other:
+            # RFC 3262 §5: the answer to an offer in a reliable provisional response.
+            extra["oa_pending"] = ""
+            return _MediaPlan(extra["media_key"], side, "", "", "answer", previous)
+        # An offer: INVITE or UPDATE (RFC 3311), or a PRACK after a reliable
+        # provisional that carried an answer or no SDP (RFC 3262 §5).
+        extra["oa_pending"] = side
         fwd.answer_from = other
-        return (
-            dialog.extra["media_key"],
+        return _MediaPlan(
+            extra["media_key"],
             side,
-            dialog.extra[f"{side}_policy"],
-            dialog.extra[f"{other}_policy"],
+            extra[f"{side}_policy"],
+            extra[f"{other}_policy"],
+            "offer",
+            previous,
         )
 
     def _caller_policy(self, fwd: _Forward, role: str) -> str:
@@ -113,65 +145,144 @@ class MediaMixin:
         return str(self.config.media.caller)
 
     async def _offer_then_forward(
-        self, fwd: _Forward, key: str, side: str, from_policy: str, to_policy: str
+        self,
+        fwd: _Forward,
+        key: str,
+        side: str,
+        from_policy: str,
+        to_policy: str,
+        kind: str = "offer",
+        previous: str = "",
     ) -> None:
+        """Send the request's SDP through the controller (an offer, or for a PRACK
+        the answer to a reliable provisional's offer), then forward the request."""
+        request = fwd.request
+        found = find_sdp(request.body, request.content_type)
+        if found is None:  # _media_plan found it; the body did not change since
+            self._try_next(fwd)
+            return
         try:
-            body = await self.media.offer(
-                key,
-                side,
-                fwd.request.body,
-                from_policy=from_policy,
-                to_policy=to_policy,
-                source_ip=fwd.server.source.remote[0],
-            )
+            if kind == "answer":
+                sdp = await self.media.answer(key, side, found.sdp)
+            else:
+                sdp = await self.media.offer(
+                    key,
+                    side,
+                    found.sdp,
+                    from_policy=from_policy,
+                    to_policy=to_policy,
+                    source_ip=fwd.server.source.remote[0],
+                )
         except SipError as error:
+            if kind == "answer":
+                # The offerer waits for this PRACK: it goes on, without SDP that
+                # would leak the caller's addresses (the callee sees no media).
+                self.log("warning", "media_answer_refused", reason=error.reason)
+                body = found.put(None)
+                self._late_answers[key] = (request.body, body)
+                request.body = body
+                self._try_next(fwd)
+                return
+            self._restore_pending(fwd, request, side, previous)
             self._final(fwd, error.status_hint)
             return
-        fwd.media_key = key
-        fwd.request.body = body
+        body = found.put(sdp)
+        if kind == "answer":
+            # An ACK that repeats this answer gets the same rewrite.
+            self._late_answers[key] = (request.body, body)
+        else:
+            fwd.media_key = key
+        request.body = body
         self._try_next(fwd)
 
+    def _restore_pending(self, fwd: _Forward, req: Request, side: str, previous: str) -> None:
+        """A refused offer was never made: the call's offer/answer state is as before."""
+        dialog = fwd.dialog or self.dialogs.get(req.call_id, req.from_.tag, req.to.tag)
+        if dialog is not None and dialog.extra.get("oa_pending") == side:
+            dialog.extra["oa_pending"] = previous
+
     def _relay_with_media(self, fwd: _Forward, resp: Response) -> None:
-        """Relay a response; SDP in it is rewritten first, responses kept in order."""
-        dialog = fwd.dialog
+        """Relay a response; SDP in it goes through the controller first (as an
+        answer, an offer, or a repeat of either), responses kept in order."""
         rewrite: Callable[[bytes], Awaitable[bytes]] | None = None
         event = "media_answer_refused"
-        if (
-            fwd.media_key is None
-            and resp.body
-            and dialog is not None
-            and dialog.extra.get("late_offer") == "1"
-            and 200 <= resp.status < 300
-        ):
-            # The callee's 2xx carries the offer of a late-offer call.
-            extra = dialog.extra
+        found = None
+        if self.media is not None and resp.body:
+            found = find_sdp(resp.body, resp.content_type)
+        role = self._response_role(fwd, resp) if found is not None else None
+        if role is None:
+            if fwd.media_task is None:
+                self._relay(fwd, resp)
+                return
+        elif role[0] == "answer":
+            key, side = role[1], role[2]
+
+            async def rewrite(sdp: bytes) -> bytes:
+                result: bytes = await self.media.answer(key, side, sdp)
+                return result
+
+        elif role[0] == "offer":
+            key, side, from_policy, to_policy = role[1:]
             source_ip = fwd.client.dest.host if fwd.client is not None else ""
 
-            async def rewrite(body: bytes) -> bytes:
+            async def rewrite(sdp: bytes) -> bytes:
                 result: bytes = await self.media.offer(
-                    extra["media_key"],
-                    "callee",
-                    body,
-                    from_policy=extra["callee_policy"],
-                    to_policy=extra["caller_policy"],
+                    key,
+                    side,
+                    sdp,
+                    from_policy=from_policy,
+                    to_policy=to_policy,
                     source_ip=source_ip,
                 )
                 return result
 
             event = "media_offer_refused"
-        elif fwd.media_key is not None and resp.body:
-            key, side = fwd.media_key, fwd.answer_from
+        else:
 
-            async def rewrite(body: bytes) -> bytes:
-                result: bytes = await self.media.answer(key, side, body)
-                return result
+            async def rewrite(sdp: bytes) -> bytes:
+                # RFC 3261 §13.2.1, RFC 6337 §3.1: once the offer/answer of this
+                # transaction is complete, its responses may repeat the SDP (served
+                # from the cache) but carry no new one.
+                raise SipError("new SDP after the offer/answer was complete", 488)
 
-        elif fwd.media_task is None:
-            self._relay(fwd, resp)
-            return
+            event = "media_sdp_ignored"
         fwd.media_task = self._spawn(
             self._rewrite_then_relay(fwd.media_task, fwd, resp, rewrite, event)
         )
+
+    def _response_role(self, fwd: _Forward, resp: Response) -> tuple[str, ...] | None:
+        """What the SDP of a response is (RFC 3264 §4, RFC 6337 §2.1): ("answer", key,
+        side), ("offer", key, side, from policy, to policy), ("repeat",), or None for
+        a call the relay does not handle.  Updates the call's offer/answer state."""
+        req = fwd.request
+        dialog = fwd.dialog or self.dialogs.get(req.call_id, req.from_.tag, req.to.tag)
+        if dialog is None or "media_key" not in dialog.extra:
+            return None
+        extra = dialog.extra
+        asker: Side = "caller" if req.from_.tag == dialog.from_tag else "callee"
+        responder = other_side(asker)
+        pending = extra.get("oa_pending", "")
+        reliable = resp.status >= 200 or _reliable_provisional(resp)
+        if fwd.media_key is not None:  # the request carried an offer: this is its answer
+            if pending != asker:
+                return ("repeat",)
+            if reliable:  # an unreliable 18x previews the answer the 2xx gives
+                extra["oa_pending"] = ""
+            return ("answer", fwd.media_key, responder)
+        if req.method != "INVITE":
+            return ("repeat",)  # no offer in the request: nothing new to answer
+        if fwd.media_task is None or pending == responder:
+            # RFC 3262 §5: with no offer in the INVITE, the responder's first SDP is
+            # the offer; until it is answered a new one replaces it.
+            extra["oa_pending"] = responder
+            return (
+                "offer",
+                extra["media_key"],
+                responder,
+                extra[f"{responder}_policy"],
+                extra[f"{asker}_policy"],
+            )
+        return ("repeat",)
 
     async def _rewrite_then_relay(
         self,
@@ -188,31 +299,62 @@ class MediaMixin:
             body = resp.body
             rewritten = fwd.answers.get(body)  # a retransmitted response repeats its SDP
             if rewritten is None:
+                found = find_sdp(body, resp.content_type)
+                assert found is not None  # _relay_with_media found it in this body
                 try:
-                    rewritten = await rewrite(body)
+                    rewritten = found.put(await rewrite(found.sdp))
                 except SipError as error:
                     # SDP we cannot relay must not leak the far end's addresses:
-                    # drop the body, the caller sees no media.
+                    # it goes, the caller sees no media.
                     self.log("warning", event, reason=error.reason)
-                    rewritten = b""
+                    rewritten = found.put(None)
                 fwd.answers[body] = rewritten
             resp.body = rewritten
         self._relay(fwd, resp)
 
-    async def ack_answer_then_forward(self, req: Request, dialog: Dialog, forward: Any) -> None:
-        """The caller's ACK carries the answer of a late-offer call: rewrite, then send."""
-        key = dialog.extra["media_key"]
+    def ack_answer_then_forward(
+        self, req: Request, dialog: Dialog, forward: Any
+    ) -> Coroutine[Any, Any, None]:
+        """An ACK with SDP in a dialog that may expect it (an offer in a 2xx): the
+        answer goes through the controller, then the ACK is sent.  Decided now (the
+        returned coroutine only does the I/O), so the call's offer/answer state
+        follows the order of the messages."""
+        extra = dialog.extra
+        key = extra["media_key"]
         body = req.body
+        side: Side = "caller" if req.from_.tag == dialog.from_tag else "callee"
+        found = find_sdp(body, req.content_type)
         done = self._late_answers.get(key)
-        if done is not None and done[0] == body:
-            rewritten = done[1]  # an ACK for a retransmitted 2xx
-        else:
+        answer = found is not None and extra.get("oa_pending") == other_side(side)
+        if answer:
+            extra["oa_pending"] = ""
+        return self._ack_then_forward(req, key, side, found if answer else None, done, forward)
+
+    async def _ack_then_forward(
+        self,
+        req: Request,
+        key: str,
+        side: Side,
+        found: SdpInBody | None,
+        done: tuple[bytes, bytes] | None,
+        forward: Any,
+    ) -> None:
+        body = req.body
+        if found is not None:
             try:
-                rewritten = await self.media.answer(key, "caller", body)
+                rewritten = found.put(await self.media.answer(key, side, found.sdp))
             except SipError as error:
                 self.log("warning", "media_answer_refused", reason=error.reason)
-                rewritten = b""
+                rewritten = found.put(None)
             self._late_answers[key] = (body, rewritten)
+        elif done is not None and done[0] == body:
+            rewritten = done[1]  # an ACK for a retransmitted 2xx
+        else:
+            # No offer waits for an answer: an ACK cannot make one (RFC 3261
+            # §13.2.1), and unrelayed SDP must not reach the far end.
+            self.log("warning", "media_sdp_ignored", reason="SDP in an ACK with no offer pending")
+            sdp = find_sdp(body, req.content_type)
+            rewritten = sdp.put(None) if sdp is not None else body
         req.body = rewritten
         forward(req)
 
