@@ -28,14 +28,25 @@ that does not start gets the row "not runnable (reason)" instead of numbers.
 Results: a markdown table on stdout and in bench/results/proxy-DATE.md (with a JSON twin),
 with the ratio sipedge/Kamailio per column.
 
+With ``--media`` it compares instead, at a fixed call rate, calls that carry RTP (the sipp
+UAC plays /usr/share/sip-tester/g711a.pcap, the UAS echoes it with -rtp_echo): sipedge
+with its relay on (plain RTP both sides) against Kamailio with
+bench/kamailio/proxy-rtpengine.cfg driving an rtpengine daemon of its own (userspace
+forwarding).  CPU of the SUT per 1000 calls (Kamailio's processes + rtpengine; sipedge's
+one process), per relayed packet (the SUT's own count), failed calls, and a tshark check
+on lo that the media went through all four hops.  Results in
+bench/results/proxy-media-DATE.md.  See bench/README.md.
+
     .venv/bin/python bench/bench_proxy.py [--quick] [--systems kamailio,sipedge]
-                                          [--transports udp,tls]
+                                          [--transports udp,tls] [--media
+                                          [--media-rate CPS] [--media-calls N]]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -52,9 +63,11 @@ from typing import Any, Literal
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.peers import (
+    REPO,
     KamailioProc,
     NotRunnable,
     PeerError,
+    Proc,
     ProcGroup,
     ProxyAddresses,
     SipedgeProc,
@@ -63,13 +76,16 @@ from tests.peers import (
     cpu_seconds,
     find_binary,
     free_port,
+    free_udp_block,
     make_test_certs,
     missing_binary_message,
     sip_uri,
     sipedge_binary,
     sipp_uac,
     sipp_uas,
+    wait_for_port,
 )
+from tests.peers_media import Capture
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SUT_CPU = 0
@@ -385,6 +401,27 @@ def cpu_busy_seconds(cpu: int) -> float:
     raise PeerError(f"no cpu{cpu} in /proc/stat")
 
 
+def cpu_softirq_seconds(cpu: int) -> float:
+    """Seconds CPU ``cpu`` has spent in softirqs, from /proc/stat.  Over loopback a datagram
+    is delivered to its receiver's socket in a softirq on the sender's CPU, accounted to no
+    process: the SUT's sending shows up here."""
+    tick = os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                return int(line.split()[7]) / tick
+    raise PeerError(f"no cpu{cpu} in /proc/stat")
+
+
+def udp_rcvbuf_errors() -> int:
+    """Datagrams the kernel dropped for full socket receive buffers, on the whole machine
+    (``Udp: RcvbufErrors`` in /proc/net/snmp): other people's traffic counts too."""
+    with open("/proc/net/snmp") as f:
+        rows = [line.split() for line in f if line.startswith("Udp:")]
+    header, values = rows[0], rows[1]
+    return int(values[header.index("RcvbufErrors")])
+
+
 def _sipp_ms(value: str) -> float | None:
     """sipp's ``HH:MM:SS:uuuuuu`` as milliseconds."""
     try:
@@ -524,6 +561,673 @@ def _one_line(text: str) -> str:
     return lines[0][:300] if lines else "unknown"
 
 
+# ---------------------------------------------------------------- media (--media)
+#
+# sipedge relaying media (its relay on, plain RTP on both sides) against Kamailio driving
+# rtpengine through its rtpengine module (bench/kamailio/proxy-rtpengine.cfg), the way
+# production edges anchor media.  Calls carry RTP: the sipp UAC plays a G.711a pcap (236
+# packets of 30 ms, 7.08 s) to the SUT's relay port, the sipp UAS echoes every packet back
+# (-rtp_echo), so per call the SUT relays 236 packets each way on each leg: it receives 472
+# and sends 472.  At RATE calls/s with a 7.5 s hold, about RATE * 7.6 calls carry media at
+# once in the steady state.
+
+PCAP = Path("/usr/share/sip-tester/g711a.pcap")
+PCAP_PACKETS = 236  # one way, per call (each 30 ms of PCMA)
+RTPENGINE_CFG = REPO / "bench" / "kamailio" / "proxy-rtpengine.cfg"
+# rtpengine's own RTP ports: clear of sipedge's test (20000-29999) and dev (30000-39999)
+# ranges and of sipp's ports (tests/peers.py hands out 20000-32000).
+RTPENGINE_PORTS = (40000, 44999)
+# sipedge's relay in the bench: a block of its own above rtpengine's.
+SIPEDGE_RELAY_BLOCK = (45000, 60000)
+
+
+@dataclass(frozen=True)
+class MediaPlan:
+    """Fixed-rate runs of calls carrying media, and one shorter run checked with tshark."""
+
+    rate: int
+    calls: int
+    runs: int
+    hold_ms: int
+    recv_timeout_ms: int
+    verify_calls: int
+
+
+MEDIA_FULL = MediaPlan(
+    rate=20, calls=600, runs=3, hold_ms=7500, recv_timeout_ms=5000, verify_calls=60
+)
+MEDIA_QUICK = MediaPlan(
+    rate=10, calls=100, runs=1, hold_ms=7500, recv_timeout_ms=5000, verify_calls=20
+)
+
+
+class RtpengineProc(Proc):
+    """rtpengine 10.5 (Debian rtpengine-daemon) in the foreground, ours by PID: no config
+    file (``--config-file=none``: /etc/rtpengine/rtpengine.conf is the system service's),
+    userspace forwarding only (``--table=-1``: no kernel module), RTP on ``host`` ports
+    ``ports``, the ng control protocol on ``host``:``ng_port`` (UDP) and its CLI on
+    ``host``:``cli_port`` (TCP: ``list totals`` gives the relayed packets).  Sessions go
+    at once when deleted (``--delete-delay=0``) so their ports and totals are final when a
+    call ends."""
+
+    def __init__(
+        self,
+        *,
+        workdir: Path,
+        host: str = "127.0.0.1",
+        ports: tuple[int, int] = RTPENGINE_PORTS,
+        name: str = "rtpengine",
+        cpu: int | None = None,
+    ) -> None:
+        exe = find_binary("rtpengine") or "rtpengine"
+        self.host = host
+        self.ng_port = free_port(host, "udp")
+        self.cli_port = free_port(host, "tcp")
+        self.ports = ports
+        argv = [
+            exe,
+            "--config-file=none",
+            "--foreground",
+            "--log-stderr",
+            "--log-level=5",
+            "--table=-1",
+            f"--interface={host}",
+            f"--listen-ng={host}:{self.ng_port}",
+            f"--listen-cli={host}:{self.cli_port}",
+            f"--port-min={ports[0]}",
+            f"--port-max={ports[1]}",
+            "--delete-delay=0",
+            "--timeout=60",
+        ]
+        super().__init__(argv, workdir=workdir, name=name, cpu=cpu)
+
+    @property
+    def ng_socket(self) -> str:
+        """The rtpengine module's rtpengine_sock for this daemon."""
+        return f"udp:{self.host}:{self.ng_port}"
+
+    def ng(self, command: bytes, timeout: float = 1.0) -> bytes:
+        """One ng request (bencoded dictionary); the reply's bencoded part."""
+        import secrets
+        import socket
+
+        cookie = secrets.token_hex(6).encode()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(timeout)
+            sock.sendto(cookie + b" " + command, (self.host, self.ng_port))
+            while True:
+                data, _ = sock.recvfrom(65536)
+                if data.startswith(cookie + b" "):
+                    return data[len(cookie) + 1 :]
+
+    def wait_ready(self, timeout: float = 10.0) -> RtpengineProc:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.poll() is not None:
+                raise NotRunnable(
+                    f"rtpengine exited with status {self.returncode}\n{self.log_tail()}"
+                )
+            with contextlib.suppress(OSError):
+                if self.ng(b"d7:command4:pinge", timeout=0.3) == b"d6:result4:ponge":
+                    wait_for_port(self.host, self.cli_port, "tcp", 5, proc=self)
+                    return self
+            if time.monotonic() > deadline:
+                raise NotRunnable(
+                    f"rtpengine did not answer ng ping in {timeout}s\n{self.log_tail()}"
+                )
+            time.sleep(0.1)
+
+    def totals(self) -> dict[str, str]:
+        """``list totals`` from the CLI: label -> value (the first of each label)."""
+        import socket
+
+        data = b""
+        with socket.create_connection((self.host, self.cli_port), timeout=5) as sock:
+            sock.sendall(b"list totals\n")
+            while chunk := sock.recv(65536):
+                data += chunk
+        found: dict[str, str] = {}
+        for line in data.decode(errors="replace").splitlines():
+            if ":" in line:
+                label, value = line.split(":", 1)
+                found.setdefault(label.strip(), value.strip())
+        return found
+
+    def relayed_packets(self) -> int:
+        """Packets relayed by sessions that have ended (userspace and kernel: all of them
+        are userspace here)."""
+        return int(self.totals()["Total relayed packets"])
+
+
+@dataclass
+class MediaSut:
+    """The system under test of a media row: its processes and how to count its work."""
+
+    system: str
+    addresses: ProxyAddresses
+    pids: dict[str, int]  # part -> PID ("kamailio" counts its forked children too)
+    relay_range: tuple[int, int]
+    edge: SipedgeProc | None = None
+    rtpengine: RtpengineProc | None = None
+    _ended_seen: int = 0
+
+    def cpu(self) -> dict[str, float]:
+        return {
+            part: cpu_seconds(pid, tree=(part != "rtpengine")) for part, pid in self.pids.items()
+        }
+
+    def relayed(self) -> dict[str, int]:
+        """The SUT's own count of relayed packets so far (ended calls).  sipedge: the
+        ``media_ended`` log lines (packets in, out and dropped per call; the relay's counters
+        are not exported otherwise); rtpengine: its CLI totals."""
+        if self.rtpengine is not None:
+            packets = self.rtpengine.relayed_packets()
+            return {"packets": packets, "packets_in": -1, "dropped": 0, "calls": 0}
+        assert self.edge is not None
+        packets_in = packets_out = dropped = calls = 0
+        for line in self.edge.read_stdout().splitlines():
+            if '"media_ended"' not in line:
+                continue
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if record.get("event") == "media_ended":
+                    calls += 1
+                    packets_in += int(record.get("packets_in", 0))
+                    packets_out += int(record.get("packets_out", 0))
+                    dropped += int(record.get("dropped", 0))
+        return {
+            "packets": packets_out,
+            "packets_in": packets_in,
+            "dropped": dropped,
+            "calls": calls,
+        }
+
+
+def start_media_sut(
+    system: str, workdir: Path, certs: TestCerts, uas_uri: str, procs: ProcGroup
+) -> MediaSut:
+    """The SUT with media: Kamailio + rtpengine, or sipedge with its relay; both on CPU 0."""
+    if not PCAP.is_file():
+        raise NotRunnable(f"{PCAP} missing (Debian package sip-tester)")
+    if system == "kamailio":
+        if find_binary("kamailio") is None:
+            raise NotRunnable(missing_binary_message("kamailio", "kamailio"))
+        if find_binary("rtpengine") is None:
+            raise NotRunnable(missing_binary_message("rtpengine", "rtpengine-daemon"))
+        rtpe = RtpengineProc(workdir=workdir, host=CALLER, cpu=SUT_CPU)
+        procs.add(rtpe).start()
+        rtpe.wait_ready()
+        kam = KamailioProc(
+            workdir=workdir,
+            certs=certs,
+            targets=[uas_uri],
+            tls=Path("/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so").exists(),
+            cpu=SUT_CPU,
+            fr_timer_ms=5000,
+            shm_mb=2048,
+            config=RTPENGINE_CFG,
+        )
+        kam.argv += ["-A", f'RTPENGINE_SOCK="{rtpe.ng_socket}"']
+        procs.add(kam).start()
+        kam.wait_ready()
+        return MediaSut(
+            system="kamailio+rtpengine",
+            addresses=kam.addresses,
+            pids={"kamailio": kam.pid, "rtpengine": rtpe.pid},
+            relay_range=RTPENGINE_PORTS,
+            rtpengine=rtpe,
+        )
+    if system == "sipedge":
+        if sipedge_binary() is None:
+            raise NotRunnable("no sipedge console script (make install)")
+        low, high = free_udp_block(CALLER, 4000, *SIPEDGE_RELAY_BLOCK)
+        edge = SipedgeProc(
+            workdir=workdir,
+            certs=certs,
+            upstream={
+                "echo": False,
+                "default": "pbx",
+                "sets": [
+                    {
+                        "name": "pbx",
+                        "algorithm": "round-robin",
+                        "probe_interval": 0,
+                        "media": "rtp",
+                        "targets": [{"uri": uas_uri}],
+                    }
+                ],
+            },
+            trunks=[{"name": "loopback", "allow": ["127.0.0.1/32"], "media": "rtp"}],
+            # The relay on, plain RTP both sides: RTP -> RTP relaying, like rtpengine's.
+            # Ports free again after 1 s (rtpengine runs with --delete-delay=0).
+            extra={
+                "media": {
+                    "enabled": True,
+                    "port_range": f"{low}-{high}",
+                    "quarantine": 1.0,
+                    "timeout": 60.0,
+                }
+            },
+            cpu=SUT_CPU,
+        )
+        procs.add(edge).start()
+        edge.wait_ready()
+        return MediaSut(
+            system="sipedge relay",
+            addresses=edge.addresses,
+            pids={"sipedge": edge.pid},
+            relay_range=(low, high),
+            edge=edge,
+        )
+    raise ValueError(system)
+
+
+@dataclass
+class MediaStep:
+    """One fixed-rate run of calls with media."""
+
+    kind: str  # "cpu" or "verify" (with tshark on lo)
+    rate: int
+    calls: int
+    successful: int
+    failed: int
+    uas_failed: int
+    seconds: float
+    sut_cpu_s: float
+    sut_cpu_parts: dict[str, float]
+    load_cpu_s: float
+    softirq_cpu_s: float  # CPU 0's softirqs: mostly loopback delivery of what the SUT sends
+    other_cpu_s: float  # CPU 0 busy with neither the SUT nor softirqs: other people's work
+    relayed_packets: int  # the SUT's own count: packets it sent on (both legs, both ways)
+    received_packets: int | None  # sipedge: packets in (rtpengine counts relayed only)
+    dropped_packets: int
+    rcvbuf_errors: int  # machine-wide UDP datagrams dropped for full receive buffers
+    sut_counted_calls: int  # sipedge: media_ended lines in the run (0 for rtpengine)
+    hops: dict[str, int] = field(default_factory=dict)  # tshark counts ("verify" runs)
+    stray_packets: int = 0
+    returncode: int | None = None
+    note: str = ""
+
+    @property
+    def expected_packets(self) -> int:
+        """Relayed packets if every successful call's pcap went out and came back."""
+        return self.successful * PCAP_PACKETS * 2
+
+
+def run_media_load(
+    *,
+    workdir: Path,
+    procs: ProcGroup,
+    sut: MediaSut,
+    target: tuple[str, int],
+    transport: Transport,
+    certs: TestCerts,
+    uas_port: int,
+    rate: int,
+    calls: int,
+    plan: MediaPlan,
+    name: str,
+    kind: str,
+) -> MediaStep:
+    """One bounded run of ``calls`` calls with media at ``rate``; SUT CPU and its packet
+    count over the run; with ``kind == "verify"``, tshark counts the RTP on lo per hop."""
+    step_dir = workdir / name
+    uas = sipp_uas(
+        "media_uas_echo",
+        workdir=step_dir,
+        name="uas",
+        local_ip=UPSTREAM,
+        port=uas_port,
+        calls=calls * 2,
+        timeout=calls / rate + plan.hold_ms / 1000 + 60,
+        cpu=LOAD_CPU,
+        extra=("-rtp_echo", *SIPP_LENIENT, *SIPP_BUFFERS),
+    )
+    procs.add(uas).start()
+    uas.wait_ready()
+    remote = target
+    tunnel: Stunnel | None = None
+    if transport == "tls":
+        tunnel = Stunnel.client(
+            workdir=step_dir,
+            accept=(CALLER, free_port(CALLER, "tcp")),
+            connect=target,
+            ca=certs.ca,
+            debug=3,
+            cpu=LOAD_CPU,
+        )
+        procs.add(tunnel).start()
+        tunnel.wait_ready()
+        remote = tunnel.accept
+    uac = sipp_uac(
+        "media_uac_pcap",
+        remote,
+        workdir=step_dir,
+        name="uac",
+        transport="udp" if transport == "udp" else "tcp",
+        local_ip=CALLER,
+        ruri=sip_uri(target[0], target[1], transport, "1000"),
+        calls=calls,
+        rate=rate,
+        limit=max(200, int(rate * (plan.hold_ms / 1000 + 5) * 2)),
+        hold_ms=plan.hold_ms,
+        timeout=calls / rate + plan.hold_ms / 1000 + 40,
+        recv_timeout_ms=plan.recv_timeout_ms,
+        keys={"pcap": str(PCAP)},
+        cpu=LOAD_CPU,
+        extra=SIPP_LENIENT + SIPP_BUFFERS,
+    )
+    capture: Capture | None = None
+    caller_media = (CALLER, uac.media_port)
+    callee_media = (UPSTREAM, uas.media_port)
+    if kind == "verify":
+        capture = Capture(
+            workdir=step_dir,
+            capture_filter=(
+                f"udp and ((host {CALLER} and port {uac.media_port}) or "
+                f"(host {UPSTREAM} and port {uas.media_port}))"
+            ),
+            limit_s=int(calls / rate + plan.hold_ms / 1000 + 60),
+        )
+        capture.cpu = LOAD_CPU
+        procs.add(capture).start()
+        capture.wait_ready()
+    relayed0 = sut.relayed()
+    cpu0 = sut.cpu()
+    busy0 = cpu_busy_seconds(SUT_CPU)
+    softirq0 = cpu_softirq_seconds(SUT_CPU)
+    rcvbuf0 = udp_rcvbuf_errors()
+    t0 = time.monotonic()
+    procs.add(uac).start()
+    uac_pid = uac.pid
+    load0 = cpu_seconds(uas.pid, tree=False)
+    load_uac = 0.0
+    deadline = t0 + calls / rate + plan.hold_ms / 1000 + plan.recv_timeout_ms / 1000 + 45
+    while uac.poll() is None and time.monotonic() < deadline:
+        # The UAC's CPU with its pcap-playing threads, sampled while it lives.
+        load_uac = cpu_seconds(uac_pid, tree=False)
+        time.sleep(0.1)
+    elapsed = time.monotonic() - t0
+    cpu1 = sut.cpu()
+    busy1 = cpu_busy_seconds(SUT_CPU)
+    softirq = cpu_softirq_seconds(SUT_CPU) - softirq0
+    uac.stop()
+    result = uac.result()
+    load_uas = cpu_seconds(uas.pid, tree=False) - load0
+    uas_result = uas.stop_and_result()
+    if tunnel is not None:
+        tunnel.stop()
+    # The last BYEs have been answered: the SUT's sessions are gone (rtpengine adds a
+    # session's packets to its totals when it deletes it, sipedge logs media_ended).
+    time.sleep(0.5)
+    relayed1 = sut.relayed()
+    rcvbuf = udp_rcvbuf_errors() - rcvbuf0
+    hops: dict[str, int] = {}
+    stray = 0
+    if capture is not None:
+        capture.stop()
+        hops, stray = _media_hops(capture, caller_media, callee_media, sut.relay_range)
+    parts = {k: cpu1[k] - cpu0[k] for k in cpu1}
+    sut_cpu = sum(parts.values())
+    note = ""
+    if result.failed or result.successful < calls:
+        first = next((ln for ln in result.errors.splitlines() if "Aborting" in ln), "")
+        note = first[-160:]
+    return MediaStep(
+        kind=kind,
+        rate=rate,
+        calls=calls,
+        successful=result.successful,
+        failed=result.failed,
+        uas_failed=uas_result.failed,
+        seconds=elapsed,
+        sut_cpu_s=sut_cpu,
+        sut_cpu_parts=parts,
+        load_cpu_s=load_uac + load_uas,
+        softirq_cpu_s=softirq,
+        other_cpu_s=max(0.0, (busy1 - busy0) - sut_cpu - softirq),
+        relayed_packets=relayed1["packets"] - relayed0["packets"],
+        received_packets=None
+        if relayed1["packets_in"] < 0
+        else relayed1["packets_in"] - relayed0["packets_in"],
+        rcvbuf_errors=rcvbuf,
+        dropped_packets=relayed1["dropped"] - relayed0["dropped"],
+        sut_counted_calls=relayed1["calls"] - relayed0["calls"],
+        hops=hops,
+        stray_packets=stray,
+        returncode=result.returncode,
+        note=note,
+    )
+
+
+def _media_hops(
+    capture: Capture,
+    caller_media: tuple[str, int],
+    callee_media: tuple[str, int],
+    relay_range: tuple[int, int],
+) -> tuple[dict[str, int], int]:
+    """Packets per hop in the capture: caller -> relay, relay -> callee, the callee's echo ->
+    relay, relay -> caller; ``stray``: packets to or from the sipps' media ports whose other
+    end is not a relay port of the SUT."""
+    argv = [capture.binary, "-n", "-r", str(capture.path), "-Y", "udp", "-T", "fields"]
+    argv += ["-E", "separator=|"]
+    for f in ("ip.src", "udp.srcport", "ip.dst", "udp.dstport"):
+        argv += ["-e", f]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+    hops = {"caller->relay": 0, "relay->callee": 0, "callee echo->relay": 0, "relay->caller": 0}
+    stray = 0
+    low, high = relay_range
+
+    def relay(ip: str, port: int) -> bool:
+        return ip == CALLER and low <= port <= high
+
+    for line in out.stdout.splitlines():
+        parts = line.split("|")
+        if len(parts) != 4 or not parts[1] or not parts[3]:
+            continue
+        src, dst = (parts[0], int(parts[1])), (parts[2], int(parts[3]))
+        if src == caller_media and relay(*dst):
+            hops["caller->relay"] += 1
+        elif dst == callee_media and relay(*src):
+            hops["relay->callee"] += 1
+        elif src == callee_media and relay(*dst):
+            hops["callee echo->relay"] += 1
+        elif dst == caller_media and relay(*src):
+            hops["relay->caller"] += 1
+        else:
+            stray += 1
+    return hops, stray
+
+
+@dataclass
+class MediaRow:
+    system: str
+    transport: str
+    runnable: bool = True
+    reason: str = ""
+    cpu_per_1000: float | None = None  # median over the "cpu" runs
+    cpu_per_1000_runs: list[float] = field(default_factory=list)
+    cpu_parts_per_1000: dict[str, float] = field(default_factory=dict)  # of the median run
+    us_per_packet: float | None = None  # SUT CPU (signalling included) / relayed packets
+    packets_per_call: float | None = None  # the SUT's own count
+    sut_cpu_share: float | None = None  # of one core, the median run
+    load_cpu_share: float | None = None
+    softirq_share: float | None = None
+    other_cpu_share: float | None = None
+    calls: int = 0
+    failed: int = 0
+    dropped: int = 0
+    verified: str = ""
+    media_ok: bool = False
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+
+def measure_media_row(
+    system: str, transport: Transport, plan: MediaPlan, workdir: Path, certs: TestCerts
+) -> MediaRow:
+    label = "kamailio+rtpengine" if system == "kamailio" else "sipedge relay"
+    row = MediaRow(label, transport)
+    for binary, package in (("sipp", "sip-tester"), ("tshark", "tshark")):
+        if find_binary(binary) is None:
+            row.runnable, row.reason = False, missing_binary_message(binary, package)
+            return row
+    if transport == "tls" and find_binary("stunnel4") is None and find_binary("stunnel") is None:
+        row.runnable, row.reason = False, missing_binary_message("stunnel4", "stunnel4")
+        return row
+    with ProcGroup() as procs:
+        uas_port = free_port(UPSTREAM, "udp")
+        try:
+            sut = start_media_sut(system, workdir, certs, sip_uri(UPSTREAM, uas_port, "udp"), procs)
+            target = sut.addresses.of(transport)
+        except (NotRunnable, PeerError) as e:
+            row.runnable, row.reason = False, _one_line(str(e))
+            return row
+        n = 0
+
+        def load(calls: int, kind: str) -> MediaStep:
+            nonlocal n
+            n += 1
+            step = run_media_load(
+                workdir=workdir,
+                procs=procs,
+                sut=sut,
+                target=target,
+                transport=transport,
+                certs=certs,
+                uas_port=uas_port,
+                rate=plan.rate,
+                calls=calls,
+                plan=plan,
+                name=f"media-{system}-{transport}-{n:02d}",
+                kind=kind,
+            )
+            row.steps.append(asdict(step))
+            _media_progress(label, transport, step)
+            return step
+
+        # First a short run with tshark on lo: does the media flow, all four hops?
+        verify = load(plan.verify_calls, "verify")
+        expected = verify.successful * PCAP_PACKETS
+        low_hops = {h: c for h, c in verify.hops.items() if c < 0.95 * expected}
+        row.media_ok = expected > 0 and not low_hops and verify.stray_packets == 0
+        row.verified = (
+            f"{'yes' if row.media_ok else 'NO'}: {verify.successful} calls, tshark per hop "
+            + "/".join(str(c) for c in verify.hops.values())
+            + f" of {expected} expected"
+            + (f", {verify.stray_packets} stray" if verify.stray_packets else "")
+            + f"; SUT counted {verify.relayed_packets} of {verify.expected_packets}"
+        )
+        # Then the CPU runs, without the capture.
+        runs = [load(plan.calls, "cpu") for _ in range(plan.runs)]
+        for st in runs:
+            row.cpu_per_1000_runs.append(st.sut_cpu_s / st.calls * 1000)
+            row.calls += st.calls
+            row.failed += st.calls - st.successful
+            row.dropped += st.dropped_packets
+        row.cpu_per_1000 = statistics.median(row.cpu_per_1000_runs)
+        median_run = sorted(runs, key=lambda st: st.sut_cpu_s / st.calls)[len(runs) // 2]
+        row.cpu_parts_per_1000 = {
+            k: v / median_run.calls * 1000 for k, v in median_run.sut_cpu_parts.items()
+        }
+        if median_run.relayed_packets > 0:
+            row.us_per_packet = median_run.sut_cpu_s / median_run.relayed_packets * 1e6
+        if median_run.successful:
+            row.packets_per_call = median_run.relayed_packets / median_run.successful
+        busy = max(median_run.seconds - 1.0, 1e-3)
+        row.sut_cpu_share = median_run.sut_cpu_s / busy
+        row.load_cpu_share = median_run.load_cpu_s / busy
+        row.softirq_share = median_run.softirq_cpu_s / busy
+        row.other_cpu_share = median_run.other_cpu_s / busy
+    return row
+
+
+def _media_progress(label: str, transport: str, step: MediaStep) -> None:
+    hops = ""
+    if step.hops:
+        hops = " tshark " + " ".join(f"{k} {v}" for k, v in step.hops.items())
+        hops += f" stray {step.stray_packets}"
+    parts = " ".join(f"{k} {v:.2f}" for k, v in step.sut_cpu_parts.items())
+    print(
+        f"  {label:18} {transport:3} {step.kind:6} {step.rate:3d} cps x{step.calls:5d}: "
+        f"ok {step.successful} failed {step.calls - step.successful}, "
+        f"SUT {step.sut_cpu_s:.2f} cpu-s ({parts}), load {step.load_cpu_s:.2f} cpu-s, "
+        f"softirq on CPU {SUT_CPU} {step.softirq_cpu_s:.2f} s, "
+        f"other on CPU {SUT_CPU} {step.other_cpu_s:.2f} cpu-s, relayed {step.relayed_packets} "
+        f"of {step.expected_packets} (in {_fmt(step.received_packets, 'd')}, dropped "
+        f"{step.dropped_packets}; machine-wide UDP rcvbuf drops {step.rcvbuf_errors}){hops}, "
+        f"{step.seconds:.1f} s {step.note}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def render_media(
+    rows: list[MediaRow], plan: MediaPlan, quick: bool, versions: dict[str, str], load: str
+) -> str:
+    now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    concurrent = plan.rate * (plan.hold_ms / 1000 + 0.1)
+    lines = [
+        f"# Proxy benchmark with media, {now}{' (--quick)' if quick else ''}",
+        "",
+        f"SUT pinned to CPU {SUT_CPU} (Kamailio and rtpengine both); sipp UAC, sipp UAS, "
+        f"stunnel and tshark pinned to CPU {LOAD_CPU}. Calls INVITE/100/180/200/ACK/BYE/200 "
+        f"with SDP, at {plan.rate} cps with a {plan.hold_ms} ms hold: about "
+        f"{concurrent:.0f} calls carrying media at once. Media: the UAC plays "
+        f"{PCAP.name} (G.711a, {PCAP_PACKETS} packets of 30 ms) to the SUT's relay port, the "
+        "UAS echoes each packet (sipp -rtp_echo): per call the SUT relays "
+        f"{2 * PCAP_PACKETS} packets ({PCAP_PACKETS} each way), receiving and sending each "
+        "once. kamailio+rtpengine: bench/kamailio/proxy-rtpengine.cfg (rtpengine_offer / "
+        "_answer / _delete, replace-origin replace-session-connection) and rtpengine "
+        "(userspace only, --table=-1); sipedge relay: [media] enabled, plain RTP on both "
+        "sides. "
+        f"CPU: SUT utime+stime (Kamailio's processes + rtpengine; sipedge's one process) per "
+        f"1000 calls, {plan.calls} calls per run, median of {plan.runs}. "
+        "us/packet: the same CPU (signalling included) over the packets the SUT says it "
+        "relayed (rtpengine: CLI 'list totals'; sipedge: its media_ended log lines). "
+        f"Media verified: a separate run of {plan.verify_calls} calls captured on lo with "
+        "tshark, packets per hop caller->relay / relay->callee / echo->relay / "
+        "relay->caller against calls x 236.",
+        "",
+        f"| system | transport | CPU s / 1000 calls with media @ {plan.rate} cps | "
+        "of which | us CPU / relayed packet | relayed packets / call (SUT's count) | "
+        f"failed calls | dropped packets | SUT CPU | load CPU | softirq on CPU {SUT_CPU} | "
+        f"other work on CPU {SUT_CPU} | media verified |",
+        "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in rows:
+        if not r.runnable:
+            lines.append(
+                f"| {r.system} | {r.transport} | not runnable ({r.reason}) "
+                "| - | - | - | - | - | - | - | - | - | - |"
+            )
+            continue
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in r.cpu_parts_per_1000.items())
+        lines.append(
+            f"| {r.system} | {r.transport} | {_fmt(r.cpu_per_1000, '.2f')} | {parts} | "
+            f"{_fmt(r.us_per_packet, '.1f')} | {_fmt(r.packets_per_call, '.0f')} | "
+            f"{r.failed} of {r.calls} | {r.dropped} | {_fmt(r.sut_cpu_share, '.0%')} | "
+            f"{_fmt(r.load_cpu_share, '.0%')} | {_fmt(r.softirq_share, '.0%')} | "
+            f"{_fmt(r.other_cpu_share, '.0%')} | {r.verified} |"
+        )
+    by = {(r.system, r.transport): r for r in rows if r.runnable}
+    for transport in ("udp", "tls"):
+        s, k = by.get(("sipedge relay", transport)), by.get(("kamailio+rtpengine", transport))
+        if s is not None and k is not None:
+            lines.append(
+                f"| sipedge/(Kamailio+rtpengine) | {transport} | "
+                f"{_ratio(s.cpu_per_1000, k.cpu_per_1000)} | - | "
+                f"{_ratio(s.us_per_packet, k.us_per_packet)} | - | - | - | - | - | - | - | - |"
+            )
+    lines += [
+        "",
+        f"Machine load before the run (uptime): {load}",
+        "",
+        "Versions: " + "; ".join(f"{k} {v}" for k, v in versions.items()),
+        "",
+    ]
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -543,6 +1247,7 @@ def _versions() -> dict[str, str]:
         "kamailio": first_line(["kamailio", "-v"]),
         "sipp": first_line(["sipp", "-v"]),
         "stunnel": first_line([find_binary("stunnel4") or "stunnel", "-version"], "stunnel "),
+        "rtpengine": first_line(["rtpengine", "--version"]),
         "python": sys.version.split()[0],
         "kernel": platform.release(),
     }
@@ -629,11 +1334,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short run (under a minute)")
     parser.add_argument("--systems", default="kamailio,sipedge")
-    parser.add_argument("--transports", default="udp,tls")
+    parser.add_argument("--transports", default=None, help="default udp,tls (udp with --media)")
+    parser.add_argument(
+        "--media",
+        action="store_true",
+        help="calls with RTP: sipedge's relay against Kamailio + rtpengine",
+    )
+    parser.add_argument("--media-rate", type=int, help="with --media: calls per second")
+    parser.add_argument("--media-calls", type=int, help="with --media: calls per CPU run")
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the report")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
+    media_plan = MEDIA_QUICK if args.quick else MEDIA_FULL
+    if args.media_rate:
+        media_plan = dataclasses.replace(media_plan, rate=args.media_rate)
+    if args.media_calls:
+        media_plan = dataclasses.replace(media_plan, calls=args.media_calls)
+    if args.transports is None:
+        args.transports = "udp" if args.media else "udp,tls"
     if len(os.sched_getaffinity(0)) < 2 or (os.cpu_count() or 1) < 2:
         print("bench_proxy: needs two CPUs (SUT on 0, load on 1)", file=sys.stderr)
         return 2
@@ -645,13 +1364,24 @@ def main() -> int:
         transports.append("udp" if t.strip() == "udp" else "tls")
     scratch = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     started = time.monotonic()
+    load = _uptime()
     rows: list[Row] = []
+    media_rows: list[MediaRow] = []
     try:
         certs = make_test_certs(scratch / "certs")
         for system in systems:
             for transport in transports:
-                print(f"== {system} over {transport}", file=sys.stderr, flush=True)
-                rows.append(measure_row(system, transport, plan, scratch / system, certs))
+                print(
+                    f"== {system} over {transport}{' with media' if args.media else ''}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                if args.media:
+                    media_rows.append(
+                        measure_media_row(system, transport, media_plan, scratch / system, certs)
+                    )
+                else:
+                    rows.append(measure_row(system, transport, plan, scratch / system, certs))
     finally:
         if not args.keep:
             import shutil
@@ -659,18 +1389,33 @@ def main() -> int:
             shutil.rmtree(scratch, ignore_errors=True)
         else:
             print(f"scratch kept in {scratch}", file=sys.stderr)
-    report = render(rows, plan, args.quick, _versions())
+    if args.media:
+        report = render_media(media_rows, media_plan, args.quick, _versions(), load)
+        data = {"plan": asdict(media_plan), "uptime": load, "rows": [asdict(r) for r in media_rows]}
+        name = "proxy-media"
+    else:
+        report = render(rows, plan, args.quick, _versions())
+        data = {"plan": asdict(plan), "rows": [asdict(r) for r in rows]}
+        name = "proxy"
     report += f"Run time: {time.monotonic() - started:.0f} s.\n"
     print(report)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H%M")
     suffix = "-quick" if args.quick else ""
-    (args.out / f"proxy-{stamp}{suffix}.md").write_text(report)
-    (args.out / f"proxy-{stamp}{suffix}.json").write_text(
-        json.dumps({"plan": asdict(plan), "rows": [asdict(r) for r in rows]}, indent=2) + "\n"
-    )
-    print(f"written: {args.out / f'proxy-{stamp}{suffix}.md'}", file=sys.stderr)
+    (args.out / f"{name}-{stamp}{suffix}.md").write_text(report)
+    (args.out / f"{name}-{stamp}{suffix}.json").write_text(json.dumps(data, indent=2) + "\n")
+    print(f"written: {args.out / f'{name}-{stamp}{suffix}.md'}", file=sys.stderr)
     return 0
+
+
+def _uptime() -> str:
+    """``uptime``'s line: who else loads this machine while the bench runs."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        with contextlib.suppress(OSError):
+            return "load average " + Path("/proc/loadavg").read_text().strip()
+        return "?"
 
 
 if __name__ == "__main__":
