@@ -128,6 +128,16 @@ class Admission:
             store,
             algorithms=auth.digest_algorithms,
         )
+        self.counters: dict[str, int] = {}
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Any) -> None:
+        """Take the limits, bans and scanner list of a reloaded configuration.
+
+        The realm, the JWT key and the nonce secret stay: changing them would
+        invalidate every nonce and token in flight.  Buckets and bans live on.
+        """
+        self.config = config
         self.limits = config.ratelimit
         self.bans = config.bans
         scanners = config.scanners
@@ -135,7 +145,6 @@ class Admission:
             tuple(p.lower() for p in scanners.user_agents) if scanners.enabled else ()
         )
         self.exempt: tuple[Any, ...] = tuple(config.bans.exempt)
-        self.counters: dict[str, int] = {}
 
     # ------------------------------------------------------------ before parsing
     def banned(self, ip: str) -> bool:

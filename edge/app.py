@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import errno
 import os
 import signal
@@ -115,13 +116,18 @@ class StartupError(Exception):
         self.status = status
 
 
-def run(config: Config, *, log: LogFn | None = None) -> int:
+def run(
+    config: Config,
+    *,
+    log: LogFn | None = None,
+    reload_config: Callable[[], Config] | None = None,
+) -> int:
     """Run the proxy on uvloop until a signal stops it; the process exit status."""
     import uvloop
 
     tune_gc()
     try:
-        return uvloop.run(serve(config, log=log))
+        return uvloop.run(serve(config, log=log, reload_config=reload_config))
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
         return 130
 
@@ -150,6 +156,7 @@ async def serve(
     stop: asyncio.Event | None = None,
     log: LogFn | None = None,
     components: Components | None = None,
+    reload_config: Callable[[], Config] | None = None,
 ) -> int:
     """Start everything, set ``ready``, serve until ``stop`` (or a signal), shut down.
 
@@ -157,6 +164,7 @@ async def serve(
     the operator can fix, 1 for anything else.
     """
     app = _App(config, log if log is not None else Logger(), components)
+    app.reload_config = reload_config
     return await app.serve(ready, stop if stop is not None else asyncio.Event())
 
 
@@ -171,6 +179,9 @@ class _App:
         # (name, close) of what started, in order; closed in reverse.
         self._started: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
         self._admission: Any = None
+        self._router: Any = None
+        # Re-reads the configuration file for SIGHUP (None: only the certificate).
+        self.reload_config: Callable[[], Config] | None = None
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
         self._signals: list[int] = []
@@ -235,7 +246,7 @@ class _App:
             host, port = self.echo.sip_address[:2]
             echo_address = (host, port)
 
-        router = comps.router(cfg, echo_address=echo_address, log=self.log)
+        router = self._router = comps.router(cfg, echo_address=echo_address, log=self.log)
         # The transport needs the proxy's callback and the proxy needs the
         # transport: the lambda looks the proxy up when the first message arrives.
         self.transport = comps.transport_layer(
@@ -339,6 +350,41 @@ class _App:
         self.log("info", "tls_reloaded", source=self._tls_source())
         return True
 
+    def reload_policy(self) -> bool:
+        """SIGHUP: re-read the file; apply trunks, limits, bans and scanners in place.
+
+        Live calls are untouched.  A file that no longer validates changes
+        nothing (one error line naming the key); sections that only a restart
+        applies are named in a warning.
+        """
+        if self.reload_config is None or self.proxy is None:
+            return False
+        try:
+            new = self.reload_config()
+        except ConfigError as e:
+            self.log("error", "config_reload_failed", setting=e.key, problem=e.problem)
+            return False
+        old = self.config
+        live = ("trunks", "ratelimit", "bans", "scanners")
+        merged = dataclasses.replace(old, **{name: getattr(new, name) for name in live})
+        stale = [
+            f.name
+            for f in dataclasses.fields(old)
+            if f.name not in live and getattr(old, f.name) != getattr(new, f.name)
+        ]
+        self.config = merged
+        self.proxy.config = merged
+        if self._router is not None and hasattr(self._router, "set_trunks"):
+            self._router.set_trunks(merged.trunks)
+        if hasattr(self.proxy, "forget_roles"):
+            self.proxy.forget_roles()
+        if self._admission is not None:
+            self._admission.reconfigure(merged)
+        self.log("info", "config_reloaded", applied=list(live), trunks=len(merged.trunks))
+        if stale:
+            self.log("warning", "config_restart_required", sections=stale)
+        return True
+
     def _tls_source(self) -> str:
         tls = self.config.tls
         return tls.pem_source if tls.cert_pem is not None else f"{tls.cert}, {tls.key}"
@@ -377,6 +423,7 @@ class _App:
     def _on_hup(self, sig: int) -> None:
         self.log("info", "reload", signal=signal.Signals(sig).name)
         self.reload()
+        self.reload_policy()
         if self._admission is not None and self._admission.audit is not None:
             # Log rotation: the rotated file was renamed away; write to a new one.
             self._admission.audit.reopen()

@@ -147,7 +147,12 @@ def cmd_run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         return EXIT_CONFIG
     from edge import app  # not imported by check-config: it pulls in the whole proxy
 
-    return app.run(cfg)
+    def reload_config() -> config.Config:
+        return config.load(
+            args.config, env=env, cert_b64=args.tls_cert_base64, key_b64=args.tls_key_base64
+        )
+
+    return app.run(cfg, reload_config=reload_config)
 
 
 # ---------------------------------------------------------------- admin commands

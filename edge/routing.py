@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote
@@ -194,16 +194,27 @@ class Router:
         self._upstream_ips: frozenset[IPAddress] = frozenset(
             ip for s in config.upstream.sets for t in s.targets if (ip := _ip(t.host)) is not None
         )
-        # Trunks: allowlist networks, most specific first (stable: ties keep config order).
-        allow = [(net, trunk) for trunk in config.trunks for net in trunk.allow]
+        self._allow: tuple[tuple[IPNetwork, TrunkConfig], ...] = ()
+        self._trunks: dict[str, TrunkConfig] = {}
+        self._prefixes: tuple[tuple[str, TrunkConfig], ...] = ()
+        self.set_trunks(config.trunks)
+
+    def set_trunks(self, trunks: Sequence[TrunkConfig]) -> None:
+        """Use these trunks from now on (SIGHUP): allowlists and number prefixes.
+
+        Built aside and swapped in whole, so a request never sees half a table;
+        live calls keep their dialogs (nothing here refers to them).
+        """
+        # Allowlist networks, most specific first (stable: ties keep config order).
+        allow = [(net, trunk) for trunk in trunks for net in trunk.allow]
         allow.sort(key=lambda pair: -pair[0].prefixlen)
-        self._allow: tuple[tuple[IPNetwork, TrunkConfig], ...] = tuple(allow)
-        self._trunks: dict[str, TrunkConfig] = {t.name: t for t in config.trunks}
-        prefixes = [
-            (normalize_number(p), t) for t in config.trunks if _routable(t) for p in t.prefixes
-        ]
+        prefixes = [(normalize_number(p), t) for t in trunks if _routable(t) for p in t.prefixes]
         prefixes.sort(key=lambda pair: -len(pair[0]))
-        self._prefixes: tuple[tuple[str, TrunkConfig], ...] = tuple(prefixes)
+        self._allow, self._trunks, self._prefixes = (
+            tuple(allow),
+            {t.name: t for t in trunks},
+            tuple(prefixes),
+        )
 
     # ------------------------------------------------------------------ decisions
 

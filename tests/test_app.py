@@ -600,6 +600,12 @@ echo = true
 [echo]
 address = "127.0.0.1:{echo}"
 
+[auth]
+database = "{tmp_path}/credentials.sqlite3"
+
+[audit]
+path = "{tmp_path}/audit.log"
+
 [[trunks]]
 name = "loopback"
 allow = ["127.0.0.1/32"]
@@ -668,6 +674,42 @@ def test_run_reloads_certificate_on_sighup(tmp_path: Path, run_sipedge: Any) -> 
     assert failed["level"] == "error"
     assert failed["setting"] == "tls.cert"
     assert s.proc.poll() is None
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0, s.stderr()
+
+
+@pytest.mark.timeout(60)
+def test_run_reloads_trunk_allowlist_on_sighup(tmp_path: Path, run_sipedge: Any) -> None:
+    path = write_run_config(tmp_path)
+    s = run_sipedge(path)
+    ready = s.wait_for("ready")
+    udp_port = int(ready["udp"][0].rsplit(":", 1)[1])
+    assert udp_options(udp_port).startswith(b"SIP/2.0 200")
+    # 127.0.0.1 leaves the allowlist: from now on it is a stranger, whose OPTIONS
+    # gets no answer at all.
+    path.write_text(
+        path.read_text().replace('allow = ["127.0.0.1/32"]', 'allow = ["127.0.0.9/32"]')
+    )
+    s.signal(signal.SIGHUP)
+    reloaded = s.wait_for("config_reloaded")
+    assert "trunks" in reloaded["applied"]
+    with pytest.raises(TimeoutError):
+        udp_options(udp_port, timeout=1.0)
+    # A file that no longer validates changes nothing, and says which key is wrong.
+    path.write_text(path.read_text() + "\n[bans]\nduration = -1\n")
+    s.signal(signal.SIGHUP)
+    failed = s.wait_for("config_reload_failed")
+    assert failed["setting"] == "bans.duration"
+    assert s.proc.poll() is None
+    # Back on the list (and a valid file): answered again, no restart.
+    path.write_text(
+        path.read_text()
+        .replace('allow = ["127.0.0.9/32"]', 'allow = ["127.0.0.1/32"]')
+        .replace("\n[bans]\nduration = -1\n", "")
+    )
+    s.signal(signal.SIGHUP)
+    s.wait_for("config_reloaded")
+    assert udp_options(udp_port).startswith(b"SIP/2.0 200")
     s.signal(signal.SIGTERM)
     assert s.wait() == 0, s.stderr()
 
