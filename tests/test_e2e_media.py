@@ -702,3 +702,66 @@ def test_relay_port_exhaustion_refuses_the_third_call_with_503(call: Call) -> No
     assert_sipp_ok(fourth, 1, 30)
     assert_sipp_ok(uas, 3, uas=True)
     assert len(call.edge_events("media_session_created")) == 3
+
+
+# ================================================================ 6. offer in a reliable 183
+
+
+@pytest.mark.timeout(90)
+def test_late_offer_in_reliable_183_answered_in_prack_through_relay(call: Call) -> None:
+    """RFC 3262 (RFC 6337 §2.1 pattern 4) with real peers: a sipp UAC sends an INVITE
+    without SDP; the sipp UAS offers in a reliable 183; the UAC answers in the PRACK; the
+    200 carries no SDP; the UAC then plays the G.711a pcap and the UAS echoes it.
+
+    Proves: the offer in the 183 and the answer in the PRACK each reach the other side
+    rewritten (naming only a relay port in the configured range); the RTP goes through the
+    relay both ways (tshark on lo, all four hops) and the relay's counters agree."""
+    assert PCAP.is_file(), f"{PCAP} missing: install Debian package sip-tester"
+    uas = call.uas("media_uas_reliable_offer", extra=("-rtp_echo",))
+    edge = call.start_edge([sip_uri(UPSTREAM, uas.port, "udp")], set_media="rtp")
+    low, high = call.relay_range
+    cap = call.capture(f"udp portrange {low}-{high}")
+    uac = call.uac(
+        "media_uac_late_offer_prack",
+        edge.udp or ("", 0),
+        hold_ms=7500,
+        keys={"pcap": str(PCAP)},
+    )
+    assert_sipp_ok(uac, 1, 60)
+    assert_sipp_ok(uas, 1, uas=True)
+    time.sleep(0.3)
+    cap.stop()
+
+    invite = sipp_message(uas, "INVITE ")
+    assert "Content-Length: 0" in invite and "m=audio" not in invite, invite  # a late offer
+    progress = sipp_message(uac, "SIP/2.0 183")
+    offer = sdp_media(progress)  # what the caller was offered: the relay's caller leg
+    prack = sipp_message(uas, "PRACK ")
+    answer = sdp_media(prack)  # what the callee got as answer: the relay's callee leg
+    for m, own in ((offer, uas), (answer, uac)):
+        assert m.address == CALLER and call.in_relay_range(m.port), m.lines
+        assert m.port != own.media_port, m.lines
+    assert UPSTREAM not in progress.split("\n\n", 1)[1], progress
+    assert offer.port != answer.port
+
+    packets = [p for p in cap.udp() if p.payload[:1] and p.payload[0] >> 6 == 2]
+    counts = flows(packets)
+    caller_media = (CALLER, uac.media_port)
+    callee_media = (UPSTREAM, uas.media_port)
+    caller_leg = (CALLER, offer.port)
+    callee_leg = (CALLER, answer.port)
+    hops = {
+        "caller->relay": (caller_media, caller_leg),
+        "relay->callee": (callee_leg, callee_media),
+        "callee echo->relay": (callee_media, callee_leg),
+        "relay->caller": (caller_leg, caller_media),
+    }
+    report = {name: counts[hop] for name, hop in hops.items()}
+    context = f"{report}\nall flows: {dict(counts)}\n{call.log()}"
+    for name, n in report.items():
+        assert n >= PCAP_PACKETS * 0.95, f"{name}: {n} packets\n{context}"
+    assert sum(counts.values()) == sum(report.values()), f"stray media flows\n{context}"
+
+    (ended,) = call.media_ended()
+    assert ended["packets_in"] >= 2 * PCAP_PACKETS * 0.95, ended
+    assert ended["dropped"] == 0, ended
