@@ -228,6 +228,15 @@ class TrunkConfig:
     prefixes: tuple[str, ...] = ()
     # What the carrier speaks (MEDIA_POLICIES): carriers speak plain RTP.
     media: str = "rtp"
+    # Mutual TLS: when either is set, the trunk's sources are trusted only over TLS
+    # with a client certificate whose SHA-256 fingerprint (lower-case hex, no colons)
+    # or subject (RFC 4514 string, or just "CN=...") is listed.
+    tls_fingerprints: tuple[str, ...] = ()
+    tls_subjects: tuple[str, ...] = ()
+
+    @property
+    def needs_certificate(self) -> bool:
+        return bool(self.tls_fingerprints or self.tls_subjects)
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,6 +383,14 @@ def parse(
     audit = parse_audit(_table(data, "audit"))
     if upstream.echo:
         _check_echo_address(echo, listen)
+    for i, trunk in enumerate(trunks):
+        if trunk.needs_certificate and (not listen.tls or tls.verify_client == "none"):
+            key = "tls_fingerprints" if trunk.tls_fingerprints else "tls_subjects"
+            raise ConfigError(
+                f"trunks[{i}].{key}",
+                'needs a TLS listener with tls.verify_client = "optional" or "required" '
+                "(and tls.client_ca), so that clients are asked for a certificate",
+            )
     if check_files and listen.tls:
         # The certificate matters only when something serves TLS.
         if tls.cert_pem is None:
@@ -649,7 +666,11 @@ def _parse_trunks(value: Any) -> tuple[TrunkConfig, ...]:
     prefix_owner: dict[str, str] = {}
     for i, t in enumerate(value):
         where = f"trunks[{i}]"
-        _no_unknown_keys(t, where, {"name", "allow", "address", "prefixes", "media"})
+        _no_unknown_keys(
+            t,
+            where,
+            {"name", "allow", "address", "prefixes", "media", "tls_fingerprints", "tls_subjects"},
+        )
         name = _name(t, where)
         if name in names:
             raise ConfigError(f"{where}.name", f"duplicate trunk name {name!r}")
@@ -686,9 +707,38 @@ def _parse_trunks(value: Any) -> tuple[TrunkConfig, ...]:
                 port=port,
                 prefixes=tuple(prefixes),
                 media=_media_policy(t, where, "media", TrunkConfig(name="").media),
+                tls_fingerprints=_fingerprints(t, where),
+                tls_subjects=_subjects(t, where),
             )
         )
     return tuple(trunks)
+
+
+_FINGERPRINT = re.compile(r"(?:sha-?256:)?((?:[0-9a-f]{2}:?){31}[0-9a-f]{2})", re.I)
+
+
+def _fingerprints(t: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    result = []
+    for j, text in enumerate(_str_list(t, where, "tls_fingerprints")):
+        m = _FINGERPRINT.fullmatch(text.strip())
+        if m is None:
+            raise ConfigError(
+                f"{where}.tls_fingerprints[{j}]",
+                "not a SHA-256 fingerprint (64 hex digits, colons allowed, e.g. from "
+                "`openssl x509 -noout -fingerprint -sha256`)",
+            )
+        result.append(m[1].replace(":", "").lower())
+    return tuple(result)
+
+
+def _subjects(t: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    subjects = _str_list(t, where, "tls_subjects")
+    for j, text in enumerate(subjects):
+        if "=" not in text:
+            raise ConfigError(
+                f"{where}.tls_subjects[{j}]", f'{text!r} is not a subject such as "CN=sbc.example"'
+            )
+    return tuple(s.strip() for s in subjects)
 
 
 def _media_policy(t: Mapping[str, Any], section: str, name: str, default: str) -> str:

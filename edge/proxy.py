@@ -38,6 +38,7 @@ from edge.flows import FlowTokens
 from edge.proxy_media import MediaMixin
 from edge.proxy_state import _ClientCtx, _Forward, _ServerCtx
 from edge.state import MemoryStateStore
+from edge.tls import certificate_matches
 from edge.transport import Destination, Source
 from sip.errors import SipError
 from sip.headers import NameAddr, Via, has_param
@@ -155,7 +156,7 @@ class Proxy(MediaMixin):
         self._tasks: set[asyncio.Task[None]] = set()
         self._late_answers: dict[str, tuple[bytes, bytes]] = {}
         self._loop_secret = secrets.token_hex(4)
-        self._roles: dict[str, str | None] = {}
+        self._roles: dict[str, tuple[str | None, Any]] = {}
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -906,20 +907,29 @@ class Proxy(MediaMixin):
 
         Cached per source IP (bounded): the allowlist walk parses the address.
         Call :meth:`forget_roles` when the allowlist or the upstreams change.
+        A trunk that requires a client certificate trusts its sources only over
+        TLS with a listed certificate (checked per message, not cached).
         """
         ip = source.remote[0]
         try:
-            return self._roles[ip]
+            role, trunk = self._roles[ip]
         except KeyError:
-            pass
-        role: str | None = None
-        if self.router.is_upstream_source(ip):
-            role = "upstream"
-        elif self.router.trunk_for_source(ip) is not None:
-            role = "carrier"
-        if len(self._roles) >= 4096:
-            self._roles.clear()
-        self._roles[ip] = role
+            role, trunk = None, None
+            if self.router.is_upstream_source(ip):
+                role = "upstream"
+            else:
+                trunk = self.router.trunk_for_source(ip)
+                if trunk is not None:
+                    role = "carrier"
+            if len(self._roles) >= 4096:
+                self._roles.clear()
+            self._roles[ip] = (role, trunk)
+        if (
+            trunk is not None
+            and trunk.needs_certificate
+            and not certificate_matches(trunk, source.peer_cert_der)
+        ):
+            return None
         return role
 
     def forget_roles(self) -> None:

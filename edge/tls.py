@@ -21,16 +21,19 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import hashlib
 import os
 import shutil
 import ssl
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 
 # RFC 9325 §4.2, in OpenSSL names; AES-256 first, as the issue asks, then ChaCha20.
 TLS12_CIPHERS = ":".join(
@@ -248,3 +251,29 @@ def _read(path: str | os.PathLike[str], name: str) -> bytes:
             return f.read()
     except OSError as e:
         raise ValueError(f"{name}: cannot read: {e.strerror}") from None
+
+
+def certificate_matches(trunk: Any, der: bytes | None) -> bool:
+    """Whether a TLS peer certificate (DER) is one ``trunk`` lists.
+
+    By SHA-256 fingerprint (``trunk.tls_fingerprints``, lower-case hex), or by
+    subject (``trunk.tls_subjects``): the whole RFC 4514 string, or one
+    ``CN=...`` that equals the certificate's common name.  No certificate: no match.
+    The chain itself was already checked against ``tls.client_ca`` in the handshake.
+    """
+    if der is None:
+        return False
+    if trunk.tls_fingerprints and hashlib.sha256(der).hexdigest() in trunk.tls_fingerprints:
+        return True
+    if not trunk.tls_subjects:
+        return False
+    try:
+        subject = x509.load_der_x509_certificate(der).subject
+    except ValueError:
+        return False
+    full = subject.rfc4514_string()
+    names = {
+        "CN=" + (a.value if isinstance(a.value, str) else a.value.decode("utf-8", "replace"))
+        for a in subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    }
+    return any(s == full or s in names for s in trunk.tls_subjects)

@@ -68,7 +68,11 @@ class StubRouter:
         return ip in ("127.0.0.2", "127.0.0.3")
 
     def trunk_for_source(self, ip: str) -> Any:
-        return SimpleNamespace(name="loopback", media="as-offered") if ip == "127.0.0.1" else None
+        return (
+            SimpleNamespace(name="loopback", media="as-offered", needs_certificate=False)
+            if ip == "127.0.0.1"
+            else None
+        )
 
     def report_failure(self, target: Any, now: float) -> None:
         self.failures.append(target)
