@@ -23,7 +23,13 @@ Rules of this file:
   section is named after the call key, the others ``<call key>#<index>``.  Legs are
   made on the first offer that relays their section and live until :meth:`end`; the
   offering side's leg multiplexes RTCP when its offer asked for it (RFC 5761), the
-  other side's never (it may not support it, and a leg cannot change later).
+  other side's not until that side offers it (it may not support it).
+- A re-offer that turns rtcp-mux on or off adapts the offering side's leg in place
+  (:meth:`media.relay.Leg.set_rtcp_mux`): its ports stay, so the other side sees no
+  change and needs no new port.  On: the RTCP socket closes (its port stays reserved
+  with the pair).  Off: the reserved odd port is bound again; should that fail, the
+  leg keeps multiplexing and the answer names the RTP port in ``a=rtcp`` without
+  ``a=rtcp-mux`` (RFC 3605), which works with any endpoint and is logged.
 - A leg's SRTP context lives as long as its key: a re-offer with the same key keeps
   the context (its roll-over counter and replay window), a new key gets a new one.
 - ``passthrough`` on either side's policy, or ``[media] enabled = false``: the SDP
@@ -194,6 +200,9 @@ class MediaController:
             except BaseException:
                 await self._drop_sessions(call, created, new)
                 raise
+            for d in plan.relayed:
+                if d.index not in created:
+                    await self._switch_rtcp_mux(call, d.index, side, d.rtcp_mux)
             ports = {
                 d.index: {s: _ports(self._leg(call, d.index, s)) for s in SIDES}
                 for d in plan.relayed
@@ -371,6 +380,32 @@ class MediaController:
             await self.relay.delete_session(name)
             raise
         call.sessions[index] = session
+
+    async def _switch_rtcp_mux(self, call: _Call, index: int, side: Side, mux: bool) -> None:
+        """A re-offer from ``side`` asks for (or no longer asks for) rtcp-mux."""
+        leg = self._leg(call, index, side)
+        if leg.rtcp_mux == mux:
+            return
+        if await leg.set_rtcp_mux(mux):
+            self._emit(
+                "info",
+                "media_rtcp_mux_switched",
+                call=call.key,
+                index=index,
+                side=side,
+                rtcp_mux=mux,
+                port=leg.local_rtp_port,
+            )
+        else:
+            self._emit(
+                "warning",
+                "media_rtcp_mux_kept",
+                call=call.key,
+                index=index,
+                side=side,
+                port=leg.local_rtp_port,
+                problem="RTCP port busy: RTCP stays on the RTP port",
+            )
 
     async def _drop_sessions(self, call: _Call, indexes: list[int], whole: bool) -> None:
         """Undo a failed offer: the sessions it made, and the call if it was new."""

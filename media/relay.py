@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, Final, Protocol
@@ -151,6 +152,7 @@ class Leg:
         "session",
         "ports",
         "rtcp_mux",
+        "remote_mux",
         "rtp_latch",
         "rtcp_latch",
         "inbound",
@@ -171,7 +173,8 @@ class Leg:
         self.name = name
         self.session = session
         self.ports = ports
-        self.rtcp_mux = ports.rtcp_mux
+        self.rtcp_mux = ports.rtcp_mux  # RTCP is received on the RTP port
+        self.remote_mux = ports.rtcp_mux  # the endpoint takes RTCP on its RTP port
         self.rtp_latch = Latch(latch)
         self.rtcp_latch = Latch(latch)
         self.inbound: CryptoTransform | None = None
@@ -207,11 +210,13 @@ class Leg:
         """The endpoint's address from SDP (c= and m=, a=rtcp), again on re-INVITE.
 
         ``rtcp_port`` defaults to ``rtp_port + 1`` (RFC 3550 §11), or ``rtp_port``
-        with rtcp-mux.  ``sip_source``: the IP the endpoint's SIP came from, also
-        trusted as proof for plain RTP (a NATed phone names its private address).
-        A changed address unlatches; port 0 (a disabled stream) clears the remote.
-        Raise ValueError for anything but an IP literal of the relay's family, or a
-        port outside 1-65535.
+        when this leg multiplexes; an explicit one wins (an endpoint that stopped
+        multiplexing while this leg could not, see :meth:`set_rtcp_mux`).
+        ``sip_source``: the IP the endpoint's SIP came from, also trusted as proof
+        for plain RTP (a NATed phone names its private address).  A changed address
+        unlatches; port 0 (a disabled stream) clears the remote.  Raise ValueError
+        for anything but an IP literal of the relay's family, or a port outside
+        1-65535.
         """
         if rtp_port == 0:
             self.clear_remote()
@@ -223,10 +228,9 @@ class Leg:
                 raise ValueError(f"port {port} out of range")
         extra = (sip_source,) if sip_source else ()
         self.rtp_latch.set_signalled(ip, rtp_port, extra)
-        if self.rtcp_mux:
-            rtcp_port = rtp_port
-        elif rtcp_port is None:
-            rtcp_port = rtp_port + 1
+        if rtcp_port is None:
+            rtcp_port = rtp_port if self.rtcp_mux else rtp_port + 1
+        self.remote_mux = rtcp_port == rtp_port
         self.rtcp_latch.set_signalled(ip, rtcp_port, extra)
 
     def clear_remote(self) -> None:
@@ -250,9 +254,47 @@ class Leg:
         latch = self.rtcp_latch
         if latch.latched is not None:
             return latch.latched
-        if self.rtcp_mux and self.rtp_latch.latched is not None:
+        if self.remote_mux and self.rtp_latch.latched is not None:
             return self.rtp_latch.latched
         return latch.signalled
+
+    async def set_rtcp_mux(self, mux: bool) -> bool:
+        """Switch RTCP multiplexing (RFC 5761) for a re-offer that turned it on or off;
+        False when it stays on because the RTCP port cannot be bound.
+
+        On: RTCP comes and goes on the RTP port; the RTCP socket is closed, its port
+        stays reserved with the pair (:mod:`media.ports`).  Off: that reserved odd port
+        is bound again.  Should something outside the pool hold it, the leg keeps
+        multiplexing: its SDP then names the RTP port in ``a=rtcp`` without
+        ``a=rtcp-mux`` (RFC 3605), the endpoint's RTCP arrives there and is told from
+        RTP by its packet type (RFC 5761 §4), and RTCP to the endpoint goes to the port
+        its SDP gave (:meth:`set_remote` with an explicit ``rtcp_port``).
+        """
+        if mux == self.rtcp_mux:
+            return True
+        if mux:
+            old = self.rtcp_transport
+            self.rtcp_mux = True
+            self.rtcp_transport = self.rtp_transport
+            if old is not None and old is not self.rtp_transport:
+                old.close()
+            return True
+        family = socket.AF_INET6 if ":" in self.local_host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            # No SO_REUSEADDR, as in the pool: a port another socket holds must fail.
+            sock.bind((self.local_host, self.ports.rtcp_port))
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            return False
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _LegSocket(self, True), sock=sock
+        )
+        self.rtcp_transport = transport
+        self.rtcp_mux = False
+        return True
 
     def send(self, data: bytes, destination: Address, rtcp: bool = False) -> None:
         """Send from this leg's RTP (or RTCP) socket: for STUN answers and the like."""

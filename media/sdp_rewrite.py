@@ -663,11 +663,14 @@ def _remote(sd: SessionDescription, m: MediaDescription, previous: Remote | None
     conn = sd.connection_for(m)
     if conn is None or conn.is_unspecified:
         return previous if previous is not None else DISABLED
-    rtcp_port = None
+    # Explicit, so that a leg whose multiplexing differs from the endpoint's (see
+    # media.relay.Leg.set_rtcp_mux) still sends RTCP where the endpoint wants it.
+    rtcp_port = m.port if m.rtcp_mux else m.port + 1
     if not m.rtcp_mux:
         try:
             rtcp = m.rtcp()
         except SipError:
             rtcp = None
-        rtcp_port = rtcp.port if rtcp is not None and rtcp.port else None
+        if rtcp is not None and rtcp.port:
+            rtcp_port = rtcp.port
     return Remote(str(ipaddress.ip_address(conn.host)), m.port, rtcp_port)

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import dataclasses
 import random
+import socket
 import struct
 import tomllib
 from collections.abc import AsyncIterator, Callable
@@ -793,3 +794,133 @@ def test_dev_config_relays_media_on_loopback() -> None:
     assert cfg.media_policy_of_trunk("loopback") == "as-offered"
     example = config.load(ROOT / "configs" / "sipedge.example.toml", env={}, check_files=False)
     assert dataclasses.replace(example.media) == config.MediaConfig()
+
+
+# ---------------------------------------------------------------- rtcp-mux on re-offer
+
+
+async def _re_offer(
+    media: MediaController, caller: Phone, callee: Phone, version: int, mux: bool
+) -> SessionDescription:
+    """The caller re-offers (with or without a=rtcp-mux); the callee answers plainly.
+    Returns the relay's answer to the caller."""
+    extra = "a=rtcp-mux\n" if mux else ""
+    offer = await media.offer(
+        "call-1",
+        "caller",
+        caller.sdp(version=version, extra=extra),
+        from_policy="as-offered",
+        to_policy="as-offered",
+        source_ip=CALLER,
+    )
+    callee.learn(offer)
+    answer = await media.answer("call-1", "callee", callee.sdp(version=version))
+    return caller.learn(answer)
+
+
+async def _rtcp_both_ways(caller: Phone, callee: Phone, caller_mux: bool) -> None:
+    """RTCP from the caller (on its RTP socket when it multiplexes) reaches the callee's
+    RTCP socket, and back to the caller's RTP or RTCP socket."""
+    assert caller.relay_rtcp is not None and callee.relay_rtcp is not None
+    out = caller.rtp if caller_mux else caller.rtcp
+    out.send(rtcp_rr(0x1111), caller.relay_rtcp)
+    data, source = await callee.rtcp.recv()
+    assert (data, source) == (rtcp_rr(0x1111), callee.relay_rtcp)
+    callee.rtcp.send(rtcp_rr(0x2222), callee.relay_rtcp)
+    data, source = await out.recv()
+    assert (data, source) == (rtcp_rr(0x2222), caller.relay_rtcp)
+
+
+async def test_re_offer_turns_rtcp_mux_on_for_the_same_leg(
+    make: Callable[..., MediaController], harness: Harness, logs: Logs
+) -> None:
+    """RFC 5761 §5.1.3 on a re-INVITE: the leg switches in place (same ports), the
+    answer grants rtcp-mux, RTCP comes and goes on the RTP port; RTP goes on."""
+    media = make(log=logs)
+    caller, callee = await plain_call(media, harness)
+    before = caller.relay
+    assert caller.relay_rtcp is not None and before is not None
+    assert caller.relay_rtcp[1] == before[1] + 1
+    sd = await _re_offer(media, caller, callee, 2, mux=True)
+    assert sd.media[0].rtcp_mux and caller.relay == before
+    assert caller.relay_rtcp == before  # a=rtcp names the RTP port
+    await _rtcp_both_ways(caller, callee, caller_mux=True)
+    assert await exchange(caller, callee, rtp(1)) == rtp(1)
+    assert await exchange(callee, caller, rtp(2, 0x2222)) == rtp(2, 0x2222)
+    (event,) = logs.events("media_rtcp_mux_switched")
+    assert event["rtcp_mux"] is True and event["side"] == "caller"
+
+
+async def test_re_offer_turns_rtcp_mux_off_binding_the_reserved_port(
+    make: Callable[..., MediaController], harness: Harness, logs: Logs
+) -> None:
+    """A caller that offered rtcp-mux re-offers without: its leg binds the odd port the
+    pool kept reserved, the answer names it in a=rtcp without a=rtcp-mux."""
+    media = make(log=logs)
+    caller, callee = await harness.phone(CALLER), await harness.phone(CALLEE)
+    offer = await media.offer(
+        "call-1",
+        "caller",
+        caller.sdp(extra="a=rtcp-mux\n"),
+        from_policy="as-offered",
+        to_policy="as-offered",
+        source_ip=CALLER,
+    )
+    callee.learn(offer)
+    sd = caller.learn(await media.answer("call-1", "callee", callee.sdp()))
+    assert sd.media[0].rtcp_mux
+    await _rtcp_both_ways(caller, callee, caller_mux=True)
+    before = caller.relay
+    assert before is not None
+    sd = await _re_offer(media, caller, callee, 2, mux=False)
+    assert not sd.media[0].rtcp_mux and caller.relay == before
+    assert caller.relay_rtcp == (RELAY, before[1] + 1)
+    await _rtcp_both_ways(caller, callee, caller_mux=False)
+    assert await exchange(caller, callee, rtp(1)) == rtp(1)
+    # And on again: back to the RTP port.
+    sd = await _re_offer(media, caller, callee, 3, mux=True)
+    assert sd.media[0].rtcp_mux and caller.relay_rtcp == before
+    await _rtcp_both_ways(caller, callee, caller_mux=True)
+    assert [e["rtcp_mux"] for e in logs.events("media_rtcp_mux_switched")] == [False, True]
+
+
+async def test_re_offer_without_rtcp_mux_when_the_odd_port_is_taken(
+    make: Callable[..., MediaController], harness: Harness, logs: Logs
+) -> None:
+    """Something outside the pool holds the reserved odd port: the leg keeps
+    multiplexing; the answer has no a=rtcp-mux and names the RTP port in a=rtcp (RFC
+    3605); RTCP still flows both ways, to the port the caller's SDP gave."""
+    media = make(log=logs)
+    caller, callee = await harness.phone(CALLER), await harness.phone(CALLEE)
+    offer = await media.offer(
+        "call-1",
+        "caller",
+        caller.sdp(extra="a=rtcp-mux\n"),
+        from_policy="as-offered",
+        to_policy="as-offered",
+        source_ip=CALLER,
+    )
+    callee.learn(offer)
+    caller.learn(await media.answer("call-1", "callee", callee.sdp()))
+    before = caller.relay
+    assert before is not None
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        squatter.bind((RELAY, before[1] + 1))
+        sd = await _re_offer(media, caller, callee, 2, mux=False)
+    finally:
+        squatter.close()
+    assert not sd.media[0].rtcp_mux and caller.relay == before
+    assert caller.relay_rtcp == before
+    assert caller.relay_rtcp is not None
+    # The caller no longer multiplexes: it sends RTCP from its RTCP socket to the port
+    # the relay named (the RTP port) and takes RTCP on its own RTCP port.
+    caller.rtcp.send(rtcp_rr(0x1111), caller.relay_rtcp)
+    assert (await callee.rtcp.recv())[0] == rtcp_rr(0x1111)
+    assert callee.relay_rtcp is not None
+    callee.rtcp.send(rtcp_rr(0x2222), callee.relay_rtcp)
+    data, source = await caller.rtcp.recv()
+    assert (data, source) == (rtcp_rr(0x2222), before)
+    assert await exchange(caller, callee, rtp(1)) == rtp(1)
+    (event,) = logs.events("media_rtcp_mux_kept")
+    assert event["side"] == "caller"

@@ -484,7 +484,8 @@ def test_remote_addresses_from_both_sides() -> None:
     call.answer(golden_step("plain", 1), "callee")
     sides = call.neg.streams[0].sides
     assert (sides["caller"].remote.ip, sides["caller"].remote.rtp_port) == ("192.0.2.10", 17238)  # type: ignore[union-attr]
-    assert sides["caller"].remote.rtcp_port is None  # type: ignore[union-attr]
+    # No a=rtcp: RTP + 1 (RFC 3550 §11), explicit so a leg's own rtcp-mux cannot change it.
+    assert sides["caller"].remote.rtcp_port == 17239  # type: ignore[union-attr]
     assert sides["callee"].remote is not None
     assert (sides["callee"].remote.ip, sides["callee"].remote.rtp_port) == ("198.51.100.5", 11544)
     assert sides["callee"].remote.rtcp_port == 11545
