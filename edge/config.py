@@ -233,6 +233,8 @@ class TrunkConfig:
     # or subject (RFC 4514 string, or just "CN=...") is listed.
     tls_fingerprints: tuple[str, ...] = ()
     tls_subjects: tuple[str, ...] = ()
+    # "e164": calls from and to this trunk must name E.164 numbers ("+" and digits).
+    numbers: str = "any"
 
     @property
     def needs_certificate(self) -> bool:
@@ -669,7 +671,16 @@ def _parse_trunks(value: Any) -> tuple[TrunkConfig, ...]:
         _no_unknown_keys(
             t,
             where,
-            {"name", "allow", "address", "prefixes", "media", "tls_fingerprints", "tls_subjects"},
+            {
+                "name",
+                "allow",
+                "address",
+                "prefixes",
+                "media",
+                "tls_fingerprints",
+                "tls_subjects",
+                "numbers",
+            },
         )
         name = _name(t, where)
         if name in names:
@@ -709,6 +720,7 @@ def _parse_trunks(value: Any) -> tuple[TrunkConfig, ...]:
                 media=_media_policy(t, where, "media", TrunkConfig(name="").media),
                 tls_fingerprints=_fingerprints(t, where),
                 tls_subjects=_subjects(t, where),
+                numbers=_choice(t, where, "numbers", "any", ("any", "e164")),
             )
         )
     return tuple(trunks)

@@ -37,6 +37,7 @@ from edge.dialogs import Dialog, DialogTable
 from edge.flows import FlowTokens
 from edge.proxy_media import MediaMixin
 from edge.proxy_state import _ClientCtx, _Forward, _ServerCtx
+from edge.routing import is_e164
 from edge.state import MemoryStateStore
 from edge.tls import certificate_matches
 from edge.transport import Destination, Source
@@ -269,6 +270,8 @@ class Proxy(MediaMixin):
             return
         try:
             check_proxy_request(req)
+            if role == "carrier" and req.method == "INVITE" and req.to.tag is None:
+                self._check_carrier_numbers(req, ip)
         except SipError as error:
             self._reply_stateless(req, source, error.status_hint, error.headers)
             return
@@ -341,6 +344,10 @@ class Proxy(MediaMixin):
                 return
             decision_policy = self._policy_of(decision)
             if decision.kind == "trunk":
+                if self._trunk_numbers(decision.name) == "e164" and not is_e164(fwd_req.uri.user):
+                    # A carrier wants E.164: better the upstream hears it now.
+                    self._reply(ctx, 484)
+                    return
                 target = decision.targets[0]
                 fwd_req.uri = fwd_req.uri.replace(host=target.host, port=target.port)
                 fwd_req.headers.remove(self.trunk_header)
@@ -931,6 +938,22 @@ class Proxy(MediaMixin):
         ):
             return None
         return role
+
+    def _trunk_numbers(self, name: str) -> str:
+        for trunk in self.config.trunks:
+            if trunk.name == name:
+                return str(getattr(trunk, "numbers", "any"))
+        return "any"
+
+    def _check_carrier_numbers(self, req: Request, ip: str) -> None:
+        """A trunk that promises E.164 numbers gets 484/400 when it breaks the promise."""
+        trunk = self._roles.get(ip, (None, None))[1]
+        if trunk is None or getattr(trunk, "numbers", "any") != "e164":
+            return
+        if not is_e164(req.uri.user):
+            raise SipError("Request-URI is not an E.164 number", status_hint=484)
+        if not is_e164(req.from_.uri.user):
+            raise SipError("From is not an E.164 number", status_hint=400)
 
     def forget_roles(self) -> None:
         self._roles.clear()

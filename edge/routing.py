@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -92,6 +93,15 @@ def normalize_number(user: str) -> str:
     (``+4930123;npdi`` of a ``user=phone`` URI, RFC 3261 §19.1.6), escapes decoded,
     visual separators removed.  ``"+1 (212) 555-0100"`` gives ``"+12125550100"``."""
     return unquote(user.split(";", 1)[0]).translate(_VISUAL_SEPARATORS)
+
+
+# ITU-T E.164: "+", a country code that does not start with 0, at most 15 digits.
+_E164: Final = re.compile(r"\+[1-9][0-9]{1,14}")
+
+
+def is_e164(user: str | None) -> bool:
+    """Whether a URI user part is an E.164 number (after :func:`normalize_number`)."""
+    return user is not None and _E164.fullmatch(normalize_number(user)) is not None
 
 
 def _ip(text: str) -> IPAddress | None:

@@ -497,3 +497,72 @@ async def test_late_offer_goes_through_the_relay(proxy: Proxy) -> None:
     ((fwd_ack, dest),) = only(t.take(), Request)
     assert media.answers == [("call-1@127.0.0.1;a1", "caller")]
     assert b"m=audio 5000" in fwd_ack.body and dest == Destination("udp", *PBX1)
+
+
+# ---------------------------------------------------------------- who gets in (issue 5)
+
+
+async def test_carrier_promising_e164_gets_484_and_400(proxy: Proxy) -> None:
+    t: FakeTransport = proxy.transport
+    trunk = SimpleNamespace(name="loopback", media="rtp", needs_certificate=False, numbers="e164")
+    proxy.router.trunk_for_source = lambda ip: trunk if ip == "127.0.0.1" else None
+    proxy.forget_roles()
+    proxy.on_message(invite(), udp(CALLER))  # sip:1000@...: not E.164
+    ((resp, _),) = t.take()
+    assert isinstance(resp, Response) and resp.status == 484
+    good_uri = invite("z9hG4bKcaller2").replace(b"INVITE sip:1000@", b"INVITE sip:+15559876543@")
+    proxy.on_message(good_uri, udp(CALLER))
+    ((resp, _),) = t.take()
+    assert isinstance(resp, Response) and resp.status == 400  # From is sip:alice@...
+    both = invite("z9hG4bKcaller3").replace(b"INVITE sip:1000@", b"INVITE sip:+1-555-987-6543@")
+    both = both.replace(b"From: <sip:alice@", b"From: <sip:+15551234567@")
+    proxy.on_message(both, udp(CALLER))
+    sent = t.take()
+    assert [r.status for r, _ in only(sent, Response)] == [100]
+    assert len(only(sent, Request)) == 1
+
+
+async def test_forged_identity_headers_are_stripped_from_a_carrier(proxy: Proxy) -> None:
+    t: FakeTransport = proxy.transport
+    forged = ("X-Sipedge-Customer-Id: someone-else", "P-Asserted-Identity: <sip:boss@x>")
+    proxy.on_message(invite(extra=forged), udp(CALLER))
+    ((fwd, _),) = only(t.take(), Request)
+    assert "X-Sipedge-Customer-Id" not in fwd.headers
+    # A carrier is trusted to assert identities (RFC 3325 trust domain): PAI stays.
+    assert fwd.headers.get("P-Asserted-Identity") == "<sip:boss@x>"
+
+
+async def test_a_banned_source_is_dropped_before_parsing(proxy: Proxy) -> None:
+    t: FakeTransport = proxy.transport
+    now = proxy.admission.clock()
+    proxy.admission.store.ban("127.0.0.9", now + 60, "test", now)
+    proxy.on_message(b"\x00garbage that would otherwise cost a parse", udp(("127.0.0.9", 5070)))
+    proxy.on_message(invite(), udp(("127.0.0.9", 5070)))
+    assert t.take() == []
+    assert proxy.counters.get("parse_errors", 0) == 0
+    (ban,) = proxy.admission.store.bans(now)
+    assert ban.hits == 2
+
+
+async def test_a_stranger_cannot_end_or_cancel_other_peoples_calls(proxy: Proxy) -> None:
+    t: FakeTransport = proxy.transport
+    proxy.on_message(invite(), udp(CALLER))
+    ((fwd, _),) = only(t.take(), Request)
+    proxy.on_message(answer(fwd, 200), udp(PBX1))
+    t.take()
+    to_tag = "callee1"
+    bye = build(
+        "BYE sip:1000@127.0.0.1:5060 SIP/2.0",
+        "Via: SIP/2.0/UDP 127.0.0.9:5070;branch=z9hG4bKevil;rport",
+        "Max-Forwards: 70",
+        "From: <sip:caller@127.0.0.1>;tag=caller-tag",
+        f"To: <sip:1000@127.0.0.1>;tag={to_tag}",
+        f"Call-ID: {fwd.call_id}",
+        "CSeq: 2 BYE",
+        "Content-Length: 0",
+    )
+    proxy.on_message(bye, udp(("127.0.0.9", 5070)))
+    sent = t.take()
+    assert only(sent, Request) == []  # not forwarded to the callee
+    assert all(r.status == 407 for r, _ in only(sent, Response))
+    assert len(proxy.dialogs) == 1

@@ -547,3 +547,12 @@ def test_upstream_source_by_ip() -> None:
     assert router.is_upstream_source("2001:db8:0::10")
     assert not router.is_upstream_source("192.0.2.11")
     assert not router.is_upstream_source("garbage")
+
+
+def test_e164_numbers() -> None:
+    from edge.routing import is_e164
+
+    for good in ("+15551234567", "+4930123456", "+1-555-123-4567", "+1(555)1234567", "+12"):
+        assert is_e164(good), good
+    for bad in (None, "", "15551234567", "+0123456", "+1234567890123456", "alice", "+1555x", "+"):
+        assert not is_e164(bad), bad
