@@ -1,10 +1,28 @@
 """The proxy's media side: SDP through the relay, and calls the edge ends itself.
 
 A mixin of :class:`edge.proxy.Proxy` (it reads the proxy's tables and calls
-its forwarding methods): offers and answers of INVITE/UPDATE go through the
-media controller (:mod:`edge.media`) before they are forwarded, in the order
-they arrived; a failed call gives its relay session back; a call whose media
-stopped is ended with a BYE to each party.
+its forwarding methods): offers and answers go through the media controller
+(:mod:`edge.media`) before they are forwarded, in the order they arrived; a
+failed call gives its relay session back; a call whose media stopped is ended
+with a BYE to each party (and an audit event when ``audit`` is set).
+
+Offer/answer per call (RFC 3264 §4, RFC 3262 §5, RFC 3311, RFC 6337 §2.1):
+
+- The call remembers which side's offer waits for an answer (``oa_pending`` in
+  the dialog's extra), decided when each message arrives.
+- SDP in INVITE and UPDATE is an offer; in a PRACK, the answer when the other
+  side's offer waits (it came in a reliable provisional response), else an
+  offer; in an ACK, the answer when the other side's offer (in the 2xx) waits,
+  else it is removed (an ACK makes no offer).
+- SDP in a response answers the request's offer.  With no offer in an INVITE
+  (a late offer, first or re-INVITE) the responder's first SDP is the offer,
+  and a different one replaces it until it is answered.  Once the exchange is
+  complete, responses may repeat their SDP (the cached rewrite is sent again)
+  but new SDP is removed, never forwarded as it came.  An unreliable 18x only
+  previews the answer the 2xx gives.
+- The SDP may be the body or the ``application/sdp`` part of a multipart body
+  (RFC 5621, :mod:`sip.multipart`): only that part changes.  A multipart body
+  without SDP, or one that does not parse, carries no SDP.
 """
 
 from __future__ import annotations
@@ -14,6 +32,7 @@ import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from edge.audit import AuditLog, call_resource_id
 from edge.dialogs import Dialog, DialogTable
 from edge.proxy_state import _ClientCtx, _Forward
 from media.sdp_rewrite import Side, other_side
@@ -44,7 +63,14 @@ def _reliable_provisional(resp: Response) -> bool:
         return False
 
 
+# The audit event of a call the edge ended because its media stopped.
+MEDIA_TIMEOUT = "media_timeout"
+
+
 class MediaMixin:
+    # Where audit events go; None: none (set by whoever wires the audit log).
+    audit: AuditLog | None = None
+
     # Provided by edge.proxy.Proxy.
     config: Any
     router: Any
@@ -372,6 +398,20 @@ class MediaMixin:
         for dialog in self.dialogs:
             if dialog.extra.get("media_key") in timed_out:
                 self.log("warning", "media_timeout", call_id=dialog.call_id)
+                if self.audit is not None:
+                    self.audit.event(
+                        MEDIA_TIMEOUT,
+                        action="terminate",
+                        customer_id=dialog.extra.get("customer_id"),
+                        resource_type="call",
+                        resource_id=call_resource_id(dialog.call_id),
+                        details={
+                            "reason": "no media either way",
+                            "timeout": getattr(self.media, "timeout", None),
+                            "caller": dialog.caller,
+                            "callee": dialog.callee,
+                        },
+                    )
                 self._bye_both(dialog)
                 self._end_call(dialog, "media-timeout")
 

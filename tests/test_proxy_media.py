@@ -12,12 +12,15 @@ provisional responses and PRACK), RFC 3311 (UPDATE in the early dialog), RFC 633
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from edge.audit import AuditLog, call_resource_id
 from edge.media import MediaController
 from edge.proxy import Proxy
 from edge.transport import Destination
@@ -506,3 +509,28 @@ async def test_multipart_answer_refused_loses_only_its_sdp_part(call: Call) -> N
     ok = one(await call.from_callee(call.response(invite, 200, answer, ctype=MIXED)), Response)
     assert b"application/sdp" not in ok.body and ISUP in ok.body
     assert b"127.0.0.3" not in ok.body
+
+
+# ---------------------------------------------------------------- media timeout audit
+
+
+async def test_media_timeout_writes_an_audit_event(call: Call) -> None:
+    """The edge ends a call whose media stopped: BYE to each party and one audit line
+    (edge/audit.py) naming the call by its pseudonymous resource id."""
+    stream = io.StringIO()
+    call.proxy.audit = AuditLog(None, stream=stream)
+    invite = await call.start(call.caller.sdp())
+    call.callee.learn(invite.body)
+    call.caller.learn(
+        one(await call.from_callee(call.response(invite, 200, call.callee.sdp())), Response).body
+    )
+    call.media.timed_out = lambda now: [KEY]  # type: ignore[method-assign]
+    call.proxy._media_timeouts(0.0)
+    byes = [m for m, _ in call.t.take() if isinstance(m, Request) and m.method == "BYE"]
+    assert len(byes) == 2
+    (line,) = [json.loads(x) for x in stream.getvalue().splitlines()]
+    assert line["event_type"] == "media_timeout" and line["action"] == "terminate"
+    assert line["resource_type"] == "call"
+    assert line["resource_id"] == call_resource_id("call-1@127.0.0.1")
+    assert line["details"]["reason"] == "no media either way"
+    assert "call-1@127.0.0.1" not in stream.getvalue()  # the Call-ID stays out
