@@ -535,16 +535,23 @@ class Admission:
             details={
                 "source": _number(req.from_.uri),
                 "destination": _number(req.uri),
-                "via": identity.scheme if identity else "",
+                "authenticated_by": identity.scheme if identity else "",
+                "identity": identity.name if identity else "",
             },
         )
 
     def call_ended(
-        self, call_id: str, reason: str, duration: float | None, customer_id: str | None
+        self,
+        call_id: str,
+        reason: str,
+        duration: float | None,
+        customer_id: str | None,
+        source_ip: str | None = None,
     ) -> None:
         self._audit(
             events.CALL_ENDED,
             action="delete",
+            source_ip=source_ip,
             customer_id=customer_id,
             resource_type="call",
             resource_id=call_resource_id(call_id),

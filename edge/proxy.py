@@ -258,7 +258,7 @@ class Proxy(MediaMixin):
         decision = self.admission.admit(
             req,
             ip,
-            trusted=trusted_identity(role),
+            trusted=trusted_identity(role, self._trusted_name(ip)),
             known_dialog=role is None and self._known_dialog(req, ip),
         )
         if decision.action is Action.DROP:
@@ -621,7 +621,10 @@ class Proxy(MediaMixin):
         now = time.time()
         self.dialogs.end(dialog, now, reason)
         duration = now - dialog.answered if dialog.answered is not None else None
-        self.admission.call_ended(dialog.call_id, reason, duration, dialog.extra.get("customer_id"))
+        extra = dialog.extra
+        self.admission.call_ended(
+            dialog.call_id, reason, duration, extra.get("customer_id"), extra.get("caller_ip")
+        )
 
     def _known_dialog(self, req: Request, ip: str) -> bool:
         """A request of a call the edge admitted, from one of its two parties."""
@@ -938,6 +941,10 @@ class Proxy(MediaMixin):
         ):
             return None
         return role
+
+    def _trusted_name(self, ip: str) -> str:
+        trunk = self._roles.get(ip, (None, None))[1]
+        return str(trunk.name) if trunk is not None else ip
 
     def _trunk_numbers(self, name: str) -> str:
         for trunk in self.config.trunks:
