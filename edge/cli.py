@@ -1,15 +1,21 @@
 """The ``sipedge`` command line.
 
 Commands: ``run`` and ``check-config`` (the proxy), ``users add|list|remove``
-(SIP Digest users), ``keys create|list|revoke`` (trunk access keys) and
-``token create`` (a Bearer JWT).  The admin commands find the credential
-database and realm in the ``[auth]`` section of ``--config FILE``
-(``auth.database``, relative to the working directory, and ``auth.realm``);
-``--database`` and ``--realm`` override them or stand in for a config file.
+(SIP Digest users), ``keys create|list|revoke`` (trunk access keys),
+``token create`` (a Bearer JWT), and ``bans list|remove``, ``calls [show]`` and
+``reload``, which ask the running process over its control socket
+(``[control] path`` of ``--config FILE``, or ``--socket PATH``).
+
+The admin commands find the credential database and realm in the ``[auth]``
+section of ``--config FILE`` (``auth.database``, relative to the working
+directory, and ``auth.realm``); ``--database`` and ``--realm`` override them or
+stand in for a config file.
 
 Exit statuses:
   0  success (``run``: stopped by SIGTERM/SIGINT after draining)
   1  ``run``: an internal failure (logged with its traceback);
+     ``bans``/``calls``/``reload``: sipedge is not running or answered with
+     an error (no such ban, no such call);
      ``users remove`` / ``keys revoke``: no such user / live key;
      any admin command: the database failed (locked, corrupt, disk full)
   2  usage or configuration error, or a start-up failure the operator can fix
@@ -31,7 +37,9 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import ipaddress
 import json
+import math
 import os
 import sqlite3
 import sys
@@ -40,7 +48,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from edge import __version__, config, tokens
+from edge import __version__, config, control, tokens
 from edge.config_security import AuthConfig
 from edge.credentials import (
     AccessKeyRecord,
@@ -100,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     _users_parser(sub)
     _keys_parser(sub)
     _token_parser(sub)
+    _control_parsers(sub)
     return parser
 
 
@@ -570,6 +579,410 @@ def cmd_token_create(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     except (CredentialError, ValueError) as e:
         return _fail(str(e))
     print(token)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- control commands
+# These ask the running process over its control socket (edge/control.py).
+
+
+def _control_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML configuration file (its [control] path)"
+    )
+    parser.add_argument(
+        "--socket",
+        metavar="PATH",
+        help=f"the control socket, instead of control.path (default {control.DEFAULT_PATH})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long to wait for the answer (default 5)",
+    )
+
+
+def _numbers_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--show-numbers",
+        action="store_true",
+        help="print telephone numbers in full (masked by default, e.g. +1555***4567)",
+    )
+
+
+def _control_parsers(sub: Any) -> None:
+    bans = sub.add_parser(
+        "bans",
+        help="list and lift the running process's bans",
+        description=(
+            "List the addresses the running sipedge bans (flood, failed authentication) "
+            "and lift a ban. Asks the process over its control socket."
+        ),
+    )
+    bans_sub = bans.add_subparsers(dest="action", metavar="ACTION", required=True)
+    ls = bans_sub.add_parser(
+        "list",
+        help="list live bans",
+        description=(
+            "List live bans: address, reason, since and until (UTC), the seconds "
+            "remaining and the packets dropped while banned."
+        ),
+    )
+    _control_arguments(ls)
+    _json_argument(ls)
+    ls.set_defaults(func=cmd_bans_list)
+    rm = bans_sub.add_parser(
+        "remove", help="lift a ban", description="Lift the ban on ADDRESS; exit 1 if there is none."
+    )
+    rm.add_argument("address", metavar="ADDRESS", help="an IPv4 or IPv6 address")
+    _control_arguments(rm)
+    rm.set_defaults(func=cmd_bans_remove)
+
+    calls = sub.add_parser(
+        "calls",
+        help="list the running process's live calls",
+        description=(
+            "List live calls: Call-ID, parties (numbers masked unless --show-numbers), "
+            "state, age, transports, media profiles, packets relayed each way and drops. "
+            "`calls show CALL-ID` prints one call in full. Asks the process over its "
+            "control socket."
+        ),
+    )
+    _control_arguments(calls)
+    _json_argument(calls)
+    _numbers_argument(calls)
+    calls.set_defaults(func=cmd_calls_list)
+    calls_sub = calls.add_subparsers(dest="action", metavar="ACTION")
+    calls_ls = calls_sub.add_parser("list", help="list live calls (the default)")
+    _control_arguments(calls_ls)
+    _json_argument(calls_ls)
+    _numbers_argument(calls_ls)
+    calls_ls.set_defaults(func=cmd_calls_list)
+    show = calls_sub.add_parser(
+        "show", help="print one call in full", description="Print one live call; exit 1 if none."
+    )
+    show.add_argument("call_id", metavar="CALL-ID")
+    _control_arguments(show)
+    show.add_argument("--json", action="store_true", help="print a JSON object instead")
+    _numbers_argument(show)
+    show.set_defaults(func=cmd_calls_show)
+
+    reload = sub.add_parser(
+        "reload",
+        help="make the running process re-read what it can without a restart",
+        description=(
+            "Ask the running sipedge to reload (the TLS certificate, the trunk "
+            "allowlists: what SIGHUP reloads) and print what it reloaded."
+        ),
+    )
+    _control_arguments(reload)
+    reload.set_defaults(func=cmd_reload)
+
+
+def _socket_path(args: argparse.Namespace, env: Mapping[str, str]) -> str | int:
+    """The control socket to ask, or an exit status after printing why not."""
+    if args.socket:
+        return str(args.socket)
+    if args.config is None:
+        return control.DEFAULT_PATH
+    try:
+        # Only the path is needed: the TLS files are not opened.
+        cfg = config.load(args.config, env=env, check_files=False)
+    except config.ConfigError as e:
+        print(f"sipedge: {args.config}: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    return control.default_path(cfg)
+
+
+def _ask(
+    args: argparse.Namespace, env: Mapping[str, str], command: str, **fields: Any
+) -> tuple[int, Any]:
+    """(EXIT_OK, the process's answer to ``command``), or (an exit status, None)
+    after printing why not."""
+    path = _socket_path(args, env)
+    if isinstance(path, int):
+        return path, None
+    if not 0 < args.timeout <= 3600:
+        return _fail("--timeout must be more than 0 and at most 3600 seconds"), None
+    try:
+        return EXIT_OK, control.request(path, command, timeout=args.timeout, **fields)
+    except control.ControlError as e:
+        return _fail(str(e), EXIT_FAILURE), None
+
+
+def _seconds(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _iso_or_dash(value: Any) -> str:
+    t = _seconds(value)
+    return "-" if t is None else _iso(t)
+
+
+def _duration(seconds: float | None) -> str:
+    """``3723`` -> ``1h02m03s``: an age a person reads at a glance."""
+    if seconds is None:
+        return "?"
+    s = max(0, int(seconds))
+    h, rest = divmod(s, 3600)
+    m, s = divmod(rest, 60)
+    if h:
+        return f"{h}h{m:02d}m{s:02d}s"
+    if m:
+        return f"{m}m{s:02d}s"
+    return f"{s}s"
+
+
+def _ban_dict(ban: Mapping[str, Any], now: float) -> dict[str, Any]:
+    until = _seconds(ban.get("until"))
+    return {
+        "address": str(ban.get("address", "?")),
+        "reason": str(ban.get("reason", "")),
+        "since": _iso_or_dash(ban.get("since")),
+        "until": _iso_or_dash(until),
+        "remaining": None if until is None else max(0, math.ceil(until - now)),
+        "dropped": ban.get("hits", 0),
+    }
+
+
+def cmd_bans_list(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    status, result = _ask(args, env, "bans.list")
+    if status != EXIT_OK:
+        return status
+    if not isinstance(result, list):
+        return _fail("unexpected answer to bans.list", EXIT_FAILURE)
+    now = time.time()
+    bans = [_ban_dict(b, now) for b in result if isinstance(b, dict)]
+    if args.json:
+        print(json.dumps(bans, indent=2))
+        return EXIT_OK
+    header = ("ADDRESS", "REASON", "SINCE", "UNTIL", "REMAINING", "DROPPED")
+    rows = [
+        (
+            b["address"],
+            b["reason"],
+            b["since"],
+            b["until"],
+            "?" if b["remaining"] is None else f"{b['remaining']}s",
+            str(b["dropped"]),
+        )
+        for b in bans
+    ]
+    print(_table(header, rows))
+    return EXIT_OK
+
+
+def cmd_bans_remove(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    try:
+        address = _canonical_address(args.address)
+    except ValueError:
+        return _fail(f"not an IP address: {args.address!r}")
+    status, result = _ask(args, env, "bans.remove", address=address)
+    if status != EXIT_OK:
+        return status
+    if not isinstance(result, dict) or not result.get("removed"):
+        return _fail(f"no ban on {address}", EXIT_NOT_FOUND)
+    print(f"removed the ban on {address}")
+    return EXIT_OK
+
+
+def _canonical_address(text: str) -> str:
+    """The address as the proxy keys its bans: as the socket API writes it."""
+    ip = ipaddress.ip_address(text.strip())
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        # The kernel writes ::ffff:a.b.c.d; str() of Python 3.11 writes hex words.
+        return f"::ffff:{ip.ipv4_mapped}"
+    return str(ip)
+
+
+def _masked(call: Mapping[str, Any], show_numbers: bool) -> dict[str, Any]:
+    """The call with its URIs (every ``*_uri`` field) masked unless asked not to."""
+    out = dict(call)
+    if not show_numbers:
+        for key, value in out.items():
+            if key.endswith("_uri") and isinstance(value, str):
+                out[key] = control.mask_uri(value)
+    return out
+
+
+def _legs(media: Any) -> list[tuple[str, dict[str, Any]]]:
+    """(side, leg) of every stream of a call's media info."""
+    if not isinstance(media, dict) or not isinstance(media.get("streams"), list):
+        return []
+    legs: list[tuple[str, dict[str, Any]]] = []
+    for stream in media["streams"]:
+        by_side = stream.get("legs") if isinstance(stream, dict) else None
+        if isinstance(by_side, dict):
+            legs.extend((str(s), leg) for s, leg in by_side.items() if isinstance(leg, dict))
+    return legs
+
+
+def _profile(leg: Mapping[str, Any]) -> str:
+    """rtp, sdes or dtls: how a leg's media is carried (RFC 5763's UDP/TLS/... is DTLS)."""
+    proto = str(leg.get("proto") or "").upper()
+    if "TLS" in proto:
+        return "dtls"
+    if leg.get("srtp") or "SAVP" in proto:
+        return "sdes"
+    return "rtp"
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _drops(leg: Mapping[str, Any]) -> int:
+    drops = leg.get("drops")
+    return sum(_count(n) for n in drops.values()) if isinstance(drops, dict) else 0
+
+
+def _media_summary(media: Any) -> tuple[str, str, str, str]:
+    """(profiles, packets from the caller, from the callee, drops) for the list."""
+    if media is None:
+        return "-", "-", "-", "-"
+    if isinstance(media, dict) and media.get("passthrough"):
+        return "passthrough", "-", "-", "-"
+    legs = _legs(media)
+    if not legs:
+        return "?", "-", "-", "-"
+    profiles: dict[str, str] = {}
+    packets = {"caller": 0, "callee": 0}
+    for side, leg in legs:
+        profiles.setdefault(side, _profile(leg))
+        if side in packets:
+            # packets_in: accepted from this leg's endpoint and relayed to the other.
+            packets[side] += _count(leg.get("packets_in"))
+    profile = "/".join(profiles.get(s, "-") for s in ("caller", "callee"))
+    drops = sum(_drops(leg) for _, leg in legs)
+    return profile, str(packets["caller"]), str(packets["callee"]), str(drops)
+
+
+def cmd_calls_list(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    status, result = _ask(args, env, "calls.list")
+    if status != EXIT_OK:
+        return status
+    if not isinstance(result, list):
+        return _fail("unexpected answer to calls.list", EXIT_FAILURE)
+    calls = [_masked(c, args.show_numbers) for c in result if isinstance(c, dict)]
+    if args.json:
+        print(json.dumps(calls, indent=2))
+        return EXIT_OK
+    now = time.time()
+    header = (
+        "CALL-ID",
+        "FROM",
+        "TO",
+        "STATE",
+        "AGE",
+        "CALLER",
+        "CALLEE",
+        "MEDIA",
+        "PKTS_FROM_CALLER",
+        "PKTS_FROM_CALLEE",
+        "DROPS",
+    )
+    rows = []
+    for c in calls:
+        created = _seconds(c.get("created"))
+        rows.append(
+            (
+                str(c.get("call_id", "?")),
+                str(c.get("from_uri", "")),
+                str(c.get("to_uri", "")),
+                str(c.get("state", "?")),
+                _duration(None if created is None else now - created),
+                str(c.get("caller", "")),
+                str(c.get("callee", "")),
+                *_media_summary(c.get("media")),
+            )
+        )
+    print(_table(header, rows))
+    return EXIT_OK
+
+
+_SHOW_FIRST = ("call_id", "from_uri", "to_uri", "state", "created", "answered", "caller", "callee")
+_TIMES = frozenset({"created", "answered", "ended"})
+
+
+def _show_value(key: str, value: Any, now: float) -> str:
+    if key in _TIMES:
+        t = _seconds(value)
+        if t is None:
+            return "-"
+        return f"{_iso(t)} ({_duration(now - t)} ago)"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def _leg_line(side: str, leg: Mapping[str, Any]) -> str:
+    drops = leg.get("drops")
+    nonzero = {str(k): v for k, v in drops.items() if _count(v)} if isinstance(drops, dict) else {}
+    parts = [
+        f"{side}: {_profile(leg)} {leg.get('proto') or '?'}",
+        f"local {leg.get('local') or '-'}",
+        f"remote {leg.get('remote') or '-'}",
+        f"in {_count(leg.get('packets_in'))} pkts/{_count(leg.get('bytes_in'))} B",
+        f"out {_count(leg.get('packets_out'))} pkts/{_count(leg.get('bytes_out'))} B",
+        "drops " + (", ".join(f"{k} {v}" for k, v in sorted(nonzero.items())) or "0"),
+    ]
+    if leg.get("hold"):
+        parts.append("on hold")
+    return ", ".join(parts)
+
+
+def cmd_calls_show(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    status, result = _ask(args, env, "calls.show", call_id=args.call_id)
+    if status != EXIT_OK:
+        return status
+    if not isinstance(result, dict):
+        return _fail("unexpected answer to calls.show", EXIT_FAILURE)
+    call = _masked(result, args.show_numbers)
+    if args.json:
+        print(json.dumps(call, indent=2))
+        return EXIT_OK
+    now = time.time()
+    media = call.pop("media", None)
+    keys = [k for k in _SHOW_FIRST if k in call] + sorted(k for k in call if k not in _SHOW_FIRST)
+    width = max((len(k) for k in keys), default=0) + 1
+    for key in keys:
+        print(f"{key + ':':<{width}} {_show_value(key, call[key], now)}")
+    if media is None:
+        print(f"{'media:':<{width}} -")
+    elif isinstance(media, dict) and media.get("passthrough"):
+        print(f"{'media:':<{width}} passthrough (not relayed)")
+    elif isinstance(media, dict) and isinstance(media.get("streams"), list):
+        print("media:")
+        for stream in media["streams"]:
+            if not isinstance(stream, dict):
+                continue
+            state = "active" if stream.get("active", True) else "inactive"
+            if stream.get("on_hold"):
+                state += ", on hold"
+            print(f"  stream {stream.get('index', '?')} {stream.get('media', '?')} ({state})")
+            legs = stream.get("legs")
+            if isinstance(legs, dict):
+                for side, leg in legs.items():
+                    if isinstance(leg, dict):
+                        print(f"    {_leg_line(str(side), leg)}")
+    else:
+        print(f"{'media:':<{width}} {json.dumps(media)}")
+    return EXIT_OK
+
+
+def cmd_reload(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    status, result = _ask(args, env, "reload")
+    if status != EXIT_OK:
+        return status
+    names = result.get("reloaded") if isinstance(result, dict) else None
+    if not isinstance(names, list):
+        return _fail("unexpected answer to reload", EXIT_FAILURE)
+    if names:
+        print(f"reloaded: {', '.join(str(n) for n in names)}")
+    else:
+        print("reloaded nothing")
     return EXIT_OK
 
 
