@@ -413,13 +413,42 @@ def cpu_softirq_seconds(cpu: int) -> float:
     raise PeerError(f"no cpu{cpu} in /proc/stat")
 
 
-def udp_rcvbuf_errors() -> int:
-    """Datagrams the kernel dropped for full socket receive buffers, on the whole machine
-    (``Udp: RcvbufErrors`` in /proc/net/snmp): other people's traffic counts too."""
-    with open("/proc/net/snmp") as f:
-        rows = [line.split() for line in f if line.startswith("Udp:")]
-    header, values = rows[0], rows[1]
-    return int(values[header.index("RcvbufErrors")])
+class SocketDrops:
+    """Datagrams the kernel dropped at UDP sockets (full receive buffer), per group of local
+    ports, from the ``drops`` column of /proc/net/udp.  A relay's sockets live as long as
+    their call, so :meth:`sample` is called every half second and keeps each socket's
+    (inode's) highest count: drops in a socket's last half second may be missed."""
+
+    def __init__(self, groups: dict[str, tuple[str, int, int]]) -> None:
+        # name -> (IPv4 address, first port, last port)
+        self.groups = {
+            name: (_proc_net_ip(ip), low, high) for name, (ip, low, high) in groups.items()
+        }
+        self.seen: dict[str, dict[str, int]] = {name: {} for name in groups}
+        self.base: dict[str, dict[str, int]] = {name: {} for name in groups}
+
+    def sample(self, *, baseline: bool = False) -> None:
+        with contextlib.suppress(OSError), open("/proc/net/udp") as f:
+            next(f)
+            for line in f:
+                v = line.split()
+                ip, port_hex = v[1].split(":")
+                port, inode, drops = int(port_hex, 16), v[9], int(v[12])
+                for name, (gip, low, high) in self.groups.items():
+                    if ip == gip and low <= port <= high:
+                        target = self.base if baseline else self.seen
+                        target[name][inode] = max(target[name].get(inode, 0), drops)
+
+    def totals(self) -> dict[str, int]:
+        return {
+            name: sum(n - self.base[name].get(inode, 0) for inode, n in seen.items())
+            for name, seen in self.seen.items()
+        }
+
+
+def _proc_net_ip(ip: str) -> str:
+    """An IPv4 address as /proc/net/udp spells it (little-endian hex)."""
+    return "".join(f"{int(x):02X}" for x in reversed(ip.split(".")))
 
 
 def _sipp_ms(value: str) -> float | None:
@@ -841,8 +870,11 @@ class MediaStep:
     relayed_packets: int  # the SUT's own count: packets it sent on (both legs, both ways)
     received_packets: int | None  # sipedge: packets in (rtpengine counts relayed only)
     dropped_packets: int
-    rcvbuf_errors: int  # machine-wide UDP datagrams dropped for full receive buffers
+    # Datagrams the kernel dropped at full receive buffers: at the SUT's relay sockets, at
+    # the UAS's echo socket, at the UAC's media socket (the echoes come back to a socket
+    # sipp does not read while playing a pcap: expected, and after the relay's work).
     sut_counted_calls: int  # sipedge: media_ended lines in the run (0 for rtpengine)
+    socket_drops: dict[str, int] = field(default_factory=dict)
     hops: dict[str, int] = field(default_factory=dict)  # tshark counts ("verify" runs)
     stray_packets: int = 0
     returncode: int | None = None
@@ -936,17 +968,29 @@ def run_media_load(
     cpu0 = sut.cpu()
     busy0 = cpu_busy_seconds(SUT_CPU)
     softirq0 = cpu_softirq_seconds(SUT_CPU)
-    rcvbuf0 = udp_rcvbuf_errors()
+    drops = SocketDrops(
+        {
+            "SUT relay": (CALLER, *sut.relay_range),
+            "UAS echo": (UPSTREAM, uas.media_port, uas.media_port),
+            "UAC media": (CALLER, uac.media_port, uac.media_port),
+        }
+    )
+    drops.sample(baseline=True)
     t0 = time.monotonic()
     procs.add(uac).start()
     uac_pid = uac.pid
     load0 = cpu_seconds(uas.pid, tree=False)
     load_uac = 0.0
     deadline = t0 + calls / rate + plan.hold_ms / 1000 + plan.recv_timeout_ms / 1000 + 45
+    next_sample = t0
     while uac.poll() is None and time.monotonic() < deadline:
         # The UAC's CPU with its pcap-playing threads, sampled while it lives.
         load_uac = cpu_seconds(uac_pid, tree=False)
+        if time.monotonic() >= next_sample:
+            next_sample += 0.5
+            drops.sample()
         time.sleep(0.1)
+    drops.sample()
     elapsed = time.monotonic() - t0
     cpu1 = sut.cpu()
     busy1 = cpu_busy_seconds(SUT_CPU)
@@ -961,7 +1005,6 @@ def run_media_load(
     # session's packets to its totals when it deletes it, sipedge logs media_ended).
     time.sleep(0.5)
     relayed1 = sut.relayed()
-    rcvbuf = udp_rcvbuf_errors() - rcvbuf0
     hops: dict[str, int] = {}
     stray = 0
     if capture is not None:
@@ -971,8 +1014,9 @@ def run_media_load(
     sut_cpu = sum(parts.values())
     note = ""
     if result.failed or result.successful < calls:
-        first = next((ln for ln in result.errors.splitlines() if "Aborting" in ln), "")
-        note = first[-160:]
+        lines = [ln for ln in result.errors.splitlines() if ln.strip()]
+        first = next((ln for ln in lines if "Aborting" in ln), lines[0] if lines else "")
+        note = first[-200:]
     return MediaStep(
         kind=kind,
         rate=rate,
@@ -990,7 +1034,7 @@ def run_media_load(
         received_packets=None
         if relayed1["packets_in"] < 0
         else relayed1["packets_in"] - relayed0["packets_in"],
-        rcvbuf_errors=rcvbuf,
+        socket_drops=drops.totals(),
         dropped_packets=relayed1["dropped"] - relayed0["dropped"],
         sut_counted_calls=relayed1["calls"] - relayed0["calls"],
         hops=hops,
@@ -1056,7 +1100,8 @@ class MediaRow:
     other_cpu_share: float | None = None
     calls: int = 0
     failed: int = 0
-    dropped: int = 0
+    dropped: int = 0  # by the relay itself (sipedge's media_ended; rtpengine: not counted)
+    kernel_drops: int = 0  # at the SUT's relay sockets, full receive buffers
     verified: str = ""
     media_ok: bool = False
     steps: list[dict[str, Any]] = field(default_factory=list)
@@ -1124,6 +1169,7 @@ def measure_media_row(
             row.calls += st.calls
             row.failed += st.calls - st.successful
             row.dropped += st.dropped_packets
+            row.kernel_drops += st.socket_drops.get("SUT relay", 0)
         row.cpu_per_1000 = statistics.median(row.cpu_per_1000_runs)
         median_run = sorted(runs, key=lambda st: st.sut_cpu_s / st.calls)[len(runs) // 2]
         row.cpu_parts_per_1000 = {
@@ -1154,7 +1200,9 @@ def _media_progress(label: str, transport: str, step: MediaStep) -> None:
         f"softirq on CPU {SUT_CPU} {step.softirq_cpu_s:.2f} s, "
         f"other on CPU {SUT_CPU} {step.other_cpu_s:.2f} cpu-s, relayed {step.relayed_packets} "
         f"of {step.expected_packets} (in {_fmt(step.received_packets, 'd')}, dropped "
-        f"{step.dropped_packets}; machine-wide UDP rcvbuf drops {step.rcvbuf_errors}){hops}, "
+        f"{step.dropped_packets}; kernel drops "
+        + ", ".join(f"{k} {v}" for k, v in step.socket_drops.items())
+        + f"){hops}, "
         f"{step.seconds:.1f} s {step.note}",
         file=sys.stderr,
         flush=True,
@@ -1186,11 +1234,14 @@ def render_media(
         "relayed (rtpengine: CLI 'list totals'; sipedge: its media_ended log lines). "
         f"Media verified: a separate run of {plan.verify_calls} calls captured on lo with "
         "tshark, packets per hop caller->relay / relay->callee / echo->relay / "
-        "relay->caller against calls x 236.",
+        "relay->caller against calls x 236. Dropped packets: by the relay itself (sipedge "
+        "counts them; rtpengine's are not read) + by the kernel at the SUT's relay sockets "
+        "(full receive buffers, /proc/net/udp), over the CPU runs.",
         "",
         f"| system | transport | CPU s / 1000 calls with media @ {plan.rate} cps | "
         "of which | us CPU / relayed packet | relayed packets / call (SUT's count) | "
-        f"failed calls | dropped packets | SUT CPU | load CPU | softirq on CPU {SUT_CPU} | "
+        "failed calls | dropped packets (relay + kernel) | SUT CPU | load CPU | "
+        f"softirq on CPU {SUT_CPU} | "
         f"other work on CPU {SUT_CPU} | media verified |",
         "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
@@ -1205,8 +1256,8 @@ def render_media(
         lines.append(
             f"| {r.system} | {r.transport} | {_fmt(r.cpu_per_1000, '.2f')} | {parts} | "
             f"{_fmt(r.us_per_packet, '.1f')} | {_fmt(r.packets_per_call, '.0f')} | "
-            f"{r.failed} of {r.calls} | {r.dropped} | {_fmt(r.sut_cpu_share, '.0%')} | "
-            f"{_fmt(r.load_cpu_share, '.0%')} | {_fmt(r.softirq_share, '.0%')} | "
+            f"{r.failed} of {r.calls} | {r.dropped} + {r.kernel_drops} | "
+            f"{_fmt(r.sut_cpu_share, '.0%')} | {_fmt(r.load_cpu_share, '.0%')} | {_fmt(r.softirq_share, '.0%')} | "
             f"{_fmt(r.other_cpu_share, '.0%')} | {r.verified} |"
         )
     by = {(r.system, r.transport): r for r in rows if r.runnable}
@@ -1357,6 +1408,9 @@ def main() -> int:
         print("bench_proxy: needs two CPUs (SUT on 0, load on 1)", file=sys.stderr)
         return 2
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if args.media:
+        # This runner (capture parsing, /proc sampling) keeps off the SUT's CPU too.
+        os.sched_setaffinity(0, {LOAD_CPU})
     transports: list[Transport] = []
     for t in args.transports.split(","):
         if t.strip() not in ("udp", "tls"):
