@@ -57,11 +57,13 @@ class Components:
     proxy: Callable[..., Any]
     # (config, log) -> (edge.admission.Admission, closer); None: the proxy's default.
     admission: Callable[..., Any] | None = None
+    # (path, handlers, log) -> edge.control.ControlServer; None: no control socket.
+    control: Callable[..., Any] | None = None
 
 
 def real_components() -> Components:
     """The real parts (imported here so that ``sipedge check-config`` stays light)."""
-    from edge import echo, proxy, routing, tls, transport
+    from edge import control, echo, proxy, routing, tls, transport
 
     return Components(
         tls=tls,
@@ -70,6 +72,7 @@ def real_components() -> Components:
         router=routing.Router,
         proxy=proxy.Proxy,
         admission=open_admission,
+        control=control.ControlServer,
     )
 
 
@@ -276,6 +279,94 @@ class _App:
         except ConfigError as e:
             raise StartupError(e.key, e.problem) from None
         self._started.append(("proxy", self.proxy.close))
+        if comps.control is not None:
+            await self._start_control(comps.control)
+
+    async def _start_control(self, make_server: Callable[..., Any]) -> None:
+        """The local control socket: ``sipedge bans``, ``sipedge calls``, ``sipedge reload``."""
+        from edge import control
+
+        path = control.default_path(self.config)
+        handlers = {
+            "bans.list": self._ctl_bans_list,
+            "bans.remove": self._ctl_bans_remove,
+            "calls.list": self._ctl_calls_list,
+            "calls.show": self._ctl_calls_show,
+            "reload": self._ctl_reload,
+        }
+        server = make_server(path, handlers, log=self.log)
+        try:
+            await server.start()
+        except control.ControlError as e:
+            raise StartupError("control.path", str(e)) from None
+        except OSError as e:
+            raise StartupError(
+                "control.path", f"cannot listen on {path}: {e.strerror or e}"
+            ) from None
+        self._started.append(("control", server.close))
+
+    def _ctl_bans_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        adm = self._admission
+        if adm is None:
+            return []
+        return [dataclasses.asdict(b) for b in adm.store.bans(adm.clock())]
+
+    def _ctl_bans_remove(self, args: dict[str, Any]) -> dict[str, Any]:
+        adm = self._admission
+        address = str(args.get("address", ""))
+        removed = bool(adm is not None and adm.store.unban(address))
+        if removed:
+            self.log("info", "ban_removed", address=address, by="control socket")
+        return {"removed": removed}
+
+    def _call_info(self, dialog: Any, full: bool = False) -> dict[str, Any]:
+        media = getattr(self.proxy, "media", None)
+        key = dialog.extra.get("media_key")
+        info: dict[str, Any] = {
+            "call_id": dialog.call_id,
+            "from_uri": dialog.from_uri,
+            "to_uri": dialog.to_uri,
+            "caller": dialog.caller,
+            "callee": dialog.callee,
+            "state": dialog.state.value,
+            "created": dialog.created,
+            "answered": dialog.answered,
+            "media": media.session_info(key) if media is not None and key else None,
+        }
+        if full:
+            info["from_tag"] = dialog.from_tag
+            info["to_tag"] = dialog.to_tag
+            info["customer_id"] = dialog.extra.get("customer_id")
+        return info
+
+    def _ctl_calls_list(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return [self._call_info(d) for d in self.proxy.dialogs]
+
+    def _ctl_calls_show(self, args: dict[str, Any]) -> dict[str, Any]:
+        from edge import control
+
+        call_id = str(args.get("call_id", ""))
+        for dialog in self.proxy.dialogs:
+            if dialog.call_id == call_id:
+                return self._call_info(dialog, full=True)
+        raise control.ControlError("no such call")
+
+    def _ctl_reload(self, args: dict[str, Any]) -> dict[str, Any]:
+        from edge import control
+
+        names = []
+        if self.reload_config is not None:
+            if not self.reload_policy():
+                raise control.ControlError("config reload failed: see the log")
+            names.append("config")
+        if self.config.listen.tls:
+            if not self.reload():
+                raise control.ControlError("TLS reload failed: see the log")
+            names.append("tls")
+        if self._admission is not None and self._admission.audit is not None:
+            self._admission.audit.reopen()
+            names.append("audit")
+        return {"reloaded": names}
 
     async def _drain(self) -> None:
         grace = self.config.proxy.drain_grace

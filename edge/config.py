@@ -124,6 +124,14 @@ class TlsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ControlConfig:
+    """The local control socket (``sipedge bans``, ``calls``, ``reload``)."""
+
+    # A Unix socket, mode 0600: who can open it can lift bans and read calls.
+    path: str = ".sipedge/control.sock"
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     """Prometheus metrics and /healthz endpoint."""
 
@@ -293,6 +301,7 @@ class Config:
     bans: BanConfig = field(default_factory=BanConfig)
     scanners: ScannerConfig = field(default_factory=ScannerConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
 
     def media_policy_of_set(self, name: str) -> str:
         """The media policy of upstream set ``name`` (``"echo"``: the echo endpoint's)."""
@@ -366,6 +375,7 @@ def parse(
             "echo",
             "trunks",
             "media",
+            "control",
             *SECURITY_SECTIONS,
         },
     )
@@ -383,6 +393,7 @@ def parse(
     bans = parse_bans(_table(data, "bans"))
     scanners = parse_scanners(_table(data, "scanners"))
     audit = parse_audit(_table(data, "audit"))
+    control = _parse_control(_table(data, "control"))
     if upstream.echo:
         _check_echo_address(echo, listen)
     for i, trunk in enumerate(trunks):
@@ -415,6 +426,7 @@ def parse(
         bans=bans,
         scanners=scanners,
         audit=audit,
+        control=control,
     )
 
 
@@ -499,6 +511,15 @@ def _parse_tls(t: Mapping[str, Any], pem: tuple[bytes, bytes, str] | None) -> Tl
         key_pem=key_pem,
         pem_source=source,
     )
+
+
+def _parse_control(t: Mapping[str, Any]) -> ControlConfig:
+    _no_unknown_keys(t, "control", {"path"})
+    path = _str(t, "control", "path", ControlConfig().path) or ControlConfig().path
+    if len(os.fsencode(path)) > 100:
+        # sockaddr_un holds 108 bytes; a longer path cannot be bound.
+        raise ConfigError("control.path", f"{path!r} is too long for a Unix socket (max 100 bytes)")
+    return ControlConfig(path=path)
 
 
 def _parse_metrics(t: Mapping[str, Any]) -> MetricsConfig:

@@ -52,6 +52,7 @@ from sip.message import (
     parse_message,
     salvage_response,
 )
+from sip.multipart import find_sdp, set_body
 from sip.transaction import (
     MAGIC_COOKIE,
     CancelTimer,
@@ -137,6 +138,7 @@ class Proxy(MediaMixin):
         # Who gets in (edge/admission.py): by default an in-memory state store,
         # no credential database (nobody but trunks and upstreams), no audit log.
         self.admission = admission or Admission(config, MemoryStateStore())
+        self.audit = self.admission.audit  # media timeouts (edge/proxy_media.py)
         self.flows = FlowTokens()
         self.draining = False
         self.counters: dict[str, int] = {}
@@ -574,6 +576,12 @@ class Proxy(MediaMixin):
         self._give_up(fwd, resp.status)
         if fwd.request.method == "BYE":
             self._end_dialog(fwd.request, "bye")
+        if self.media is not None and resp.body:
+            # SDP in a failure (a 488 listing what the callee could do) would give
+            # away the callee's addresses: it goes, the rest of the body stays.
+            found = find_sdp(resp.body, resp.content_type)
+            if found is not None:
+                set_body(resp, found.put(None))
         if resp.status == 503:
             # §16.7 step 6: a 503 speaks for the upstream that sent it, not for
             # the edge; forwarded as is, the caller would stop using us too.
@@ -654,7 +662,7 @@ class Proxy(MediaMixin):
             return
         if self.media is not None and req.body:
             dialog = self.dialogs.get(req.call_id, req.from_.tag, req.to.tag)
-            if dialog is not None and dialog.extra.get("late_offer") == "1":
+            if dialog is not None and "media_key" in dialog.extra:
                 self._spawn(
                     self.ack_answer_then_forward(
                         req, dialog, lambda ack: self._send_stateless(ack, source)

@@ -38,7 +38,7 @@ from edge.proxy_state import _ClientCtx, _Forward
 from media.sdp_rewrite import Side, other_side
 from sip.errors import SipError
 from sip.message import Request, Response
-from sip.multipart import SdpInBody, find_sdp
+from sip.multipart import SdpInBody, find_sdp, set_body
 from sip.transaction import NonInviteClientTransaction, TimerConfig, TransactionKey, new_branch
 
 
@@ -206,7 +206,7 @@ class MediaMixin:
                 self.log("warning", "media_answer_refused", reason=error.reason)
                 body = found.put(None)
                 self._late_answers[key] = (request.body, body)
-                request.body = body
+                set_body(request, body)
                 self._try_next(fwd)
                 return
             self._restore_pending(fwd, request, side, previous)
@@ -218,7 +218,7 @@ class MediaMixin:
             self._late_answers[key] = (request.body, body)
         else:
             fwd.media_key = key
-        request.body = body
+        set_body(request, body)
         self._try_next(fwd)
 
     def _restore_pending(self, fwd: _Forward, req: Request, side: str, previous: str) -> None:
@@ -335,7 +335,7 @@ class MediaMixin:
                     self.log("warning", event, reason=error.reason)
                     rewritten = found.put(None)
                 fwd.answers[body] = rewritten
-            resp.body = rewritten
+            set_body(resp, rewritten)
         self._relay(fwd, resp)
 
     def ack_answer_then_forward(
@@ -381,7 +381,7 @@ class MediaMixin:
             self.log("warning", "media_sdp_ignored", reason="SDP in an ACK with no offer pending")
             sdp = find_sdp(body, req.content_type)
             rewritten = sdp.put(None) if sdp is not None else body
-        req.body = rewritten
+        set_body(req, rewritten)
         forward(req)
 
     def _media_failed(self, fwd: _Forward, reason: str) -> None:

@@ -35,12 +35,21 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
-from typing import Final
+from typing import Any, Final
 
 from sip.errors import SipError
 from sip.headers import ContentType, get_param
 
-__all__ = ["MAX_DEPTH", "MAX_PARTS", "Multipart", "Part", "SdpInBody", "boundary_of", "find_sdp"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_PARTS",
+    "Multipart",
+    "Part",
+    "SdpInBody",
+    "boundary_of",
+    "find_sdp",
+    "set_body",
+]
 
 MAX_PARTS: Final = 64
 
@@ -335,3 +344,14 @@ def _locate(body: bytes, ctype: ContentType | None, depth: int) -> tuple[bytes, 
         return None
     index, sdp, put = found
     return sdp, _Put(mp, index, put, tuple(extra))
+
+
+def set_body(message: Any, body: bytes) -> None:
+    """Replace a message's body; an emptied body takes its Content-Type with it.
+
+    A Content-Type over an empty body would announce a zero-length SDP
+    (RFC 3261 §20.15), which some peers try to parse.
+    """
+    message.body = body
+    if not body:
+        message.headers.remove("Content-Type")

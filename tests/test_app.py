@@ -606,6 +606,9 @@ database = "{tmp_path}/credentials.sqlite3"
 [audit]
 path = "{tmp_path}/audit.log"
 
+[control]
+path = "{tmp_path}/control.sock"
+
 [[trunks]]
 name = "loopback"
 allow = ["127.0.0.1/32"]
@@ -776,7 +779,7 @@ def test_run_bad_config_names_the_key(tmp_path: Path) -> None:
 def test_run_installs_uvloop(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[str] = []
 
-    async def fake_serve(cfg: Any, *, log: Any = None) -> int:
+    async def fake_serve(cfg: Any, *, log: Any = None, **_: Any) -> int:
         seen.append(type(asyncio.get_running_loop()).__module__)
         return 0
 

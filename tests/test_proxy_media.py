@@ -534,3 +534,23 @@ async def test_media_timeout_writes_an_audit_event(call: Call) -> None:
     assert line["resource_id"] == call_resource_id("call-1@127.0.0.1")
     assert line["details"]["reason"] == "no media either way"
     assert "call-1@127.0.0.1" not in stream.getvalue()  # the Call-ID stays out
+
+
+async def test_early_offer_ack_with_sdp_is_not_passed_raw(call: Call) -> None:
+    """An early-offer call's ACK carrying SDP (no offer pending): the SDP stays behind."""
+    invite = await call.start(call.caller.sdp())
+    ok = one(await call.from_callee(call.response(invite, 200, call.callee.sdp())), Response)
+    names_relay(ok.body)
+    ack = call.request("ACK", "caller", call.caller.sdp(version=9), cseq=1)
+    fwd_ack = one(await call.from_caller(ack), Request)
+    assert fwd_ack.body == b"" and "Content-Type" not in fwd_ack.headers
+
+
+async def test_sdp_in_a_failure_response_does_not_leak(call: Call) -> None:
+    """A 488 describing what the callee could do: its SDP names the callee; it goes."""
+    invite = await call.start(call.caller.sdp())
+    sent = await call.from_callee(call.response(invite, 488, call.callee.sdp()))
+    failure = one(sent, Response)
+    assert failure.status == 488
+    assert failure.body == b"" and "Content-Type" not in failure.headers
+    assert failure.headers.get("Content-Length") == "0"
