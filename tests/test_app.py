@@ -718,6 +718,38 @@ def test_run_reloads_trunk_allowlist_on_sighup(tmp_path: Path, run_sipedge: Any)
 
 
 @pytest.mark.timeout(60)
+def test_control_socket_answers_bans_calls_and_reload(tmp_path: Path, run_sipedge: Any) -> None:
+    path = write_run_config(tmp_path)
+    s = run_sipedge(path)
+    ready = s.wait_for("ready")
+    sock = tmp_path / "control.sock"
+    assert sock.stat().st_mode & 0o777 == 0o600
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "edge", *args, "--socket", str(sock)],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            cwd=ROOT,
+        )
+
+    assert json.loads(cli("bans", "list", "--json").stdout) == []
+    assert json.loads(cli("calls", "list", "--json").stdout) == []
+    missing = cli("bans", "remove", "127.0.0.3")
+    assert missing.returncode == 1 and "no ban" in missing.stderr
+    reloaded = cli("reload")
+    assert reloaded.returncode == 0, reloaded.stderr
+    assert "config" in reloaded.stdout and "tls" in reloaded.stdout
+    s.wait_for("config_reloaded")
+    udp_port = int(ready["udp"][0].rsplit(":", 1)[1])
+    assert udp_options(udp_port).startswith(b"SIP/2.0 200")
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0, s.stderr()
+    assert not sock.exists()
+
+
+@pytest.mark.timeout(60)
 def test_run_with_certificate_from_environment(tmp_path: Path, run_sipedge: Any) -> None:
     path = write_run_config(tmp_path, with_files=False)
     cert, key = make_cert()
