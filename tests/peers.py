@@ -1229,3 +1229,103 @@ __all__ = [
     "wait_for_log_line",
     "wait_for_port",
 ]
+
+
+# ---------------------------------------------------------------- security tests (issue 5)
+
+
+def sipedge_with_env(env: Mapping[str, str], **kw: Any) -> SipedgeProc:
+    """A :class:`SipedgeProc` (same arguments) whose process also gets ``env``, e.g.
+    ``{"JWT_KEY": ...}`` (the Bearer key never comes from the config file)."""
+    proc = SipedgeProc(**kw)
+    proc.env = {**(proc.env or {}), **env}
+    return proc
+
+
+def sipedge_admin(
+    args: Sequence[str],
+    *,
+    config: Path,
+    stdin: str | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 30.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``sipedge ARGS --config CONFIG`` (``users``, ``keys``, ``token``) in the config's
+    directory, bounded by ``timeout``; PeerError with its output if it exits non-zero."""
+    exe = sipedge_binary() or "sipedge"
+    full_env = {**os.environ, **(env or {})}
+    done = subprocess.run(
+        [exe, *args, "--config", str(config)],
+        cwd=config.parent,
+        input=stdin if stdin is not None else "",
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
+    if done.returncode != 0:
+        raise PeerError(
+            f"sipedge {' '.join(args[:2])} exited with {done.returncode}\n"
+            f"{done.stdout}\n{done.stderr}"
+        )
+    return done
+
+
+# Runs one sipvicious 0.3.8 tool with two fixes of defaults, then the tool's own main():
+# - another User-Agent: the tools have no option for it (every request says
+#   "friendly-scanner"); this changes the default of the one function that builds the
+#   requests (sipvicious.libs.svhelper.makeRequest);
+# - the source address of svwar and svcrack: their main() drops -b (bindingip is never
+#   passed on), so they would send from any address; this makes -b's address the default
+#   of their scanner class.
+# argv: USER_AGENT ("" = keep) BIND ("" = none) TOOL ARGS...
+_SIPVICIOUS_WRAPPER = """\
+import importlib, sys
+from sipvicious.libs import svhelper
+
+def set_default(fn, name, value):
+    code = fn.__code__
+    names = code.co_varnames[: code.co_argcount]
+    defaults = list(fn.__defaults__)
+    defaults[names.index(name) - (len(names) - len(defaults))] = value
+    fn.__defaults__ = tuple(defaults)
+
+user_agent, bind, tool = sys.argv[1:4]
+if user_agent:
+    set_default(svhelper.makeRequest, "useragent", user_agent)
+module = importlib.import_module("sipvicious." + tool)
+scanner_class = {"svwar": "TakeASip", "svcrack": "ASipOfRedWine"}.get(tool)
+if scanner_class and bind:
+    set_default(getattr(module, scanner_class).__init__, "bindingip", bind)
+sys.argv = ["sipvicious_" + tool, *sys.argv[4:]]
+module.main()
+"""
+
+
+def sipvicious(
+    tool: Literal["svmap", "svwar", "svcrack"],
+    args: Sequence[str],
+    *,
+    workdir: Path,
+    name: str,
+    bind: str,
+    port: int,
+    user_agent: str | None = None,
+) -> Proc:
+    """A sipvicious 0.3.8 tool (pip ``sipvicious``, in the venv) as a :class:`Proc`, not
+    started, sending from ``bind``:``port`` (``-b``/``-P``, also for svwar and svcrack,
+    which ignore ``-b``; without ``-P`` the tools take 5060).  ``-R`` is never passed (it reports to
+    the author, off the box).  ``user_agent`` replaces ``friendly-scanner``."""
+    import importlib.util
+
+    if importlib.util.find_spec("sipvicious") is None:
+        import pytest
+
+        pytest.fail(
+            "sipvicious not importable: install it in the venv "
+            "(.venv/bin/pip install sipvicious==0.3.8)",
+            pytrace=False,
+        )
+    argv = [sys.executable, "-c", _SIPVICIOUS_WRAPPER, user_agent or "", bind, tool]
+    argv += ["-b", bind, "-P", str(port), *args]
+    return Proc(argv, workdir=workdir, name=name)
