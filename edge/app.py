@@ -235,7 +235,7 @@ class _App:
             ) from None
         self._warn_about_config()
 
-        tls_server = self._server_context(comps) if cfg.listen.tls else None
+        tls_server = self._server_context(comps) if cfg.listen.tls or cfg.listen.wss else None
         tls_client = comps.tls.client_context()
 
         echo_address: tuple[str, int] | None = None
@@ -359,7 +359,7 @@ class _App:
             if not self.reload_policy():
                 raise control.ControlError("config reload failed: see the log")
             names.append("config")
-        if self.config.listen.tls:
+        if self.config.listen.tls or self.config.listen.wss:
             if not self.reload():
                 raise control.ControlError("TLS reload failed: see the log")
             names.append("tls")
@@ -425,7 +425,7 @@ class _App:
 
     def reload(self) -> bool:
         """SIGHUP: re-read the certificate; keep the old context on failure."""
-        if self.transport is None or not self.config.listen.tls:
+        if self.transport is None or not (self.config.listen.tls or self.config.listen.wss):
             self.log("info", "reload_skipped", reason="no TLS listeners")
             return False
         comps = self._components or real_components()
@@ -528,6 +528,7 @@ class _App:
             "udp": [str(a) for a in cfg.listen.udp],
             "tcp": [str(a) for a in cfg.listen.tcp],
             "tls": [str(a) for a in cfg.listen.tls],
+            "wss": [str(a) for a in cfg.listen.wss],
             "upstream": cfg.upstream.resolved_default(),
         }
         if cfg.listen.advertise:
@@ -535,7 +536,7 @@ class _App:
         if self.echo is not None:
             host, port = self.echo.sip_address[:2]
             fields["echo"] = str(HostPort(host, port))
-        if cfg.listen.tls:
+        if cfg.listen.tls or cfg.listen.wss:
             fields["tls_source"] = self._tls_source()
         self.log("info", "ready", **fields)
 
@@ -543,7 +544,7 @@ class _App:
         cfg = self.config
         wildcard = [
             str(a)
-            for a in (*cfg.listen.udp, *cfg.listen.tcp, *cfg.listen.tls)
+            for a in (*cfg.listen.udp, *cfg.listen.tcp, *cfg.listen.tls, *cfg.listen.wss)
             if a.host in ("0.0.0.0", "::")
         ]
         if wildcard and not cfg.listen.advertise:
@@ -592,6 +593,7 @@ def _listen_error(cfg: Config, e: OSError) -> StartupError:
         ("udp", socket.SOCK_DGRAM),
         ("tcp", socket.SOCK_STREAM),
         ("tls", socket.SOCK_STREAM),
+        ("wss", socket.SOCK_STREAM),
     ):
         for i, address in enumerate(getattr(cfg.listen, kind)):
             problem = _try_bind(address, sock_type)

@@ -100,6 +100,8 @@ class ListenConfig:
     udp: tuple[HostPort, ...] = (HostPort("127.0.0.1", 5060),)
     tcp: tuple[HostPort, ...] = (HostPort("127.0.0.1", 5060),)
     tls: tuple[HostPort, ...] = (HostPort("127.0.0.1", 5061),)
+    # SIP over secure WebSocket (RFC 7118) for browsers; TLS as for ``tls``.
+    wss: tuple[HostPort, ...] = ()
     # Host or IP written into Via and Record-Route instead of the bound address
     # ("" = the bound address); needed behind NAT and when binding 0.0.0.0 / [::].
     advertise: str = ""
@@ -397,14 +399,16 @@ def parse(
     if upstream.echo:
         _check_echo_address(echo, listen)
     for i, trunk in enumerate(trunks):
-        if trunk.needs_certificate and (not listen.tls or tls.verify_client == "none"):
+        if trunk.needs_certificate and (
+            not (listen.tls or listen.wss) or tls.verify_client == "none"
+        ):
             key = "tls_fingerprints" if trunk.tls_fingerprints else "tls_subjects"
             raise ConfigError(
                 f"trunks[{i}].{key}",
                 'needs a TLS listener with tls.verify_client = "optional" or "required" '
                 "(and tls.client_ca), so that clients are asked for a certificate",
             )
-    if check_files and listen.tls:
+    if check_files and (listen.tls or listen.wss):
         # The certificate matters only when something serves TLS.
         if tls.cert_pem is None:
             _check_readable_file(tls.cert, "tls.cert")
@@ -472,14 +476,15 @@ def to_dict(config: Config) -> dict[str, Any]:
 
 
 def _parse_listen(t: Mapping[str, Any]) -> ListenConfig:
-    _no_unknown_keys(t, "listen", {"udp", "tcp", "tls", "advertise"})
+    _no_unknown_keys(t, "listen", {"udp", "tcp", "tls", "wss", "advertise"})
     d = ListenConfig()
     udp = _addresses(t, "listen", "udp", d.udp)
     tcp = _addresses(t, "listen", "tcp", d.tcp)
     tls = _addresses(t, "listen", "tls", d.tls)
-    # TCP and TLS listeners are both TCP sockets: one address cannot serve both.
+    wss = _addresses(t, "listen", "wss", d.wss)
+    # TCP, TLS and WSS listeners are all TCP sockets: one address serves one of them.
     seen: dict[HostPort, str] = {}
-    for name, addrs in (("tcp", tcp), ("tls", tls)):
+    for name, addrs in (("tcp", tcp), ("tls", tls), ("wss", wss)):
         for i, a in enumerate(addrs):
             key = f"listen.{name}[{i}]"
             if a in seen:
@@ -488,7 +493,7 @@ def _parse_listen(t: Mapping[str, Any]) -> ListenConfig:
     advertise = _str(t, "listen", "advertise", d.advertise)
     if advertise:
         advertise = _host(advertise, "listen.advertise")
-    return ListenConfig(udp=udp, tcp=tcp, tls=tls, advertise=advertise)
+    return ListenConfig(udp=udp, tcp=tcp, tls=tls, wss=wss, advertise=advertise)
 
 
 def _parse_tls(t: Mapping[str, Any], pem: tuple[bytes, bytes, str] | None) -> TlsConfig:

@@ -37,6 +37,7 @@ from edge.dialogs import Dialog, DialogTable
 from edge.flows import FlowTokens
 from edge.proxy_media import MediaMixin
 from edge.proxy_state import _ClientCtx, _Forward, _ServerCtx
+from edge.registrar import Registrar
 from edge.routing import is_e164
 from edge.state import MemoryStateStore
 from edge.tls import certificate_matches
@@ -81,6 +82,8 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, REFER, NOTIFY, 
 # Requests that create a dialog, and so are Record-Routed (§16.6 item 4, RFC 6665).
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
+# What a browser's side speaks (issue 6): DTLS-SRTP with ICE-lite.
+WEBRTC_POLICY = "dtls-srtp"
 
 
 def _noop_log(level: str, event: str, **fields: Any) -> None:
@@ -92,9 +95,15 @@ def uri_destination(uri: URI, conn_id: int | None = None) -> Destination | None:
     if not uri.is_sip:
         return None
     host = uri.maddr or uri.host
+    transport = uri.transport or ("tls" if uri.scheme == "sips" else "udp")
+    if transport in ("ws", "wss"):
+        # RFC 7118: a WebSocket client is reached only on its own connection (its
+        # host is made up, "*.invalid"); the flow token named the connection.
+        if conn_id is None:
+            return None
+        return Destination("wss", host if is_ip_literal(host) else "", uri.port or 0, conn_id)
     if not is_ip_literal(host):
         return None
-    transport = uri.transport or ("tls" if uri.scheme == "sips" else "udp")
     if transport not in DEFAULT_PORTS:
         return None
     return Destination(transport, host, uri.port or DEFAULT_PORTS[transport], conn_id)
@@ -140,6 +149,7 @@ class Proxy(MediaMixin):
         self.admission = admission or Admission(config, MemoryStateStore())
         self.audit = self.admission.audit  # media timeouts (edge/proxy_media.py)
         self.flows = FlowTokens()
+        self.registrar = Registrar()
         self.draining = False
         self.counters: dict[str, int] = {}
         self._server: dict[TransactionKey, _ServerCtx] = {}
@@ -147,8 +157,8 @@ class Proxy(MediaMixin):
         self._forwards: set[_Forward] = set()
         self._local_hosts: set[str] = set()
         self._local_ports: set[int] = set()
-        for kind in ("udp", "tcp", "tls"):
-            for hp in getattr(config.listen, kind):
+        for kind in ("udp", "tcp", "tls", "wss"):
+            for hp in getattr(config.listen, kind, ()):
                 self._local_hosts.add(hp.host.lower())
                 self._local_ports.add(hp.port)
         if self.advertise:
@@ -164,6 +174,8 @@ class Proxy(MediaMixin):
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        # A browser's registrations end with its WebSocket.
+        self.transport.on_connection_closed = self._connection_closed
         media_cfg = getattr(self.config, "media", None)
         if media_cfg is not None and media_cfg.enabled and self.media is None:
             from edge.media import MediaController
@@ -308,6 +320,11 @@ class Proxy(MediaMixin):
         if self._looped(fwd_req):
             self._reply(ctx, 482)
             return
+        if req.method == "REGISTER" and not in_dialog and ctx.source.transport == "wss":
+            # Browsers register with the edge itself: their Contact is unreachable
+            # except through the WebSocket they hold open (RFC 7118, RFC 5626).
+            self._register(ctx, req)
+            return
         if self.draining and req.method == "INVITE" and not in_dialog:
             self._reply(ctx, 503, [("Retry-After", "60")])
             return
@@ -339,6 +356,12 @@ class Proxy(MediaMixin):
                 self._reply(ctx, 481 if self._is_us(fwd_req.uri) else 503)
                 return
             hops.append((dest, None))
+        elif self.registrar and (bindings := self.registrar.lookup(fwd_req.uri)):
+            binding = bindings[0]  # the most recent registration
+            fwd_req.uri = binding.contact
+            dest = Destination("wss", binding.remote[0], binding.remote[1], binding.conn_id)
+            hops.append((dest, None))
+            decision_policy = WEBRTC_POLICY
         else:
             decision = self.router.route_initial(fwd_req, ctx.source.remote[0])
             if decision.kind == "none" or not decision.targets:
@@ -857,7 +880,29 @@ class Proxy(MediaMixin):
     def _rr_value(self, transport: str, user: str | None = None) -> str:
         host, port = self._local(transport)
         userinfo = f"{user}@" if user else ""
-        return f"<sip:{userinfo}{format_host(host)}:{port};transport={transport};lr>"
+        param = "ws" if transport == "wss" else transport  # RFC 7118 §5.2
+        return f"<sip:{userinfo}{format_host(host)}:{port};transport={param};lr>"
+
+    # ------------------------------------------------------------ the registrar
+    def _register(self, ctx: _ServerCtx, req: Request) -> None:
+        source = ctx.source
+        assert source.conn_id is not None  # WSS is a connection
+        answer = self.registrar.register(req, source.conn_id, source.remote, ctx.identity)
+        self._count(f"register_{answer.status}")
+        self.log(
+            "info" if answer.status == 200 else "warning",
+            "register",
+            status=answer.status,
+            aor=req.to.uri.user or "",
+            source=_describe(source),
+        )
+        self._reply(ctx, answer.status, answer.headers, reason=answer.reason)
+
+    def _connection_closed(self, conn_id: int) -> None:
+        if self.registrar:
+            dropped = self.registrar.drop_connection(conn_id)
+            if dropped:
+                self.log("info", "registrations_dropped", conn_id=conn_id, bindings=dropped)
 
     def _add_record_route(self, req: Request, source: Source, dest: Destination) -> None:
         """§16.6 item 4; RFC 5658 §4: two entries when the two sides differ."""

@@ -42,11 +42,12 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from edge.config import LimitsConfig, ListenConfig
+from edge.websocket import WebSocketSession
 from sip.errors import SipError
 from sip.framing import PONG, KeepAlive, StreamFramer, is_keepalive
 from sip.message import salvage_response
 
-TRANSPORTS = ("udp", "tcp", "tls")
+TRANSPORTS = ("udp", "tcp", "tls", "wss")
 
 # A peer that does not read what we write cannot hold more memory than this.
 WRITE_BUFFER_LIMIT = 1 << 20
@@ -58,6 +59,11 @@ CLOSE_GRACE = 5.0
 # RFC 5923 aliases a single connection may collect; more is a peer playing games.
 MAX_ALIASES = 16
 BACKLOG = 1024
+_WS_COUNTER = {
+    "no_subprotocol": "ws_no_subprotocol",
+    "too_big": "ws_too_big",
+    "protocol_error": "ws_protocol_errors",
+}
 # Timers may fire up to a clock tick early; deadlines within this count as reached.
 _EPSILON = 1e-3
 
@@ -75,6 +81,9 @@ COUNTERS = (
     "tls_handshake_failures",
     "connect_failures",
     "write_buffer_overflows",
+    "ws_no_subprotocol",
+    "ws_too_big",
+    "ws_protocol_errors",
 )
 
 
@@ -258,6 +267,8 @@ class _Conn(asyncio.Protocol):
         self.close_reason = ""
         self.forgotten = False
         self.sock_owned = False
+        # SIP over WebSocket (RFC 7118): the session that frames messages.
+        self.ws: WebSocketSession | None = None
 
     # ------------------------------------------------------------ protocol callbacks
 
@@ -311,6 +322,11 @@ class _Conn(asyncio.Protocol):
             local = self.layer._outbound_local(self.kind, transport)
         self.source = Source(self.kind, self.remote, local, self.id, cert)
         self.last = self.layer._loop.time()
+        if self.kind == "wss":
+            self.ws = WebSocketSession(self.layer._max_message_size)
+            # Until the upgrade is done the slow-loris clock runs, as for a header.
+            self.partial_since = self.last
+            self.arm()
         queue, self.queue, self.queued_bytes = self.queue, [], 0
         for data, on_error in queue:
             self.write(data, on_error)
@@ -346,6 +362,12 @@ class _Conn(asyncio.Protocol):
     # ------------------------------------------------------------ data
 
     def write(self, data: bytes, on_error: OnError | None) -> None:
+        if self.ws is not None:
+            if not self.ws.open or self.state is not _State.OPEN:
+                if on_error is not None:
+                    self.layer._call_soon(on_error)
+                return
+            data = self.ws.frame(data)
         if self.state is _State.OPEN:
             tr = self.tr
             assert tr is not None
@@ -367,6 +389,9 @@ class _Conn(asyncio.Protocol):
             self.queued_bytes += len(data)
 
     def feed(self, data: bytes) -> None:
+        if self.ws is not None:
+            self._feed_ws(data)
+            return
         layer = self.layer
         now = layer._loop.time()
         self.last = now
@@ -417,6 +442,29 @@ class _Conn(asyncio.Protocol):
             deadline = now + layer._header_timeout
             if deadline < self.timer_at:
                 self._set_timer(deadline)
+
+    def _feed_ws(self, data: bytes) -> None:
+        ws = self.ws
+        source = self.source
+        assert ws is not None and source is not None
+        layer = self.layer
+        self.last = layer._loop.time()
+        got = ws.receive(data)
+        if got.to_send and self.tr is not None:
+            self.tr.write(got.to_send)
+        if got.opened:
+            self.partial_since = None
+        for message in got.messages:
+            layer._deliver(message, source)
+            if self.state is not _State.OPEN:
+                return
+        if got.refused is not None:
+            layer._counters[_WS_COUNTER[got.refused.value]] += 1
+            layer._rlog(
+                "info", "websocket_refused", remote=self.remote[0], reason=got.refused.value
+            )
+        if got.closed:
+            self.close(got.refused.value if got.refused else "websocket_closed")
 
     def _framing_error(self, bad: bytes, error: SipError) -> None:
         layer = self.layer
@@ -523,6 +571,8 @@ class TransportLayer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._counters: Counter[str] = Counter(dict.fromkeys(COUNTERS, 0))
         self._closed = False
+        # Called with a connection id when an open connection goes away.
+        self.on_connection_closed: Callable[[int], None] | None = None
 
     # ------------------------------------------------------------ public API
 
@@ -530,7 +580,7 @@ class TransportLayer:
         """Bind every configured listener; ``OSError`` naming the address on failure."""
         self._loop = asyncio.get_running_loop()
         listen = self._listen_config
-        if listen.tls and self._tls_server is None:
+        if (listen.tls or listen.wss) and self._tls_server is None:
             raise ValueError("TLS listeners are configured but no TLS server context was given")
         try:
             for kind in TRANSPORTS:
@@ -579,10 +629,14 @@ class TransportLayer:
                 conn = None
         if conn is None:
             info = _ip_info(dest.host)
-            if info is None or dest.transport not in ("tcp", "tls") or self._closed:
+            if info is None or dest.transport not in ("tcp", "tls", "wss") or self._closed:
                 self._send_failed("bad_destination", dest, on_error)
                 return
             conn = self._index.get((dest.transport, info[1], dest.port))
+            if conn is None and dest.transport == "wss":
+                # Browsers connect to us; there is nobody to connect to.
+                self._send_failed("no_websocket_connection", dest, on_error)
+                return
             if conn is None:
                 if dest.transport == "tls" and self._tls_client is None:
                     self._send_failed("no_tls_client_context", dest, on_error)
@@ -794,6 +848,12 @@ class TransportLayer:
         """The connection is gone: drop every reference to it (idempotent)."""
         if conn.forgotten or conn.id == 0:
             return
+        if self.on_connection_closed is not None and conn.source is not None:
+            # Registrations bound to this flow die with it (RFC 5626 §5.2).
+            try:
+                self.on_connection_closed(conn.id)
+            except Exception as exc:
+                self._rlog("error", "on_connection_closed_failed", error=type(exc).__name__)
         conn.forgotten = True
         conn.state = _State.CLOSED
         self._unindex(conn)
@@ -825,7 +885,7 @@ class TransportLayer:
                 self._rlog("error", "accept_failed", transport="tls", error=e.strerror or str(e))
                 await asyncio.sleep(0.1)  # let connections close rather than spin
                 continue
-            conn = _Conn(self, "tls", inbound=True, listener=listener)
+            conn = _Conn(self, listener.kind, inbound=True, listener=listener)
             conn.state = _State.HANDSHAKE
             if not self._admit(conn, peer):
                 csock.close()

@@ -127,6 +127,7 @@ def test_check_config_accepts_dev_config() -> None:
         "udp": ["127.0.0.1:5060"],
         "tcp": ["127.0.0.1:5060"],
         "tls": ["127.0.0.1:5061"],
+        "wss": ["127.0.0.1:8443"],
         "advertise": "",
     }
     assert effective["metrics"] == {"address": "127.0.0.1:2112"}
