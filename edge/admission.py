@@ -156,11 +156,9 @@ class Admission:
         self._count("dropped_banned")
         return True
 
-    def unparsable(self, ip: str, trusted: bool) -> bool:
-        """A packet from ``ip`` did not parse; True if it may be answered (400).
-
-        Garbage counts against the source's request bucket like any request.
-        """
+    def metered(self, ip: str, trusted: bool) -> bool:
+        """Count a packet :meth:`admit` does not see (garbage, ACK, CANCEL) against
+        the source's request bucket; False when over it (drop it)."""
         if trusted or self._exempt(ip):
             return True
         return self._within_request_limit(ip, self.clock())

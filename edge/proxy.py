@@ -234,7 +234,7 @@ class Proxy(MediaMixin):
                 # confirm that a SIP server lives here.  Garbage counts against
                 # the stranger's request bucket like any request.
                 trusted = self._role(source) is not None
-                if self.admission.unparsable(source.remote[0], trusted) and trusted:
+                if self.admission.metered(source.remote[0], trusted) and trusted:
                     answer = salvage_response(data, error)
                     if answer is not None:
                         self.transport.send(answer, self._source_destination(source, None))
@@ -252,6 +252,10 @@ class Proxy(MediaMixin):
         now = self._get_loop().time()
         self._count(f"requests_{req.method.lower()}" if req.method.isalpha() else "requests_other")
         self._stamp_via(req, source)
+        if req.method in ("ACK", "CANCEL") and not self.admission.metered(
+            source.remote[0], self._role(source) is not None
+        ):
+            return  # a stranger's flood of ACKs or CANCELs: admit() never sees them
         if req.method == "ACK":
             ctx = self._server.get(server_key(req))
             if ctx is not None:
