@@ -1,0 +1,189 @@
+"""Headless Chromium calls through the edge (issue 6): WSS signaling, ICE-lite, DTLS-SRTP.
+
+The test serves tests/webrtc/sipclient.html (a minimal SIP-over-WebSocket client in plain
+JavaScript) from 127.0.0.1 and drives Debian's Chromium with selenium.  The page
+registers over wss:// with a Bearer JWT (127.0.0.1 is *not* a trusted trunk here, so the
+token is what lets it in), calls the built-in echo endpoint with a fake microphone, and
+the test reads ``getStats()``: DTLS connected, packets sent, and packets with audio
+energy received -- the echo came back through both legs of the relay (DTLS-SRTP on the
+browser's, plain RTP on the echo endpoint's).  Chromium trusts the edge's certificate
+through ``--ignore-certificate-errors-spki-list`` (the SPKI pin of the test certificate).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import jwt as pyjwt
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from tests.peers import SipedgeProc, TestCerts, free_port, make_test_certs
+
+pytestmark = [pytest.mark.interop, pytest.mark.slow]
+
+HERE = Path(__file__).parent
+JWT_KEY = "c" * 48
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+def spki_pin(cert: Path) -> str:
+    pub = x509.load_pem_x509_certificate(cert.read_bytes()).public_key()
+    der = pub.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> TestCerts:
+    return make_test_certs(tmp_path_factory.mktemp("webrtc-certs"), key_type="ec")
+
+
+@pytest.fixture
+def page_server() -> Iterator[str]:
+    """tests/webrtc/ over HTTP on 127.0.0.1 (a secure context: getUserMedia works)."""
+    handler = partial(_QuietHandler, directory=str(HERE / "webrtc"))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/sipclient.html"
+    server.shutdown()
+    server.server_close()
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def browser(certs: TestCerts) -> Iterator[Any]:
+    for binary, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
+        if not Path(binary).exists():
+            pytest.fail(f"{binary} is missing: apt-get install {package}")
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.options import Options
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.fail("selenium is missing: pip install selenium (the test extra)")
+    profile = tempfile.mkdtemp(prefix="sipedge-chromium-")
+    options = Options()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--disable-dev-shm-usage",
+        "--mute-audio",
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        "--autoplay-policy=no-user-gesture-required",
+        "--allow-loopback-in-peer-connection",
+        "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+        "--disable-features=WebRtcHideLocalIpsWithMdns,MediaRouter,DialMediaRouteProvider,"
+        "OptimizationHints,Translate",
+        f"--ignore-certificate-errors-spki-list={spki_pin(certs.cert)}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_script_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture
+def edge(tmp_path: Path, certs: TestCerts) -> Iterator[tuple[SipedgeProc, int]]:
+    wss_port = free_port("127.0.0.1", "tcp")
+    proc = SipedgeProc(
+        workdir=tmp_path / "edge",
+        certs=certs,
+        # Nobody on loopback is trusted: the browser gets in with its token.
+        trunks=[{"name": "elsewhere", "allow": ["192.0.2.0/24"]}],
+        extra={
+            "listen": {"wss": [f"127.0.0.1:{wss_port}"]},
+            "media": {"caller": "as-offered"},
+        },
+    )
+    proc.env = {**(proc.env or {}), "JWT_KEY": JWT_KEY}
+    proc.start()
+    proc.wait_ready()
+    yield proc, wss_port
+    proc.stop()
+
+
+def token(agent: str) -> str:
+    now = int(time.time())
+    claims = {
+        "customer_id": "3f2b1c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d",
+        "agent_id": agent,
+        "permissions": ["call_create"],
+        "iat": now,
+        "exp": now + 600,
+    }
+    return pyjwt.encode(claims, JWT_KEY, algorithm="HS256")
+
+
+def run_async(driver: Any, script: str, *args: Any) -> Any:
+    """Call an async function of the page; its result, or an AssertionError with the page log."""
+    result = driver.execute_async_script(
+        f"const done = arguments[arguments.length - 1];"
+        f"({script})(...Array.from(arguments).slice(0, -1))"
+        f".then(r => done({{ok: r}}), e => done({{error: String(e)}}));",
+        *args,
+    )
+    if "error" in result:
+        page = driver.execute_script("return window.T")
+        raise AssertionError(f"{result['error']}; page: {page}")
+    return result["ok"]
+
+
+@pytest.mark.timeout(120)
+def test_chromium_calls_the_echo_endpoint_over_wss_and_dtls_srtp(
+    edge: tuple[SipedgeProc, int], browser: Any, page_server: str
+) -> None:
+    _, wss_port = edge
+    browser.get(page_server)
+    url = f"wss://127.0.0.1:{wss_port}/"
+    tok = token("agent-7")
+    assert run_async(browser, "register", url, "agent-7", tok) == 200
+    echo = "sip:echo@sipedge"  # any number: calls from outside go to the default upstream
+    assert run_async(browser, "call", echo, tok) == 200, browser.execute_script("return window.T")
+    stats: dict[str, Any] = {}
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        stats = run_async(browser, "stats")
+        inbound = stats.get("inbound-rtp") or {}
+        if (inbound.get("packets") or 0) > 50 and (inbound.get("totalAudioEnergy") or 0) > 0:
+            break
+    page = browser.execute_script("return window.T")
+    assert stats.get("transport", {}).get("dtlsState") == "connected", (stats, page)
+    assert stats["transport"]["srtpCipher"] == "SRTP_AES128_CM_HMAC_SHA1_80", stats
+    assert (stats.get("outbound-rtp") or {}).get("packets", 0) > 50, stats
+    inbound = stats.get("inbound-rtp") or {}
+    assert inbound.get("packets", 0) > 50, (stats, page)
+    assert inbound.get("totalAudioEnergy", 0) > 0, stats
+    # The offer the edge forwarded and the answer the browser got name only the relay.
+    assert "a=ice-lite" in page["answer"] and "a=fingerprint:sha-256" in page["answer"]
+    assert run_async(browser, "hangup") == 200
