@@ -1,42 +1,63 @@
 # syntax=docker/dockerfile:1
 #
-# sipedge container image.
+# sipedge container image (docs/operations.md has the whole story).
 #   docker build -t sipedge .
 #   docker run --rm --network host \
 #     -v "$PWD/tls:/etc/sipedge/tls:ro" \
-#     [-v "$PWD/sipedge.toml:/etc/sipedge/sipedge.toml:ro"] sipedge
+#     [-v "$PWD/sipedge.toml:/etc/sipedge/sipedge.toml:ro"] \
+#     [-e JWT_KEY=... -e SIPEDGE_TLS_CERT_BASE64=... -e SIPEDGE_TLS_KEY_BASE64=...] sipedge
+#
+# Host networking, not -p: the media relay uses one UDP port pair per call leg out of
+# [media] port_range (10000-60000 by default).  Publishing 50,000 ports with -p makes
+# Docker start a proxy process or NAT rule per port (minutes to start, and RTP loses
+# its source address); with --network host the relay binds the host's ports itself.
 #
 # The default /etc/sipedge/sipedge.toml is configs/sipedge.example.toml with the
-# listeners on 0.0.0.0 and the certificate expected at /etc/sipedge/tls/{cert,key}.pem
-# (mount it; no key is ever baked into the image).  The metrics endpoint (and so the
-# HEALTHCHECK's /healthz) lands with the operations issue.
+# listeners and the metrics endpoint on 0.0.0.0 and the certificate expected at
+# /etc/sipedge/tls/{cert,key}.pem (mount it, or pass it base64 in the environment;
+# no key is ever baked into the image).  Mount your own file over it for production:
+# at least [listen] advertise, [media] address and your [upstream] sets.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---------------------------------------------------------------- builder
 FROM ${PYTHON_IMAGE} AS builder
+# A C compiler and OpenSSL's headers for media._srtp (the SRTP hot path).
+# Unpinned on purpose: the bookworm point release brings the security fixes.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev \
  && rm -rf /var/lib/apt/lists/*
+# Everything sipedge needs at run time goes into one venv, copied whole to the
+# runtime stage: no compiler, headers or pip caches there.
+RUN python -m venv /opt/sipedge
+ENV PATH=/opt/sipedge/bin:$PATH
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY sip/ sip/
 COPY edge/ edge/
 COPY media/ media/
-# One wheel for sipedge (with the compiled media._srtp) plus wheels of its dependencies,
-# so the runtime stage installs offline and needs no compiler.
-RUN SIPEDGE_STRICT_BUILD=1 pip wheel --no-cache-dir --wheel-dir /wheels .
+# SIPEDGE_STRICT_BUILD: compiler warnings are errors, as in `make` (the compiler is
+# the image's, so no new warning can surprise the build).  Dependencies float within
+# pyproject.toml's bounds, like any pip install.
+# hadolint ignore=DL3013
+# -I: import the installed package, not the source tree in the working directory.
+RUN SIPEDGE_STRICT_BUILD=1 pip install --no-cache-dir . \
+ && python -I -c "import media._srtp"
 
 # ---------------------------------------------------------------- runtime
-FROM ${PYTHON_IMAGE}
+FROM ${PYTHON_IMAGE} AS runtime
 # libssl3 carries the libcrypto.so.3 that media._srtp links.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libssl3 \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --create-home --home-dir /var/lib/sipedge \
+ && useradd --system --uid 10001 --user-group --create-home --home-dir /var/lib/sipedge \
       --shell /usr/sbin/nologin sipedge
-RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links /wheels sipedge
+COPY --from=builder /opt/sipedge /opt/sipedge
+ENV PATH=/opt/sipedge/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
 COPY configs/sipedge.example.toml /etc/sipedge/sipedge.toml
 # Only key lines change (comments keep documenting the real defaults).  The echo
 # endpoint (port 5099) stays on loopback: it is a test aid, not a public service.
@@ -45,11 +66,17 @@ RUN sed -i -e '/^[a-z_]\+ = /{' \
       -e 's|"\.sipedge/dev-cert\.pem"|"/etc/sipedge/tls/cert.pem"|' \
       -e 's|"\.sipedge/dev-key\.pem"|"/etc/sipedge/tls/key.pem"|' \
       -e '}' /etc/sipedge/sipedge.toml \
- && mkdir -p /etc/sipedge/tls
-USER sipedge
+ && mkdir -p /etc/sipedge/tls \
+ && install -d -o sipedge -g sipedge -m 0700 /var/lib/sipedge/.sipedge
+# A numeric user, so that Kubernetes' runAsNonRoot can check it.
+USER 10001:10001
+# State (credentials database, control socket) in /var/lib/sipedge/.sipedge: the
+# config's relative paths are relative to this directory.
 WORKDIR /var/lib/sipedge
-# SIP over UDP/TCP, SIP over TLS, SIP over secure WebSocket, metrics, RTP/SRTP relay ports.
+# SIP over UDP/TCP, SIP over TLS, SIP over secure WebSocket, metrics and health,
+# RTP/SRTP relay ports (see above: use host networking for those).
 EXPOSE 5060/udp 5060/tcp 5061/tcp 8443/tcp 2112/tcp 10000-60000/udp
+# /healthz on the metrics port; the slim image has no curl, Python does it.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
   CMD ["python", "-c", "import sys, urllib.request; r = urllib.request.urlopen('http://127.0.0.1:2112/healthz', timeout=4); sys.exit(0 if r.status == 200 else 1)"]
 ENTRYPOINT ["sipedge", "run", "--config", "/etc/sipedge/sipedge.toml"]
