@@ -51,6 +51,7 @@ from prometheus_client.utils import floatToGoString
 from edge import __version__
 from edge.health import HttpEndpoint, Parts, not_ready
 from edge.log import LogFn
+from media.latching import DropReason
 
 __all__ = ["METRIC_NAMES", "Metrics", "Parts"]
 
@@ -94,18 +95,12 @@ _TRANSPORT_ERRORS: Final = {
     "udp_send_dropped": "udp_send_dropped",
     "write_buffer_overflows": "write_buffer_overflow",
 }
-_DROP_REASONS: Final = (
-    "too_short",
-    "not_rtp",
-    "malformed",
-    "unknown_source",
-    "auth_failed",
-    "replay",
-    "rtcp_flood",
-    "no_destination",
-    "protect_failed",
-    "internal_error",
-)
+# Every reason the relay counts (media/latching.py), so a new one shows up by itself.
+_DROP_REASONS: Final = tuple(str(reason) for reason in DropReason)
+# Leg.profile (media/relay.py) -> label value: the key exchange of each leg.
+_PROFILES: Final = {"rtp": "rtp", "srtp": "sdes", "dtls-srtp": "dtls"}
+# MediaController counters of WebRTC legs, once it keeps them.
+_WEBRTC_COUNTERS: Final = ("dtls_handshakes", "dtls_failures", "ice_nominations")
 
 # Every name a scrape may show, as it appears in the text format.
 METRIC_NAMES: Final = frozenset(
@@ -157,6 +152,8 @@ METRIC_NAMES: Final = frozenset(
         "sipedge_media_legs",
         "sipedge_media_sdp_total",
         "sipedge_media_sdp_errors_total",
+        "sipedge_media_dtls_handshakes_total",
+        "sipedge_media_ice_nominations_total",
         "sipedge_media_received_packets_total",
         "sipedge_media_packets_total",
         "sipedge_media_bytes_total",
@@ -560,6 +557,20 @@ class _Collector:
         family.add_metric(["offer_refused"], s.get("offers_refused", 0))
         family.add_metric(["answer_refused"], s.get("answers_refused", 0))
         yield family
+        if all(key in s for key in _WEBRTC_COUNTERS):
+            family = CounterMetricFamily(
+                "sipedge_media_dtls_handshakes",
+                "DTLS-SRTP handshakes of WebRTC legs, by result",
+                labels=["result"],
+            )
+            family.add_metric(["ok"], s["dtls_handshakes"])
+            family.add_metric(["failed"], s["dtls_failures"])
+            yield family
+            yield CounterMetricFamily(
+                "sipedge_media_ice_nominations",
+                "ICE candidate pairs nominated by WebRTC peers (ICE-lite)",
+                value=s["ice_nominations"],
+            )
         yield CounterMetricFamily(
             "sipedge_media_ports_exhausted",
             "Offers refused with 503 because no port pair was free",
@@ -573,13 +584,14 @@ class _Collector:
             "Relay sessions (one per relayed m= line)",
             value=s["sessions"],
         )
-        profiles = {"rtp": 0, "sdes": 0}
+        profiles = dict.fromkeys(_PROFILES.values(), 0)
         for session in list(relay.sessions.values()):
             for leg in session.legs.values():
-                # Every SRTP leg today is keyed by SDES (RFC 4568); DTLS-SRTP is not
-                # relayed yet.
-                srtp = leg.inbound is not None or leg.outbound is not None
-                profiles["sdes" if srtp else "rtp"] += 1
+                profile = getattr(leg, "profile", None)
+                if profile is None:  # a relay without DTLS-SRTP: SRTP is SDES-keyed
+                    srtp = leg.inbound is not None or leg.outbound is not None
+                    profile = "srtp" if srtp else "rtp"
+                profiles[_PROFILES.get(profile, profile)] += 1
         legs = GaugeMetricFamily(
             "sipedge_media_legs", "Relay legs by media profile", labels=["profile"]
         )
