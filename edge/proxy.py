@@ -914,11 +914,16 @@ class Proxy(MediaMixin):
         if source.conn_id is not None:
             token = self.flows.make(source.conn_id, source.remote)
         inbound = self._rr_value(source.transport, token)
-        if token is None and source.transport == dest.transport:
+        out_token = None
+        if dest.transport == "wss" and dest.conn_id is not None:
+            # A browser is reached only on its connection: requests towards it later
+            # in the dialog find that connection by this entry's flow token.
+            out_token = self.flows.make(dest.conn_id, (dest.host, dest.port))
+        if token is None and out_token is None and source.transport == dest.transport:
             req.headers.prepend("Record-Route", inbound)
             return
         req.headers.prepend("Record-Route", inbound)
-        req.headers.prepend("Record-Route", self._rr_value(dest.transport))
+        req.headers.prepend("Record-Route", self._rr_value(dest.transport, out_token))
 
     def _pop_own_routes(self, req: Request) -> int | None:
         """§16.4: remove the Route entries that name us; return a flow's connection.

@@ -187,3 +187,86 @@ def test_chromium_calls_the_echo_endpoint_over_wss_and_dtls_srtp(
     # The offer the edge forwarded and the answer the browser got name only the relay.
     assert "a=ice-lite" in page["answer"] and "a=fingerprint:sha-256" in page["answer"]
     assert run_async(browser, "hangup") == 200
+
+
+@pytest.mark.timeout(120)
+def test_the_upstream_calls_a_registered_browser(
+    tmp_path: Path, certs: TestCerts, browser: Any, page_server: str
+) -> None:
+    """sipp on 127.0.0.2 (an upstream target) calls the browser's AOR with G.711 from a
+    pcap: the INVITE goes down the browser's WebSocket, the browser answers with DTLS-SRTP,
+    and its getStats() shows the upstream's audio arriving decrypted through the relay."""
+    from tests.peers import Sipp, sipp_uac
+
+    pcap = Path("/usr/share/sip-tester/g711a.pcap")
+    assert pcap.is_file(), f"{pcap} missing: apt-get install sip-tester"
+    wss_port = free_port("127.0.0.1", "tcp")
+    proc = SipedgeProc(
+        workdir=tmp_path / "edge",
+        certs=certs,
+        upstream={
+            "echo": True,
+            "default": "echo",
+            "sets": [
+                {"name": "pbx", "probe_interval": 0, "targets": [{"uri": "sip:127.0.0.2:5999"}]}
+            ],
+        },
+        trunks=[{"name": "elsewhere", "allow": ["192.0.2.0/24"]}],
+        extra={"listen": {"wss": [f"127.0.0.1:{wss_port}"]}},
+    )
+    proc.env = {**(proc.env or {}), "JWT_KEY": JWT_KEY}
+    proc.start()
+    uac: Sipp | None = None
+    try:
+        proc.wait_ready()
+        browser.get(page_server)
+        assert (
+            run_async(
+                browser, "register", f"wss://127.0.0.1:{wss_port}/", "agent-9", token("agent-9")
+            )
+            == 200
+        )
+        browser.execute_script(
+            "answerCall().then(r => (T.answered = r), e => (T.answerError = String(e)));"
+        )
+        edge_udp = proc.addresses.udp
+        assert edge_udp is not None
+        uac = sipp_uac(
+            "media_uac_pcap",
+            edge_udp,
+            workdir=tmp_path,
+            local_ip="127.0.0.2",
+            ruri=f"sip:agent-9@{edge_udp[0]}:{edge_udp[1]}",
+            hold_ms=7500,
+            keys={"pcap": str(pcap)},
+            timeout=40,
+        )
+        uac.start()
+        stats: dict[str, Any] = {}
+        deadline = time.monotonic() + 25
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            if browser.execute_script("return window.T.answered") != 200:
+                continue
+            stats = run_async(browser, "stats")
+            inbound = stats.get("inbound-rtp") or {}
+            if (inbound.get("packets") or 0) > 100 and (inbound.get("totalAudioEnergy") or 0) > 0:
+                break
+        page = browser.execute_script("return window.T")
+        assert page.get("answered") == 200, (
+            page.get("answerError"),
+            page.get("sip"),
+            page.get("log"),
+        )
+        assert "a=fingerprint:sha-256" in page["incomingOffer"], page["incomingOffer"]
+        assert "127.0.0.2" not in page["incomingOffer"]  # the upstream's address never shows
+        assert stats.get("transport", {}).get("dtlsState") == "connected", (stats, page)
+        inbound = stats.get("inbound-rtp") or {}
+        assert inbound.get("packets", 0) > 100 and inbound.get("totalAudioEnergy", 0) > 0, stats
+        assert uac.wait(timeout=40) == 0, uac.result()
+        result = uac.result()
+        assert result.successful == 1 and result.failed == 0, result
+    finally:
+        if uac is not None:
+            uac.stop()
+        proc.stop()
