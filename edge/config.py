@@ -59,7 +59,6 @@ from edge.config_values import (
     _host,
     _host_port,
     _int,
-    _key,
     _kind,
     _name,
     _no_unknown_keys,
@@ -87,8 +86,8 @@ FROM_COMMAND_LINE = "<from command line>"
 VERIFY_CLIENT = ("none", "optional", "required")
 ALGORITHMS = ("round-robin", "weight", "hash")
 # What one side of a call speaks (docs/configuration.md, [media]): the relay bridges
-# between the two sides' policies.  "dtls-srtp" arrives with WebRTC.
-MEDIA_POLICIES = ("as-offered", "rtp", "srtp", "passthrough")
+# between the two sides' policies; "dtls-srtp" is a WebRTC side (ICE-lite, DTLS-SRTP).
+MEDIA_POLICIES = ("as-offered", "rtp", "srtp", "dtls-srtp", "passthrough")
 DEFAULT_PORT_RANGE = (10000, 60000)
 ECHO_SET = "echo"
 
@@ -780,11 +779,7 @@ def _subjects(t: Mapping[str, Any], where: str) -> tuple[str, ...]:
 
 
 def _media_policy(t: Mapping[str, Any], section: str, name: str, default: str) -> str:
-    if t.get(name) == "dtls-srtp":
-        # A policy of the media issue that needs the DTLS handshake and ICE of WebRTC.
-        raise ConfigError(
-            _key(section, name), "'dtls-srtp' is not supported yet (it comes with WebRTC)"
-        )
+    # "dtls-srtp": the side is a WebRTC endpoint (ICE-lite and DTLS-SRTP on its leg).
     return _choice(t, section, name, default, MEDIA_POLICIES)
 
 

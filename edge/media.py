@@ -34,6 +34,13 @@ Rules of this file:
   the context (its roll-over counter and replay window), a new key gets a new one.
 - ``passthrough`` on either side's policy, or ``[media] enabled = false``: the SDP
   goes through untouched and nothing is allocated, for the whole call.
+- A "dtls-srtp" side (WebRTC; :mod:`media.webrtc`) gets a leg with rtcp-mux, ICE-lite and
+  DTLS from its first offer on; the ICE/DTLS parameters of its SDP are applied to the
+  leg (never SDES contexts: its keys come from the handshake).  The leg's events are
+  logged (``media_ice_nominated``, ``media_dtls_connected`` with the handshake time,
+  ``media_dtls_failed``); a failure is also an audit event (``media_dtls_failed``,
+  action ``refuse``) when :attr:`MediaController.audit` is set.  A failed leg forwards
+  nothing, so the media timeout ends the call.
 - Errors are the proxy's answers: ``SipError`` 400 (SDP that does not parse), 488
   (no usable media stream), 503 (no relay ports free; a log line says so), 500 (an
   answer the controller has no offer for).  Nothing here logs key material; the
@@ -50,17 +57,32 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from edge.audit import AuditLog, call_resource_id
 from edge.config import MEDIA_POLICIES, Config, ConfigError
 from edge.log import LogFn
+from media.dtls import DtlsFailed, HandshakeDone
 from media.ports import PortsExhausted
 from media.relay import Leg, MediaRelay, MediaSession
-from media.sdp_rewrite import SIDES, LegPorts, Negotiation, Remote, SdesKey, Side, Stream
+from media.sdp_rewrite import (
+    SIDES,
+    LegPorts,
+    Negotiation,
+    Remote,
+    SdesKey,
+    Side,
+    Stream,
+    WebRtcLocal,
+)
 from media.srtp import Context
+from media.webrtc import Nominated, WebRtcEvent
 from sip.errors import SipError
 from sip.sdp import SessionDescription, parse_sdp
 
 # The relay names its legs after offer/answer; the controller's sides are fixed per call.
 RELAY_LEG: Final[dict[Side, str]] = {"caller": "offer", "callee": "answer"}
+_SIDE_OF_LEG: Final[dict[str, Side]] = {"offer": "caller", "answer": "callee"}
+# The audit event of a DTLS handshake that failed or a fingerprint that did not match.
+MEDIA_DTLS_FAILED: Final = "media_dtls_failed"
 
 
 @dataclass(slots=True)
@@ -91,7 +113,10 @@ class MediaController:
 
     ``relay`` is made from ``config.media`` when not given (its address from
     :meth:`edge.config.MediaConfig.resolved_address`, which raises ``ConfigError``).
+    ``audit``: where DTLS failures are written (set by whoever wires the audit log).
     """
+
+    audit: AuditLog | None = None
 
     def __init__(
         self, config: Config, *, relay: MediaRelay | None = None, log: LogFn | None = None
@@ -106,6 +131,8 @@ class MediaController:
             address = media.resolved_address(config.listen)
             relay = MediaRelay(address, media.port_range, media.quarantine, log=log)
         self.relay = relay
+        if relay is not None:
+            relay.on_webrtc_event = self._webrtc_event
         self._calls: dict[str, _Call] = {}
         self._counters: dict[str, int] = dict.fromkeys(
             (
@@ -116,6 +143,9 @@ class MediaController:
                 "offers_refused",
                 "answers_refused",
                 "ports_exhausted",
+                "ice_nominations",
+                "dtls_handshakes",
+                "dtls_failures",
             ),
             0,
         )
@@ -190,7 +220,8 @@ class MediaController:
             try:
                 for d in plan.relayed:
                     if d.index not in call.sessions:
-                        await self._new_session(call, d.index, side, d.rtcp_mux)
+                        muxes = {s: d.mux_for(s == side) for s in SIDES}
+                        await self._new_session(call, d.index, muxes)
                         created.append(d.index)
             except PortsExhausted as exc:
                 self._counters["ports_exhausted"] += 1
@@ -203,6 +234,12 @@ class MediaController:
             for d in plan.relayed:
                 if d.index not in created:
                     await self._switch_rtcp_mux(call, d.index, side, d.rtcp_mux)
+                for s in SIDES:
+                    if d.dtls_for(s == side):
+                        leg = self._leg(call, d.index, s)
+                        if not leg.rtcp_mux:  # a side that turned WebRTC on a re-offer
+                            await leg.set_rtcp_mux(True)
+                        leg.enable_webrtc()
             ports = {
                 d.index: {s: _ports(self._leg(call, d.index, s)) for s in SIDES}
                 for d in plan.relayed
@@ -367,7 +404,7 @@ class MediaController:
         self._counters[counter] += 1
         self._emit("info", event, call=call_key, status=exc.status_hint, problem=exc.reason)
 
-    async def _new_session(self, call: _Call, index: int, offerer: Side, mux: bool) -> None:
+    async def _new_session(self, call: _Call, index: int, muxes: dict[Side, bool]) -> None:
         assert self.relay is not None
         name = call.key if index == 0 else f"{call.key}#{index}"
         if self.relay.session(name) is not None:  # left over from an earlier use of the key
@@ -375,7 +412,7 @@ class MediaController:
         session = await self.relay.create_session(name)
         try:
             for side in SIDES:
-                await session.add_leg(RELAY_LEG[side], rtcp_mux=mux and side == offerer)
+                await session.add_leg(RELAY_LEG[side], rtcp_mux=muxes[side])
         except BaseException:
             await self.relay.delete_session(name)
             raise
@@ -439,6 +476,10 @@ class MediaController:
                 leg.clear_remote()
                 self._emit("error", "media_remote_refused", call=call.key, problem=str(exc))
             done.remote, done.sip_source = remote, source
+        if leg.webrtc is not None:
+            self._apply_webrtc(leg, state)
+            session.on_hold = stream.on_hold
+            return
         if state.inbound is None:
             done.inbound_key, done.inbound = None, None
         elif not state.inbound.same_key(done.inbound_key):
@@ -454,6 +495,70 @@ class MediaController:
         leg.set_crypto(done.inbound, done.outbound)
         session.on_hold = stream.on_hold
 
+    def _apply_webrtc(self, leg: Leg, state: Any) -> None:
+        """The ICE/DTLS parameters of a "dtls-srtp" side's SDP into its leg."""
+        assert leg.webrtc is not None and self.relay is not None
+        webrtc = leg.webrtc
+        now = self.relay.clock()
+        out = []
+        if state.setup is not None and state.setup != webrtc.setup:
+            out += webrtc.configure(state.setup, now)
+        remote = state.dtls_remote
+        if remote is not None:
+            address = None
+            if state.remote is not None and state.remote.rtp_port:
+                address = (state.remote.ip, state.remote.rtp_port)
+            out += webrtc.set_remote(
+                ice=remote.ice,
+                fingerprints=list(remote.fingerprints),
+                setup=remote.setup,
+                address=address,
+                now=now,
+            )
+        self.relay.webrtc_output(leg, out)
+
+    def _webrtc_event(self, leg: Leg, event: WebRtcEvent) -> None:
+        """Log (and audit) what a "dtls-srtp" leg's ICE and DTLS did."""
+        call_key, _, index = leg.session.call_id.partition("#")
+        fields: dict[str, Any] = {
+            "call": call_key,
+            "index": int(index or 0),
+            "side": _SIDE_OF_LEG.get(leg.name, leg.name),
+        }
+        if isinstance(event, Nominated):
+            self._counters["ice_nominations"] += 1
+            self._emit("info", "media_ice_nominated", **fields, source=_hostport(event.address))
+        elif isinstance(event, HandshakeDone):
+            self._counters["dtls_handshakes"] += 1
+            assert leg.webrtc is not None
+            seconds = leg.webrtc.dtls.handshake_seconds
+            self._emit(
+                "info",
+                "media_dtls_connected",
+                **fields,
+                role=event.role,
+                cipher=event.cipher,
+                profile=event.keys.suite.dtls_profile,
+                handshake_ms=None if seconds is None else round(seconds * 1000, 1),
+            )
+        elif isinstance(event, DtlsFailed):
+            self._counters["dtls_failures"] += 1
+            assert leg.webrtc is not None
+            peer = leg.webrtc.dtls_peer or leg.webrtc.ice.selected
+            self._emit(
+                "warning", "media_dtls_failed", **fields, reason=event.reason, detail=event.detail
+            )
+            if self.audit is not None:
+                call_id = call_key.rpartition(";")[0] or call_key
+                self.audit.event(
+                    MEDIA_DTLS_FAILED,
+                    action="refuse",
+                    source_ip=peer[0] if peer is not None else None,
+                    resource_type="call",
+                    resource_id=call_resource_id(call_id),
+                    details={"reason": event.reason, "side": fields["side"]},
+                )
+
     def _emit(self, level: str, event: str, **fields: Any) -> None:
         if self._log is not None:
             self._log(level, event, **fields)
@@ -468,7 +573,15 @@ def _side(leg_from: str) -> Side:
 
 
 def _ports(leg: Leg) -> LegPorts:
-    return LegPorts(leg.local_rtp_port, leg.local_rtcp_port, leg.rtcp_mux)
+    webrtc = None
+    if leg.webrtc is not None:
+        ice = leg.webrtc.ice
+        webrtc = WebRtcLocal(ice.local_ufrag, ice.local_pwd, leg.webrtc.fingerprint)
+    return LegPorts(leg.local_rtp_port, leg.local_rtcp_port, leg.rtcp_mux, webrtc)
+
+
+def _hostport(address: tuple[str, int]) -> str:
+    return f"{_host(address[0])}:{address[1]}"
 
 
 def _ip_or_none(text: str) -> str | None:

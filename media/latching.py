@@ -56,6 +56,7 @@ class DropReason(enum.StrEnum):
     RTCP_FLOOD = "rtcp_flood"  # RTCP above the leg's rate
     NO_DESTINATION = "no_destination"  # peer leg without a remote address yet
     PROTECT_FAILED = "protect_failed"  # outbound transform refused the packet
+    DTLS_PENDING = "dtls_pending"  # a dtls-srtp leg without SRTP keys (yet, or any more)
     INTERNAL_ERROR = "internal_error"  # a bug: counted, logged, never raised
 
 
@@ -173,6 +174,17 @@ class Latch:
             self.relatches += 1
         self.latched = (host, port)
         self.ssrc = ssrc
+        self.latched_at = now
+
+    def nominate(self, host: str, port: int, now: float) -> None:
+        """Latch to the address an ICE agent nominated (its check proved it knows the
+        leg's ICE password); the SSRC is learnt from the media."""
+        if self.mode is LatchMode.STRICT:
+            return
+        if self.latched is not None and self.latched != (host, port):
+            self.relatches += 1
+        self.latched = (host, port)
+        self.ssrc = None
         self.latched_at = now
 
     def snapshot(self) -> dict[str, object]:

@@ -10,22 +10,32 @@ latching and delete; :func:`route` is the loop body that reads them.
 
 The packet path (:func:`route`), one step per line, every failure a counted drop:
 
-1. demultiplex by the first byte (RFC 7983 §7): STUN and DTLS are punted to the
-   ``on_control`` callback, anything else that is not RTP is dropped;
+1. demultiplex by the first byte (RFC 7983 §7): STUN and DTLS are punted (to the
+   leg's :class:`media.webrtc.WebRtcLeg` on a "dtls-srtp" leg, else to the
+   ``on_control`` callback), anything else that is not RTP is dropped;
    RTP versus RTCP by the second byte when the leg multiplexes (RFC 5761 §4);
-2. parse the fixed header (RTP or RTCP, :mod:`media.rtp`);
+2. parse the fixed header (RTP or RTCP, :mod:`media.rtp`); a "dtls-srtp" leg whose
+   handshake has not given it keys drops here (``dtls_pending``);
 3. check the source against the leg's latch (:mod:`media.latching`);
 4. RTCP only: the leg's RTCP token bucket (an RTCP flood is dropped);
 5. unprotect with the leg's inbound transform (SRTP/SRTCP → RTP/RTCP);
 6. latch to a new source that has just proved itself;
 7. look up the peer leg's destination (its latched, else signalled, address);
-8. protect with the peer's outbound transform (RTP/RTCP → SRTP/SRTCP);
+8. protect with the peer's outbound transform (RTP/RTCP → SRTP/SRTCP); nothing goes
+   to a "dtls-srtp" peer before its keys (``dtls_pending``: never plain RTP to it);
 9. count, and send from the peer leg's socket.
 
 Crypto transforms are duck-typed (:class:`CryptoTransform`), one per leg and
 direction; ``None`` is plain RTP.  An exception from ``unprotect_*`` is an
 authentication failure, or a replay when its ``reason`` (media.srtp), type or text
 says "replay" (:func:`crypto_drop_reason`).
+
+A "dtls-srtp" leg (:meth:`Leg.enable_webrtc`) multiplexes RTCP, answers ICE-lite checks,
+latches where the peer's ICE agent nominated, and gets its SRTP transforms from the DTLS
+handshake (:meth:`MediaRelay.webrtc_datagram`); :meth:`MediaRelay.handle_timers`, run
+every 100 ms by a task while such legs exist, retransmits lost handshake flights.  Its
+events (nominated, handshake done, failed) go to ``on_webrtc_event``; a failed handshake
+leaves the leg without keys, so its media is dropped and the call's media timeout ends it.
 
 Nothing the network sends raises into the event loop: every datagram ends as
 forwarded, punted or dropped with a reason, so ``received == packets_in + punted +
@@ -42,9 +52,12 @@ import time
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
+from media.dtls import DtlsFailed, HandshakeDone
 from media.latching import Address, DropReason, Latch, LatchMode, Verdict
 from media.ports import PortAllocation, PortPool
 from media.rtp import PacketKind, RtpError, classify, rtcp_ssrc, rtp_ssrc
+from media.srtp import Context
+from media.webrtc import Nominated, Outgoing, WebRtcEvent, WebRtcLeg
 
 LEG_NAMES: Final = ("offer", "answer")
 _PEER: Final = {"offer": "answer", "answer": "offer"}
@@ -67,6 +80,9 @@ class LogFn(Protocol):
 ControlHandler = Callable[["Leg", PacketKind, bytes, Address], None]
 # What route() hands the socket glue: send `payload` to `destination` from `transport`.
 Forwarded = tuple[asyncio.DatagramTransport, bytes, Address]
+# (leg, event): ICE nomination, DTLS handshake done or failed, for the controller's log.
+WebRtcEventHandler = Callable[["Leg", WebRtcEvent], None]
+WEBRTC_TICK: Final = 0.1  # seconds between DTLS retransmission timer checks
 
 
 # ``reason`` of media.srtp.SrtpError; other transforms (pylibsrtp) are read by text.
@@ -164,6 +180,7 @@ class Leg:
         "rtcp_transport",
         "rtcp_tokens",
         "rtcp_stamp",
+        "webrtc",
         "_closed",
     )
 
@@ -187,9 +204,29 @@ class Leg:
         self.rtcp_transport: asyncio.DatagramTransport | None = None
         self.rtcp_tokens = float(session.relay.rtcp_burst)
         self.rtcp_stamp = 0.0
+        self.webrtc: WebRtcLeg | None = None  # the "dtls-srtp" profile
         self._closed: list[asyncio.Future[None]] = []
 
     # ---------------------------------------------------------------- control
+
+    @property
+    def profile(self) -> str:
+        """The leg's media profile: "dtls-srtp", "srtp" (SDES keys set) or "rtp"."""
+        if self.webrtc is not None:
+            return "dtls-srtp"
+        return "srtp" if self.inbound is not None or self.outbound is not None else "rtp"
+
+    def enable_webrtc(self, webrtc: WebRtcLeg | None = None) -> WebRtcLeg:
+        """Make this a "dtls-srtp" leg (idempotent): ICE-lite and DTLS on its port, SRTP
+        from the handshake.  rtcp-mux is required (RFC 8842 §5.1, RFC 8843): the leg
+        must have been allocated with it."""
+        if self.webrtc is None:
+            if not self.rtcp_mux:
+                raise ValueError("a dtls-srtp leg needs rtcp-mux")
+            self.webrtc = webrtc or WebRtcLeg()
+            self.inbound = self.outbound = None
+            self.session.relay.track_webrtc(self)
+        return self.webrtc
 
     @property
     def local_host(self) -> str:
@@ -232,10 +269,20 @@ class Leg:
             rtcp_port = rtp_port if self.rtcp_mux else rtp_port + 1
         self.remote_mux = rtcp_port == rtp_port
         self.rtcp_latch.set_signalled(ip, rtcp_port, extra)
+        self._keep_nomination()
 
     def clear_remote(self) -> None:
         self.rtp_latch.clear()
         self.rtcp_latch.clear()
+        self._keep_nomination()
+
+    def _keep_nomination(self) -> None:
+        # An answer applied after the browser's ICE agent nominated (it checks as soon
+        # as it has our offer) must not unlatch what the nomination proved.
+        webrtc = self.webrtc
+        if webrtc is not None and webrtc.ice.nominated is not None:
+            host, port = webrtc.ice.nominated
+            self.rtp_latch.nominate(host, port, self.session.relay.clock())
 
     def set_crypto(self, inbound: CryptoTransform | None, outbound: CryptoTransform | None) -> None:
         """The SRTP transforms of this leg (``None``: plain RTP that way)."""
@@ -303,7 +350,20 @@ class Leg:
             transport.sendto(data, destination)
 
     def stats(self) -> dict[str, Any]:
+        webrtc = self.webrtc
+        extra: dict[str, Any] = {}
+        if webrtc is not None:
+            extra["webrtc"] = {
+                "dtls_state": webrtc.dtls.state,
+                "dtls_role": webrtc.dtls.role,
+                "ice_nominated": webrtc.ice.nominated,
+                "handshake_seconds": webrtc.dtls.handshake_seconds,
+                "ice": dict(webrtc.ice.counters),
+                "dtls": dict(webrtc.dtls.counters),
+                **webrtc.counters,
+            }
         return {
+            "profile": self.profile,
             "local_rtp_port": self.local_rtp_port,
             "local_rtcp_port": self.local_rtcp_port,
             "rtcp_mux": self.rtcp_mux,
@@ -313,6 +373,7 @@ class Leg:
             "rtcp": self.rtcp_latch.snapshot(),
             "last_packet": self.last_packet,
             **self.counters.as_dict(),
+            **extra,
         }
 
     # ---------------------------------------------------------------- per packet
@@ -391,9 +452,13 @@ def route(
         leg.drop(DropReason(exc.reason), source)
         return None
 
+    inbound = leg.inbound
+    if inbound is None and leg.webrtc is not None:
+        leg.drop(DropReason.DTLS_PENDING, source)
+        return None
+
     # 3. Source check.
     latch = leg.rtcp_latch if rtcp else leg.rtp_latch
-    inbound = leg.inbound
     verdict = latch.check(host, port, ssrc, inbound is not None)
     if verdict is Verdict.DROP:
         leg.drop(DropReason.UNKNOWN_SOURCE, source)
@@ -441,6 +506,9 @@ def route(
 
     # 8. Encrypt for the peer.
     outbound = peer.outbound
+    if outbound is None and peer.webrtc is not None:
+        leg.drop(DropReason.DTLS_PENDING, source)
+        return None
     if outbound is not None:
         try:
             data = outbound.protect_rtcp(data) if rtcp else outbound.protect_rtp(data)
@@ -575,6 +643,10 @@ class MediaSession:
             return
         self.closed = True
         for leg in self.legs.values():
+            if leg.webrtc is not None:
+                self.relay.untrack_webrtc(leg)
+                for data, destination in leg.webrtc.close():  # close_notify
+                    leg.send(data, destination)
             await leg._close()
             self.relay.pool.release(leg.ports)
             self.relay.retire(leg.counters)
@@ -602,6 +674,7 @@ class MediaRelay:
         rtcp_rate: float = 100.0,
         rtcp_burst: int = 200,
         pool: PortPool | None = None,
+        on_webrtc_event: WebRtcEventHandler | None = None,
     ) -> None:
         self.host = host
         self.clock = clock
@@ -611,6 +684,9 @@ class MediaRelay:
         self.rtcp_rate = rtcp_rate
         self.rtcp_burst = rtcp_burst
         self.sessions: dict[str, MediaSession] = {}
+        self.on_webrtc_event = on_webrtc_event
+        self._webrtc_legs: set[Leg] = set()
+        self._ticker: asyncio.Task[None] | None = None
         self._retired = LegCounters()  # counters of deleted sessions, for totals
         self._log_window: dict[str, tuple[float, int]] = {}  # key -> (window start, suppressed)
 
@@ -635,6 +711,11 @@ class MediaRelay:
     async def close(self) -> None:
         for call_id in list(self.sessions):
             await self.delete_session(call_id)
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
 
     def timed_out(self, now: float, timeout: float) -> list[str]:
         """Call ids whose media timed out (see :meth:`MediaSession.media_timeout`)."""
@@ -666,6 +747,14 @@ class MediaRelay:
     # ---------------------------------------------------------------- callbacks
 
     def punt(self, leg: Leg, kind: PacketKind, data: bytes, source: Address) -> None:
+        if leg.webrtc is not None:
+            try:
+                self.webrtc_datagram(leg, kind, data, source)
+            except Exception as exc:
+                leg.counters.punted -= 1
+                leg.counters.drops[DropReason.INTERNAL_ERROR] += 1
+                self.log_error(leg, exc)
+            return
         if self.on_control is not None:
             try:
                 self.on_control(leg, kind, data, source)
@@ -674,6 +763,65 @@ class MediaRelay:
                 leg.counters.punted -= 1
                 leg.counters.drops[DropReason.INTERNAL_ERROR] += 1
                 self.log_error(leg, exc)
+
+    # ---------------------------------------------------------------- dtls-srtp legs
+
+    def webrtc_datagram(self, leg: Leg, kind: PacketKind, data: bytes, source: Address) -> None:
+        """A STUN or DTLS datagram on a "dtls-srtp" leg: answer, handshake, apply."""
+        assert leg.webrtc is not None
+        self.webrtc_output(leg, leg.webrtc.receive(kind, data, source, self.clock()))
+
+    def webrtc_output(self, leg: Leg, out: Outgoing) -> None:
+        """Send what the leg's ICE/DTLS produced and act on its events."""
+        for payload, destination in out:
+            try:
+                leg.send(payload, destination)
+            except (OSError, ValueError, RuntimeError):
+                leg.counters.send_errors += 1
+        webrtc = leg.webrtc
+        if webrtc is None:
+            return
+        while (event := webrtc.next_event()) is not None:
+            if isinstance(event, Nominated):
+                host, port = event.address
+                leg.rtp_latch.nominate(host, port, self.clock())
+            elif isinstance(event, HandshakeDone):
+                keys = event.keys
+                suite = keys.suite.name
+                leg.set_crypto(
+                    Context(keys.remote_key, keys.remote_salt, suite, direction="inbound"),
+                    Context(keys.local_key, keys.local_salt, suite, direction="outbound"),
+                )
+            elif isinstance(event, DtlsFailed):
+                leg.set_crypto(None, None)
+            if self.on_webrtc_event is not None:
+                try:
+                    self.on_webrtc_event(leg, event)
+                except Exception as exc:
+                    self.log_error(leg, exc)
+
+    def handle_timers(self, now: float) -> None:
+        """DTLS retransmissions and handshake deadlines of every "dtls-srtp" leg."""
+        for leg in list(self._webrtc_legs):
+            if leg.webrtc is not None:
+                self.webrtc_output(leg, leg.webrtc.handle_timer(now))
+
+    def track_webrtc(self, leg: Leg) -> None:
+        self._webrtc_legs.add(leg)
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.get_running_loop().create_task(self._tick())
+
+    def untrack_webrtc(self, leg: Leg) -> None:
+        self._webrtc_legs.discard(leg)
+
+    async def _tick(self) -> None:
+        while self._webrtc_legs:
+            await asyncio.sleep(WEBRTC_TICK)
+            try:
+                self.handle_timers(self.clock())
+            except Exception as exc:  # a bug: logged, the ticker goes on
+                for leg in list(self._webrtc_legs)[:1]:
+                    self.log_error(leg, exc)
 
     # ---------------------------------------------------------------- logging
 

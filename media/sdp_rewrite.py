@@ -11,10 +11,10 @@ Rules of this file:
   that faces that side.  ``a=rtcp`` is always written; ``a=rtcp-mux`` only where that
   leg multiplexes RTCP (RFC 5761), with ``a=rtcp`` naming the RTP port then.
 - ICE (RFC 8839/8840) and DTLS (RFC 8122, RFC 4145 ``a=setup``) lines are removed, and
-  ``a=group:BUNDLE``: the relay terminates the media, gives every stream its own
-  ports, and does not offer DTLS yet.  ``a=crypto`` lines are replaced by the relay's
-  own (or removed for plain RTP); ``k=`` lines go.  Every other line, unknown
-  attributes included, is kept in its order.
+  ``a=group:BUNDLE``: the relay terminates the media and gives every stream its own
+  ports.  Towards a "dtls-srtp" side (below) the relay writes its own.  ``a=crypto``
+  lines are replaced by the relay's own (or removed for plain RTP); ``k=`` lines go.
+  Every other line, unknown attributes included, is kept in its order.
 - The ``m=`` profile follows each side's policy: RTP/AVP <-> RTP/SAVP, the feedback
   profiles AVPF <-> SAVPF; ``a=rtcp-fb`` is kept only in an AVPF/SAVPF section.
 - Hold is preserved: direction attributes are untouched, and a ``c=0.0.0.0`` (RFC 2543
@@ -30,6 +30,23 @@ Rules of this file:
   ``a=crypto`` (``RTP/AVP`` with ``a=crypto`` is best-effort SRTP and accepted),
   ``as-offered`` takes what it gets.  The side being offered gets RTP/AVP (``rtp``),
   RTP/SAVP (``srtp``) or what the offerer speaks (``as-offered``).
+- "dtls-srtp" (WebRTC, RFC 8827/8829; RFC 5763/5764 for non-browser DTLS-SRTP peers such
+  as baresip): a side offering ``UDP/TLS/RTP/SAVPF`` (or ``UDP/TLS/RTP/SAVP``) with a
+  ``sha-256`` fingerprint and ``a=rtcp-mux`` is one, under "dtls-srtp" or "as-offered";
+  a side whose policy is "dtls-srtp" is offered so.  Towards it the section is
+  ``UDP/TLS/RTP/SAVPF`` with ``a=ice-lite`` (session), ``a=ice-ufrag``/``a=ice-pwd``,
+  ``a=fingerprint:sha-256`` and ``a=setup`` of the relay leg (:class:`WebRtcSpec`),
+  ``a=rtcp-mux``, one host ``a=candidate`` (the relay address and port) and
+  ``a=end-of-candidates``; its ``a=mid`` (the offer's; ``0`` when we offer and the
+  offerer had none), and ``a=group:BUNDLE`` of that mid when the browser sent a BUNDLE
+  group (always in our offers: ``max-bundle`` browsers insist).  Our setup: ``actpass``
+  when offering, ``active`` when answering ``actpass`` (:mod:`media.webrtc`).  From it,
+  the other side gets RTP/AVP or SDES RTP/SAVP (no feedback profile, so its
+  ``a=rtcp-fb`` lines go; they stay for the browser).
+- Video and everything but the first audio section of a "dtls-srtp" side are declined
+  (port 0): browsers bundle all sections on one port (RFC 8843), and the relay has one
+  leg pair per section; relaying them would need demultiplexing by SSRC or MID, which
+  the relay does not do.  Declined, never half-handled.
 - SDES (RFC 4568): AES_CM_128_HMAC_SHA1_80 and _32 (:data:`media.suites.SUITES`) are
   offered and accepted.  Crypto lines with another suite, a lifetime other than the
   default, an MKI, several keys or session parameters are declined; the first usable
@@ -53,6 +70,7 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 from media.suites import SUITES
+from media.webrtc import answer_setup
 from sip.errors import SipError
 from sip.sdp import (
     Attribute,
@@ -64,6 +82,7 @@ from sip.sdp import (
     proto_is_avpf,
     proto_is_srtp,
 )
+from sip.sdp_attributes import Fingerprint, Setup
 
 __all__ = [
     "ACCEPTED_SUITES",
@@ -89,10 +108,14 @@ __all__ = [
 
 Side = Literal["caller", "callee"]
 SIDES: Final[tuple[Side, Side]] = ("caller", "callee")
-POLICIES: Final = ("as-offered", "rtp", "srtp", "passthrough")
+POLICIES: Final = ("as-offered", "rtp", "srtp", "dtls-srtp", "passthrough")
 ACCEPTED_SUITES: Final = tuple(SUITES)  # in order of preference
 
 RTP_PROTOS: Final = frozenset(("RTP/AVP", "RTP/AVPF", "RTP/SAVP", "RTP/SAVPF"))
+DTLS_PROTOS: Final = frozenset(("UDP/TLS/RTP/SAVP", "UDP/TLS/RTP/SAVPF"))
+WEBRTC_PROTO: Final = "UDP/TLS/RTP/SAVPF"
+# RFC 8445 §5.1.2.1 with type preference 126 (host), local preference 65535, component 1.
+HOST_PRIORITY: Final = (126 << 24) | (65535 << 8) | (256 - 1)
 ICE_ATTRIBUTES: Final = frozenset(
     (
         "ice-ufrag",
@@ -207,6 +230,68 @@ def choose_crypto(media: MediaDescription) -> tuple[Crypto | None, list[str]]:
 
 
 @dataclass(frozen=True, slots=True)
+class WebRtcLocal:
+    """The ICE credentials and DTLS fingerprint of a relay leg (its
+    :class:`media.webrtc.WebRtcLeg`)."""
+
+    ufrag: str
+    pwd: str = field(repr=False)
+    fingerprint: Fingerprint
+
+
+@dataclass(frozen=True, slots=True)
+class WebRtcSpec:
+    """The ICE-lite and DTLS lines of one section towards a "dtls-srtp" side."""
+
+    local: WebRtcLocal
+    setup: str  # actpass / active / passive
+    mid: str | None = None
+    bundle: bool = False  # name the mid in a=group:BUNDLE
+
+
+@dataclass(frozen=True, slots=True)
+class DtlsRemote:
+    """What a "dtls-srtp" side's SDP says about its ICE and DTLS for one section."""
+
+    fingerprints: tuple[Fingerprint, ...]
+    setup: Setup | None
+    ice: tuple[str, str] | None  # (ufrag, pwd); None: no ICE (baresip)
+    mid: str | None
+    bundle: bool  # the section's mid is in an a=group:BUNDLE
+
+    @classmethod
+    def from_sdp(cls, sd: SessionDescription, m: MediaDescription) -> DtlsRemote:
+        """Raise SipError for unparsable fingerprint or setup lines."""
+        ufrag, pwd = sd.value_for(m, "ice-ufrag"), sd.value_for(m, "ice-pwd")
+        mid = m.mid
+        bundle = mid is not None and any(
+            g.semantics == "BUNDLE" and mid in g.mids for g in sd.groups()
+        )
+        return cls(
+            tuple(sd.fingerprints_for(m)),
+            sd.setup_for(m),
+            (ufrag, pwd) if ufrag and pwd else None,
+            mid,
+            bundle,
+        )
+
+
+def dtls_problem(sd: SessionDescription, m: MediaDescription) -> str | None:
+    """Why a DTLS-SRTP section cannot be relayed, or None."""
+    try:
+        remote = DtlsRemote.from_sdp(sd, m)
+    except SipError as exc:
+        return exc.reason
+    if not any(f.hash_func.lower() == "sha-256" for f in remote.fingerprints):
+        return "no sha-256 fingerprint"
+    if not m.rtcp_mux:
+        return "DTLS-SRTP without rtcp-mux"
+    if remote.setup is Setup.HOLDCONN:
+        return "DTLS setup holdconn"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
 class LegSpec:
     """What to write into one media section: the relay leg's ports, the profile and
     the crypto lines.  ``rtp_port`` 0 rejects the stream (``proto`` may still set the
@@ -217,6 +302,7 @@ class LegSpec:
     rtcp_mux: bool = False
     proto: str | None = None  # None: keep the section's
     crypto: tuple[Crypto, ...] = ()
+    webrtc: WebRtcSpec | None = None
 
     @classmethod
     def rejected(cls, proto: str | None = None) -> LegSpec:
@@ -278,6 +364,11 @@ def rewrite(
             ]
             continue
         m.port = spec.rtp_port
+        webrtc = spec.webrtc
+        if webrtc is not None and webrtc.mid is not None:
+            m.attributes[:] = [Attribute("mid", webrtc.mid)] + [
+                a for a in m.attributes if a.name != "mid"
+            ]
         rtcp_port = spec.rtcp_port
         if rtcp_port is None:
             rtcp_port = spec.rtp_port if spec.rtcp_mux else spec.rtp_port + 1
@@ -297,7 +388,33 @@ def rewrite(
             elif a.name not in _DROPPED and (feedback or a.name != "rtcp-fb"):
                 attrs.append(a)
         m.attributes[:] = attrs + rtcp + crypto
+        if webrtc is not None:
+            m.attributes += _webrtc_lines(webrtc, address, spec.rtp_port)
+    session: list[Attribute] = []
+    mids = [
+        s.webrtc.mid
+        for s in specs
+        if s.webrtc is not None and s.webrtc.bundle and s.webrtc.mid is not None and s.rtp_port
+    ]
+    if mids:
+        session.append(Attribute("group", "BUNDLE " + " ".join(mids)))
+    if any(s.webrtc is not None and s.rtp_port for s in specs):
+        session.append(Attribute("ice-lite"))
+    out.attributes[:0] = session
     return out
+
+
+def _webrtc_lines(spec: WebRtcSpec, address: str, port: int) -> list[Attribute]:
+    """ICE-lite (RFC 8839 §5) and DTLS (RFC 8122 §5, RFC 4145 §4) lines of a section."""
+    candidate = f"1 1 udp {HOST_PRIORITY} {address} {port} typ host"
+    return [
+        Attribute("ice-ufrag", spec.local.ufrag),
+        Attribute("ice-pwd", spec.local.pwd),
+        Attribute("fingerprint", str(spec.local.fingerprint)),
+        Attribute("setup", spec.setup),
+        Attribute("candidate", candidate),
+        Attribute("end-of-candidates"),
+    ]
 
 
 class OriginKeeper:
@@ -338,6 +455,7 @@ class LegPorts:
     rtp_port: int
     rtcp_port: int
     rtcp_mux: bool = False
+    webrtc: WebRtcLocal | None = None  # set on a "dtls-srtp" leg
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,6 +486,11 @@ class SideState:
     outbound: SdesKey | None = None
     offered: tuple[SdesKey, ...] = ()  # our keys in an offer to this side, until answered
     hold: bool = False
+    # "dtls-srtp": the side's ICE/DTLS parameters (None until its SDP came) and the
+    # a=setup we write to it; its SRTP keys come from the handshake, not from here.
+    dtls: bool = False
+    dtls_remote: DtlsRemote | None = None
+    setup: str | None = None
     # The relay's keys towards this side by suite: the same key while the suite stays,
     # so that a repeated offer repeats its SDP and a chosen key keeps its SRTP context.
     keys: dict[str, SdesKey] = field(default_factory=dict, repr=False)
@@ -404,6 +527,17 @@ class StreamOffer:
     to_proto: str = ""
     rtcp_mux: bool = False  # the offerer asked for rtcp-mux
     chosen: Crypto | None = None  # the offerer's crypto line we accept
+    from_dtls: bool = False  # the offerer is a "dtls-srtp" side
+    to_dtls: bool = False  # the other side is offered DTLS-SRTP
+
+    def dtls_for(self, offerer: bool) -> bool:
+        """Whether the leg facing the offerer (or the other side) is "dtls-srtp"."""
+        return self.from_dtls if offerer else self.to_dtls
+
+    def mux_for(self, offerer: bool) -> bool:
+        """Whether the leg facing the offerer (or the other side) multiplexes RTCP from
+        the start: the offerer's when it asked, a "dtls-srtp" side's always."""
+        return self.rtcp_mux if offerer else self.to_dtls
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,6 +596,11 @@ class Negotiation:
                 decisions.append(StreamOffer(i, "rejected", "rejected by the offerer"))
                 continue
             decision = self._plan_stream(sd, i, m, from_policy, to_policy)
+            webrtc = decision.from_dtls or decision.to_dtls
+            if webrtc and any(d.from_dtls or d.to_dtls for d in decisions):
+                decision = StreamOffer(
+                    i, "declined", "one audio stream per DTLS-SRTP side (no BUNDLE demux)"
+                )
             if decision.action == "declined":
                 reasons.append(f"{m.media}: {decision.reason}")
             decisions.append(decision)
@@ -472,12 +611,37 @@ class Negotiation:
     def _plan_stream(
         self, sd: SessionDescription, i: int, m: MediaDescription, from_policy: str, to_policy: str
     ) -> StreamOffer:
-        if m.proto not in RTP_PROTOS:
+        dtls_offered = m.proto in DTLS_PROTOS
+        if m.proto not in RTP_PROTOS and not dtls_offered:
             return StreamOffer(i, "declined", f"transport {m.proto} is not relayed")
-        problem = self._address_problem(sd, m)
+        problem = self._address_problem(sd, m, ice=dtls_offered)
         if problem is not None:
             return StreamOffer(i, "declined", problem)
         sd.is_on_hold(m)  # conflicting direction attributes raise here, before any port is taken
+        to_dtls = to_policy == "dtls-srtp" or (to_policy == "as-offered" and dtls_offered)
+        if (dtls_offered or to_dtls) and m.media != "audio":
+            return StreamOffer(i, "declined", f"{m.media} is not relayed to or from WebRTC")
+        if from_policy == "dtls-srtp" and not dtls_offered:
+            return StreamOffer(i, "declined", f"{m.proto} offered by a DTLS-SRTP side")
+        if dtls_offered:
+            if from_policy in ("rtp", "srtp"):
+                return StreamOffer(i, "declined", f"DTLS-SRTP offered by an {from_policy} side")
+            problem = dtls_problem(sd, m)
+            if problem is not None:
+                return StreamOffer(i, "declined", problem)
+            to_srtp = to_dtls or to_policy == "srtp"
+            # No feedback profile towards a SIP side: it may not take RTP/AVPF.
+            to_proto = WEBRTC_PROTO if to_dtls else "RTP/SAVP" if to_srtp else "RTP/AVP"
+            return StreamOffer(
+                i,
+                "relay",
+                from_srtp=True,
+                to_srtp=to_srtp,
+                to_proto=to_proto,
+                rtcp_mux=True,
+                from_dtls=True,
+                to_dtls=to_dtls,
+            )
         srtp_offered = proto_is_srtp(m.proto)
         chosen, declined = choose_crypto(m)
         why = "; ".join(declined) or "no crypto attribute"
@@ -493,18 +657,26 @@ class Negotiation:
             if srtp_offered and chosen is None:
                 return StreamOffer(i, "declined", f"no usable SDES crypto ({why})")
             from_srtp = srtp_offered
-        to_srtp = {"rtp": False, "srtp": True}.get(to_policy, from_srtp)
+        to_srtp = to_dtls or {"rtp": False, "srtp": True}.get(to_policy, from_srtp)
         return StreamOffer(
             i,
             "relay",
             from_srtp=from_srtp,
             to_srtp=to_srtp,
-            to_proto=translate_proto(m.proto, to_srtp),
+            to_proto=WEBRTC_PROTO if to_dtls else translate_proto(m.proto, to_srtp),
             rtcp_mux=m.rtcp_mux,
             chosen=chosen if from_srtp else None,
+            to_dtls=to_dtls,
         )
 
-    def _address_problem(self, sd: SessionDescription, m: MediaDescription) -> str | None:
+    def _address_problem(
+        self, sd: SessionDescription, m: MediaDescription, *, ice: bool = False
+    ) -> str | None:
+        """Why the section's ``c=`` cannot be relayed to, or None.  With ICE (a DTLS-SRTP
+        section with credentials) ``c=`` is only the default candidate: the relay latches
+        where the ICE agent nominates, so another family or a name is no problem there."""
+        if ice and _has_ice(sd, m):
+            return None
         conn = sd.connection_for(m)
         if conn is None or conn.nettype != "IN":
             return "no IN connection address"
@@ -542,15 +714,27 @@ class Negotiation:
             mine, theirs = stream.sides[frm], stream.sides[to]
             mine.ports, theirs.ports = ports[d.index][frm], ports[d.index][to]
             mine.proto, mine.srtp = m.proto, d.from_srtp
+            mine.dtls = d.from_dtls
+            if d.from_dtls:
+                mine.dtls_remote = DtlsRemote.from_sdp(offer.sd, m)
+                mine.setup = answer_setup(mine.dtls_remote.setup)
             if d.chosen is not None:
                 mine.inbound = SdesKey.from_crypto(d.chosen)
                 mine.outbound = self._our_key(mine, d.chosen.tag, d.chosen.suite)
             else:
                 mine.inbound = mine.outbound = None
-            mine.remote = _remote(offer.sd, m, mine.remote)
+            mine.remote = _remote(offer.sd, m, mine.remote, self._family)
             mine.hold = offer.sd.is_on_hold(m)
             theirs.offered = ()
-            if d.to_srtp:
+            webrtc = None
+            if d.to_dtls:
+                theirs.dtls, theirs.setup = True, "actpass"
+                local = theirs.ports.webrtc
+                if local is None:
+                    raise ValueError(f"stream {d.index}: the dtls-srtp leg has no WebRtcLocal")
+                mid = m.mid if m.mid is not None else str(d.index)
+                webrtc = WebRtcSpec(local, "actpass", mid, bundle=True)
+            elif d.to_srtp:
                 first = d.chosen.suite if d.chosen is not None else ACCEPTED_SUITES[0]
                 suites = [first, *(s for s in ACCEPTED_SUITES if s != first)]
                 theirs.offered = tuple(
@@ -565,6 +749,7 @@ class Negotiation:
                     leg.rtcp_mux,
                     d.to_proto,
                     tuple(k.crypto() for k in theirs.offered),
+                    webrtc,
                 )
             )
         self.pending = offer
@@ -608,9 +793,11 @@ class Negotiation:
             mine, theirs = stream.sides[frm], stream.sides[to]
             problem = "rejected by the answerer" if am.port == 0 else self._answer_problem(d, am)
             if problem is None:
-                problem = self._address_problem(base, am)
+                problem = self._address_problem(base, am, ice=d.to_dtls)
             keys = None
-            if problem is None and d.to_srtp:
+            if problem is None and d.to_dtls:
+                problem = dtls_problem(base, am)
+            elif problem is None and d.to_srtp:
                 keys = self._answer_keys(theirs, am)
                 if keys is None:
                     problem = "no acceptable crypto attribute in the answer"
@@ -623,7 +810,9 @@ class Negotiation:
                 continue
             theirs.proto, theirs.srtp = am.proto, d.to_srtp
             theirs.inbound, theirs.outbound = keys if keys is not None else (None, None)
-            theirs.remote = _remote(base, am, theirs.remote)
+            if d.to_dtls:
+                theirs.dtls_remote = DtlsRemote.from_sdp(base, am)
+            theirs.remote = _remote(base, am, theirs.remote, self._family)
             theirs.hold = base.is_on_hold(am)
             stream.active = True
             relayed += 1
@@ -631,7 +820,14 @@ class Negotiation:
             assert leg is not None
             crypto = (mine.outbound.crypto(),) if mine.outbound is not None else ()
             mux = leg.rtcp_mux and om.rtcp_mux
-            specs.append(LegSpec(leg.rtp_port, leg.rtcp_port, mux, om.proto, crypto))
+            webrtc = None
+            if d.from_dtls:
+                assert leg.webrtc is not None and mine.setup is not None
+                remote = mine.dtls_remote
+                mid = remote.mid if remote is not None else None
+                bundle = remote is not None and remote.bundle
+                webrtc = WebRtcSpec(leg.webrtc, mine.setup, mid, bundle)
+            specs.append(LegSpec(leg.rtp_port, leg.rtcp_port, mux, om.proto, crypto, webrtc))
         if reasons and relayed == 0:
             raise SipError("no usable media stream in the answer (" + "; ".join(reasons) + ")", 488)
         out = rewrite(base, specs, address=self.address)
@@ -639,6 +835,10 @@ class Negotiation:
         return out
 
     def _answer_problem(self, d: StreamOffer, am: MediaDescription) -> str | None:
+        if d.to_dtls != (am.proto in DTLS_PROTOS):
+            return f"answered with transport {am.proto} to an offer of {d.to_proto}"
+        if d.to_dtls:
+            return None
         if am.proto not in RTP_PROTOS or proto_is_srtp(am.proto) != d.to_srtp:
             return f"answered with transport {am.proto} to an offer of {d.to_proto}"
         return None
@@ -658,10 +858,19 @@ class Negotiation:
         return None
 
 
-def _remote(sd: SessionDescription, m: MediaDescription, previous: Remote | None) -> Remote:
-    """A side's media address from its SDP; an unspecified ``c=`` keeps the previous."""
+def _remote(
+    sd: SessionDescription, m: MediaDescription, previous: Remote | None, family: int
+) -> Remote:
+    """A side's media address from its SDP; an unspecified ``c=`` keeps the previous, and
+    so does an ICE default candidate the relay cannot reach (another family, a name)."""
     conn = sd.connection_for(m)
     if conn is None or conn.is_unspecified:
+        return previous if previous is not None else DISABLED
+    try:
+        reachable = ipaddress.ip_address(conn.host).version == family
+    except ValueError:
+        reachable = False
+    if not reachable:
         return previous if previous is not None else DISABLED
     # Explicit, so that a leg whose multiplexing differs from the endpoint's (see
     # media.relay.Leg.set_rtcp_mux) still sends RTCP where the endpoint wants it.

@@ -509,9 +509,7 @@ async def test_bad_sdp_is_400_unusable_media_488_answer_without_offer_500(
     with pytest.raises(ValueError):
         await media.offer("c", "upstream", b"", from_policy="rtp", to_policy="rtp", source_ip="")
     with pytest.raises(ValueError):
-        await media.offer(
-            "c", "caller", b"", from_policy="dtls-srtp", to_policy="rtp", source_ip=""
-        )
+        await media.offer("c", "caller", b"", from_policy="zrtp", to_policy="rtp", source_ip="")
 
 
 # ---------------------------------------------------------------- end, hold, timeout
@@ -740,12 +738,6 @@ def test_media_config_full_and_policies() -> None:
 @pytest.mark.parametrize(
     ("text", "key", "problem"),
     [
-        ('[media]\ncaller = "dtls-srtp"\n', "media.caller", "not supported yet"),
-        (
-            '[[trunks]]\nname = "t"\nallow = ["10.0.0.0/8"]\nmedia = "dtls-srtp"\n',
-            "trunks[0].media",
-            "WebRTC",
-        ),
         (
             '[[upstream.sets]]\nname = "s"\nmedia = "zrtp"\n'
             '[[upstream.sets.targets]]\nuri = "sip:10.0.0.1"\n',
@@ -770,6 +762,15 @@ def test_media_config_errors(text: str, key: str, problem: str) -> None:
         parse(text)
     assert info.value.key == key
     assert problem in info.value.problem
+
+
+def test_dtls_srtp_is_a_media_policy() -> None:
+    cfg = parse(
+        '[media]\ncaller = "dtls-srtp"\n'
+        '[[trunks]]\nname = "t"\nallow = ["10.0.0.0/8"]\nmedia = "dtls-srtp"\n'
+    )
+    assert cfg.media.caller == "dtls-srtp"
+    assert cfg.media_policy_of_trunk("t") == "dtls-srtp"
 
 
 def test_media_address_falls_back_to_advertise_then_refuses() -> None:

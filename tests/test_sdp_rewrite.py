@@ -317,6 +317,8 @@ def offer_of(media: str, extra: str = "", conn: str = "IN IP4 192.0.2.10") -> by
     )
 
 
+FP = "a=fingerprint:sha-256 " + ":".join(["AB"] * 32) + "\n"
+FP1 = "a=fingerprint:sha-1 " + ":".join(["AB"] * 20) + "\n"
 KEY80 = "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:9L3UWOd037kaFZzVFml7Et3DoluXBYpP1nVkFo9j\n"
 
 
@@ -327,7 +329,36 @@ KEY80 = "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:9L3UWOd037kaFZzVFml7Et3DoluXB
         ("m=audio 4000 RTP/SAVP 0", KEY80, "rtp", "rtp", "SRTP offered by a plain-RTP side"),
         ("m=audio 4000 RTP/AVP 0", "", "srtp", "rtp", "no usable SDES crypto"),
         ("m=audio 4000 RTP/SAVP 0", "", "as-offered", "rtp", "no usable SDES crypto"),
-        ("m=audio 4000 UDP/TLS/RTP/SAVPF 0", "", "as-offered", "rtp", "not relayed"),
+        # DTLS-SRTP (WebRTC): needs a sha-256 fingerprint and rtcp-mux; only from an
+        # "as-offered" or "dtls-srtp" side; towards a SIP side no feedback profile.
+        ("m=audio 4000 UDP/TLS/RTP/SAVPF 0", "", "as-offered", "rtp", "no sha-256 fingerprint"),
+        ("m=audio 4000 UDP/TLS/RTP/SAVPF 0", FP + "a=rtcp-mux\n", "rtp", "rtp", "by an rtp side"),
+        ("m=audio 4000 UDP/TLS/RTP/SAVPF 0", FP, "as-offered", "rtp", "without rtcp-mux"),
+        ("m=audio 4000 UDP/TLS/RTP/SAVPF 0", FP1 + "a=rtcp-mux\n", "dtls-srtp", "rtp", "sha-256"),
+        ("m=audio 4000 RTP/AVP 0", "", "dtls-srtp", "rtp", "offered by a DTLS-SRTP side"),
+        ("m=video 4000 RTP/AVP 0", "", "rtp", "dtls-srtp", "video is not relayed to or from"),
+        (
+            "m=audio 4000 UDP/TLS/RTP/SAVPF 0",
+            FP + "a=rtcp-mux\n",
+            "as-offered",
+            "rtp",
+            "relay:srtp->RTP/AVP",
+        ),
+        (
+            "m=audio 4000 UDP/TLS/RTP/SAVPF 0",
+            FP + "a=rtcp-mux\n",
+            "dtls-srtp",
+            "srtp",
+            "relay:srtp->RTP/SAVP",
+        ),
+        (
+            "m=audio 4000 UDP/TLS/RTP/SAVPF 0",
+            FP + "a=rtcp-mux\n",
+            "as-offered",
+            "as-offered",
+            "relay:srtp->UDP/TLS/RTP/SAVPF",
+        ),
+        ("m=audio 4000 RTP/AVP 0", "", "rtp", "dtls-srtp", "relay:plain->UDP/TLS/RTP/SAVPF"),
         ("m=audio 4000 RTP/AVP 0", "", "as-offered", "rtp", "relay:plain->RTP/AVP"),
         ("m=audio 4000 RTP/SAVP 0", KEY80, "srtp", "as-offered", "relay:srtp->RTP/SAVP"),
         # Best-effort SRTP (RTP/AVP with a=crypto): SRTP for "srtp", plain otherwise.
