@@ -59,11 +59,13 @@ class Components:
     admission: Callable[..., Any] | None = None
     # (path, handlers, log) -> edge.control.ControlServer; None: no control socket.
     control: Callable[..., Any] | None = None
+    # (parts, log) -> edge.metrics.Metrics; None: no metrics endpoint.
+    metrics: Callable[..., Any] | None = None
 
 
 def real_components() -> Components:
     """The real parts (imported here so that ``sipedge check-config`` stays light)."""
-    from edge import control, echo, proxy, routing, tls, transport
+    from edge import control, echo, metrics, proxy, routing, tls, transport
 
     return Components(
         tls=tls,
@@ -73,6 +75,7 @@ def real_components() -> Components:
         proxy=proxy.Proxy,
         admission=open_admission,
         control=control.ControlServer,
+        metrics=metrics.Metrics,
     )
 
 
@@ -183,6 +186,7 @@ class _App:
         self._started: list[tuple[str, Callable[[], Awaitable[Any]]]] = []
         self._admission: Any = None
         self._router: Any = None
+        self._metrics: Any = None
         # Re-reads the configuration file for SIGHUP (None: only the certificate).
         self.reload_config: Callable[[], Config] | None = None
         self._stop = asyncio.Event()
@@ -234,6 +238,21 @@ class _App:
                 "sipedge", f"a part is missing from this build: {e}", EXIT_FAILED
             ) from None
         self._warn_about_config()
+        parts: Any = None
+        if comps.metrics is not None:
+            from edge.metrics import Parts
+
+            # First, so that /healthz answers during start-up and drain; closed last.
+            parts = Parts(config=cfg)
+            metrics = comps.metrics(parts, log=self.log)
+            try:
+                await metrics.start(cfg.metrics.address)
+            except OSError as e:
+                raise StartupError(
+                    "metrics.address", _bind_problem(cfg.metrics.address, e)
+                ) from None
+            self._started.append(("metrics", metrics.close))
+            self._metrics = metrics
 
         tls_server = self._server_context(comps) if cfg.listen.tls or cfg.listen.wss else None
         tls_client = comps.tls.client_context()
@@ -279,6 +298,14 @@ class _App:
         except ConfigError as e:
             raise StartupError(e.key, e.problem) from None
         self._started.append(("proxy", self.proxy.close))
+        if parts is not None:
+            parts.echo, parts.router, parts.transport, parts.proxy = (
+                self.echo,
+                router,
+                self.transport,
+                self.proxy,
+            )
+            self.proxy.metrics = self._metrics
         if comps.control is not None:
             await self._start_control(comps.control)
 

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edge.admission import Action, Admission, trusted_identity
-from edge.dialogs import Dialog, DialogTable
+from edge.dialogs import Dialog, DialogState, DialogTable
 from edge.flows import FlowTokens
 from edge.proxy_media import MediaMixin
 from edge.proxy_state import _ClientCtx, _Forward, _ServerCtx
@@ -82,6 +82,25 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, REFER, NOTIFY, 
 # Requests that create a dialog, and so are Record-Routed (§16.6 item 4, RFC 6665).
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
+# Methods counted by name (RFC 3261 and extensions); anything else is "other".
+KNOWN_METHODS = frozenset(
+    [
+        "INVITE",
+        "ACK",
+        "BYE",
+        "CANCEL",
+        "OPTIONS",
+        "REGISTER",
+        "PRACK",
+        "UPDATE",
+        "INFO",
+        "REFER",
+        "NOTIFY",
+        "SUBSCRIBE",
+        "MESSAGE",
+        "PUBLISH",
+    ]
+)
 # What a browser's side speaks (issue 6): DTLS-SRTP with ICE-lite.
 WEBRTC_POLICY = "dtls-srtp"
 
@@ -150,6 +169,7 @@ class Proxy(MediaMixin):
         self.audit = self.admission.audit  # media timeouts (edge/proxy_media.py)
         self.flows = FlowTokens()
         self.registrar = Registrar()
+        self.metrics: Any = None  # edge.metrics.Metrics, set by the app
         self.draining = False
         self.counters: dict[str, int] = {}
         self._server: dict[TransactionKey, _ServerCtx] = {}
@@ -250,7 +270,9 @@ class Proxy(MediaMixin):
     # ------------------------------------------------------------ requests
     def _on_request(self, req: Request, source: Source) -> None:
         now = self._get_loop().time()
-        self._count(f"requests_{req.method.lower()}" if req.method.isalpha() else "requests_other")
+        # Known methods only: a stranger's invented ones must not grow the table.
+        method = req.method.lower() if req.method in KNOWN_METHODS else "other"
+        self._count(f"requests_{method}_{source.transport}")
         self._stamp_via(req, source)
         if req.method in ("ACK", "CANCEL") and not self.admission.metered(
             source.remote[0], self._role(source) is not None
@@ -405,6 +427,8 @@ class Proxy(MediaMixin):
             if identity is not None and identity.customer_id:
                 fwd.dialog.extra["customer_id"] = identity.customer_id
             self.admission.call_created(req, ctx.source.remote[0], identity)
+            if self.metrics is not None:
+                self.metrics.call_started()
         if req.method == "INVITE":
             fwd.timer_c = self._get_loop().call_later(self.timer_c, self._on_timer_c, fwd)
         plan = self._media_plan(fwd, req, role, decision_policy)
@@ -548,6 +572,8 @@ class Proxy(MediaMixin):
             # Every 2xx goes upstream, retransmissions too (RFC 6026 §8.4).
             if fwd.dialog is not None:
                 self._remember_parties(fwd.dialog, fwd.server.txn.request, resp)
+                if self.metrics is not None and fwd.dialog.state is DialogState.EARLY:
+                    self.metrics.call_answered()
                 self.dialogs.confirm(fwd.dialog, resp.to.tag, time.time())
             if fwd.request.method == "BYE":
                 self._end_dialog(fwd.request, "bye")
@@ -656,6 +682,8 @@ class Proxy(MediaMixin):
         now = time.time()
         self.dialogs.end(dialog, now, reason)
         duration = now - dialog.answered if dialog.answered is not None else None
+        if self.metrics is not None:
+            self.metrics.observe_call(duration, reason)
         extra = dialog.extra
         self.admission.call_ended(
             dialog.call_id, reason, duration, extra.get("customer_id"), extra.get("caller_ip")

@@ -13,7 +13,7 @@ BUILD_PACKAGES=(build-essential libssl-dev)
 # Real peers and tools the test suite drives.  Later issues add theirs here as their
 # tests need them: baresip-core, kamailio, rtpengine-daemon, chromium, chromium-driver,
 # stunnel4, tshark, redis-server (see shared/peers/README.md for how each is used).
-TEST_PACKAGES=(sip-tester openssl stunnel4 baresip-core tshark chromium chromium-driver)
+TEST_PACKAGES=(sip-tester openssl stunnel4 baresip-core tshark chromium chromium-driver systemd)
 
 # Only for `make bench` (DEPS_BENCH=1): the reference proxy the benchmarks compare against,
 # and the media relay it drives in `bench_proxy.py --media` (Kamailio's rtpengine module ->

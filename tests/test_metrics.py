@@ -180,7 +180,7 @@ async def test_a_scrape_shows_the_parts_counters(proxy: Proxy, endpoint: Metrics
     ((fwd, _),) = only(t.take(), Request)
     proxy.on_message(answer(fwd, 200), udp(PBX1))
     proxy.on_message(b"\x00garbage\r\n\r\n", udp(CALLER))
-    proxy.counters["requests_foo"] = 7  # a method nobody knows: no series of its own
+    proxy.counters["requests_foo"] = 7  # an old-style key: folded into OTHER
     adm = proxy.admission
     adm.counters.update(auth_ok_digest=3, auth_failed_bearer=2, dropped_scanner=5, bans_added=1)
     adm.store.ban("192.0.2.66", adm.clock() + 600, "scanner", adm.clock())
@@ -198,7 +198,8 @@ async def test_a_scrape_shows_the_parts_counters(proxy: Proxy, endpoint: Metrics
 
     assert fams["sipedge_sip_requests"].type == "counter"
     requests = samples(fams, "sipedge_sip_requests")
-    assert requests[(("method", "INVITE"), ("transport", ""))] == proxy.counters["requests_invite"]
+    assert requests[(("method", "INVITE"), ("transport", "udp"))] == 2
+    assert proxy.counters["requests_invite_udp"] == 2
     assert requests[(("method", "OTHER"), ("transport", ""))] == 7
     assert value(fams, "sipedge_sip_parse_errors") == proxy.counters["parse_errors"] == 1
     assert value(fams, "sipedge_sip_refused", status="407") == 1
