@@ -303,10 +303,11 @@ class LegSpec:
     proto: str | None = None  # None: keep the section's
     crypto: tuple[Crypto, ...] = ()
     webrtc: WebRtcSpec | None = None
+    mid: str | None = None  # a=mid to write (RFC 5888 §9.1: an answer repeats the offer's)
 
     @classmethod
-    def rejected(cls, proto: str | None = None) -> LegSpec:
-        return cls(0, proto=proto)
+    def rejected(cls, proto: str | None = None, mid: str | None = None) -> LegSpec:
+        return cls(0, proto=proto, mid=mid)
 
 
 def _has_ice(sd: SessionDescription, m: MediaDescription | None = None) -> bool:
@@ -355,6 +356,10 @@ def rewrite(
         if spec.proto is not None:
             m.proto = spec.proto
         m.connections[:] = [connection(c, ice) for c in m.connections]
+        mid = spec.webrtc.mid if spec.webrtc is not None else None
+        mid = mid or spec.mid
+        if mid is not None and m.mid != mid:
+            m.attributes[:] = [Attribute("mid", mid)] + [a for a in m.attributes if a.name != "mid"]
         if spec.rtp_port == 0:
             m.port = 0
             m.attributes[:] = [
@@ -365,10 +370,6 @@ def rewrite(
             continue
         m.port = spec.rtp_port
         webrtc = spec.webrtc
-        if webrtc is not None and webrtc.mid is not None:
-            m.attributes[:] = [Attribute("mid", webrtc.mid)] + [
-                a for a in m.attributes if a.name != "mid"
-            ]
         rtcp_port = spec.rtcp_port
         if rtcp_port is None:
             rtcp_port = spec.rtp_port if spec.rtcp_mux else spec.rtp_port + 1
@@ -699,6 +700,8 @@ class Negotiation:
         legs of every relayed stream."""
         frm, to = offer.side, other_side(offer.side)
         specs: list[LegSpec] = []
+        # A WebRTC answerer matches sections by mid (JSEP): every section gets one.
+        to_webrtc = any(d.to_dtls for d in offer.streams)
         for d in offer.streams:
             m = offer.sd.media[d.index]
             stream = self.streams.get(d.index)
@@ -706,7 +709,8 @@ class Negotiation:
                 if stream is not None:
                     stream.active = False
                     stream.sides[frm].remote = DISABLED
-                specs.append(LegSpec.rejected())
+                mid = (m.mid or str(d.index)) if to_webrtc else None
+                specs.append(LegSpec.rejected(mid=mid))
                 continue
             if stream is None:
                 stream = self.streams[d.index] = Stream(d.index, m.media)
@@ -783,11 +787,13 @@ class Negotiation:
         reasons: list[str] = []
         for d in offer.streams:
             om, am = offer.sd.media[d.index], base.media[d.index]
+            if om.mid is None:  # RFC 5888 §9.2: no mid in an answer to an offer without
+                am.remove("mid")  # (the mid we gave a WebRTC answerer stays on its side)
             if d.action != "relay":
                 old = self.streams.get(d.index)
                 if old is not None:
                     old.sides[to].remote = DISABLED
-                specs.append(LegSpec.rejected(om.proto))
+                specs.append(LegSpec.rejected(om.proto, om.mid))
                 continue
             stream = self.streams[d.index]
             mine, theirs = stream.sides[frm], stream.sides[to]
@@ -806,7 +812,7 @@ class Negotiation:
                 theirs.remote = DISABLED
                 if am.port != 0:
                     reasons.append(f"{am.media}: {problem}")
-                specs.append(LegSpec.rejected(om.proto))
+                specs.append(LegSpec.rejected(om.proto, om.mid))
                 continue
             theirs.proto, theirs.srtp = am.proto, d.to_srtp
             theirs.inbound, theirs.outbound = keys if keys is not None else (None, None)
@@ -827,7 +833,9 @@ class Negotiation:
                 mid = remote.mid if remote is not None else None
                 bundle = remote is not None and remote.bundle
                 webrtc = WebRtcSpec(leg.webrtc, mine.setup, mid, bundle)
-            specs.append(LegSpec(leg.rtp_port, leg.rtcp_port, mux, om.proto, crypto, webrtc))
+            specs.append(
+                LegSpec(leg.rtp_port, leg.rtcp_port, mux, om.proto, crypto, webrtc, om.mid)
+            )
         if reasons and relayed == 0:
             raise SipError("no usable media stream in the answer (" + "; ".join(reasons) + ")", 488)
         out = rewrite(base, specs, address=self.address)

@@ -25,6 +25,7 @@ from media.sdp_rewrite import (
     OriginKeeper,
     SdesKey,
     Side,
+    WebRtcLocal,
     choose_crypto,
     crypto_problem,
     other_side,
@@ -34,6 +35,7 @@ from media.sdp_rewrite import (
 from media.srtp import Context
 from sip.errors import SipError
 from sip.sdp import Crypto, SessionDescription, parse_sdp
+from sip.sdp_attributes import Fingerprint
 
 GOLDEN = Path(__file__).parent / "data" / "sdp_rewrite"
 KEY_RE = r"[A-Za-z0-9+/]{40}"  # 30 bytes of key and salt in base64
@@ -78,6 +80,17 @@ def load(path: Path) -> tuple[str, list[Step]]:
     return relay, steps
 
 
+# What a "dtls-srtp" leg facing each side writes (media.webrtc.WebRtcLeg makes them random).
+WEBRTC_LOCAL: dict[Side, WebRtcLocal] = {
+    side: WebRtcLocal(
+        f"{side}Ufr",
+        f"{side}PasswordPassword1234",
+        Fingerprint("sha-256", ":".join([f"{n:02X}" for n in range(32)])),
+    )
+    for side in SIDES
+}
+
+
 class FakeCall:
     """A Negotiation and the relay legs edge.media would allocate for it."""
 
@@ -92,9 +105,10 @@ class FakeCall:
         for d in offer.relayed:
             for s in SIDES:
                 if (d.index, s) not in self.legs:
-                    mux = d.rtcp_mux and s == side
+                    mux = d.mux_for(s == side)
                     base, self.next_port = self.next_port, self.next_port + 2
-                    self.legs[d.index, s] = LegPorts(base, base if mux else base + 1, mux)
+                    webrtc = WEBRTC_LOCAL[s] if d.dtls_for(s == side) else None
+                    self.legs[d.index, s] = LegPorts(base, base if mux else base + 1, mux, webrtc)
             ports[d.index] = {s: self.legs[d.index, s] for s in SIDES}
         return bytes(self.neg.write_offer(offer, ports))
 
