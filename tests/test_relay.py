@@ -975,3 +975,63 @@ def test_plain_call_under_uvloop() -> None:
             await relay.close()
 
     uvloop.run(scenario())
+
+
+# ---------------------------------------------------------------- dtls-srtp legs
+
+
+def ice_check(ufrag: str, pwd: str, nominate: bool) -> bytes:
+    """A controlling full agent's Binding request (aioice.stun encodes it)."""
+    from aioice import stun
+
+    request = stun.Message(stun.Method.BINDING, stun.Class.REQUEST)
+    request.attributes.update({"USERNAME": f"{ufrag}:brws", "PRIORITY": 1, "ICE-CONTROLLING": 1})
+    if nominate:
+        request.attributes["USE-CANDIDATE"] = None
+    request.add_message_integrity(pwd.encode())
+    return bytes(request)
+
+
+async def test_dtls_srtp_leg_needs_rtcp_mux(
+    make_relay: Callable[..., MediaRelay], harness: Harness
+) -> None:
+    relay = make_relay()
+    _, offer, _, _, _ = await call(relay, harness)
+    with pytest.raises(ValueError):
+        offer.enable_webrtc()
+    assert offer.webrtc is None and offer.profile == "rtp"
+
+
+async def test_dtls_srtp_leg_answers_ice_latches_on_nomination_and_keeps_it(
+    make_relay: Callable[..., MediaRelay], harness: Harness
+) -> None:
+    """The browser checks as soon as it has our offer; its answer (set_remote) arrives
+    later and must not unlatch what the nomination proved.  RTP before the handshake is
+    dropped as dtls_pending both ways (never plain RTP to a WebRTC side)."""
+    relay = make_relay()
+    _, offer, answer, _, callee = await call(relay, harness, mux=True)
+    webrtc = offer.enable_webrtc()
+    assert offer.profile == "dtls-srtp"
+    browser = await harness.endpoint(CALLER)
+    ice = webrtc.ice
+    browser.send(ice_check(ice.local_ufrag, "wrong-password-wrong-pw", True), to_rtp(offer))
+    browser.send(ice_check(ice.local_ufrag, ice.local_pwd, False), to_rtp(offer))
+    browser.send(ice_check(ice.local_ufrag, ice.local_pwd, True), to_rtp(offer))
+    await until(lambda: ice.counters["nominations"] == 1, "the nomination")
+    replies = [await browser.recv() for _ in range(3)]
+    assert sorted(data[1] >> 4 for data, _ in replies) == [0, 0, 1]  # 2 successes, 1 error
+    assert offer.rtp_latch.latched == browser.address
+    offer.set_remote(CALLER, 9)  # the browser's answer: the default candidate
+    assert offer.rtp_latch.latched == browser.address
+    assert offer.counters.punted == 3
+    browser.send(rtp(1), to_rtp(offer))
+    callee.rtp.send(rtp(2, ssrc=0x2222), to_rtp(answer))
+    await until(lambda: offer.counters.drops[DropReason.DTLS_PENDING] == 1, "browser drop")
+    await until(lambda: answer.counters.drops[DropReason.DTLS_PENDING] == 1, "callee drop")
+    assert answer.counters.packets_in == 0 and offer.counters.packets_out == 0
+    stats = offer.stats()["webrtc"]
+    assert stats["ice"]["unauthorized"] == 1 and stats["dtls_state"] == "new"
+    # Unknown sources may not start DTLS with the leg.
+    stranger = await harness.endpoint(CALLEE)
+    stranger.send(b"\x16\xfe\xfd" + bytes(30), to_rtp(offer))
+    await until(lambda: webrtc.counters["dtls_unknown_source"] == 1, "the stranger's DTLS")
