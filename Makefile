@@ -41,7 +41,7 @@ $(BIN)/python: | deps
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 # SIPEDGE_STRICT_BUILD=1: the C extension must compile without a warning (-Werror).
-$(INSTALLED): pyproject.toml setup.py media/_srtp.c | $(BIN)/python deps
+$(INSTALLED): pyproject.toml setup.py $(wildcard media/*.c media/*.h) | $(BIN)/python deps
 	SIPEDGE_STRICT_BUILD=1 $(BIN)/python -m pip install --progress-bar off -e '.[test]'
 	$(BIN)/python -c 'import media._srtp as s; print("media._srtp:", s.backend(), s.openssl_version())'
 	touch $@

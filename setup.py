@@ -23,7 +23,10 @@ setup(
     ext_modules=[
         Extension(
             "media._srtp",
-            sources=["media/_srtp.c"],
+            # One extension: the SRTP core, its Python binding and the fast path's
+            # data plane (issue 7) share one shared object and call each other directly.
+            sources=["media/_srtp.c", "media/srtp_core.c"],
+            depends=["media/srtp_core.h"],
             libraries=["crypto"],
             extra_compile_args=extra_compile_args,
         )
