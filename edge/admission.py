@@ -34,13 +34,12 @@ import enum
 import ipaddress
 import secrets
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from edge import audit as events
-from edge.audit import AuditLog, call_resource_id
+from edge.audit import AuditLog, call_resource_id, new_request_id
 from edge.state import StateStore
 from sip.auth import (
     BearerChallenge,
@@ -500,7 +499,7 @@ class Admission:
         if self.audit is not None:
             if fields.get("user_agent"):
                 fields["user_agent"] = str(fields["user_agent"])[:_UA_AUDIT_LEN]
-            self.audit.event(event_type, request_id=str(uuid.uuid4()), **fields)
+            self.audit.event(event_type, request_id=new_request_id(), **fields)
 
     # ------------------------------------------------------------ the forwarded request
     def prepare(self, req: Request, decision: Decision, *, trusted_source: bool) -> None:

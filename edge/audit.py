@@ -71,6 +71,7 @@ never interleave and a full disk never leaves half a line in a buffer.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -137,6 +138,7 @@ FLOODABLE = frozenset(
 #: Namespace of :func:`call_resource_id`.  Fixed for good: changing it would
 #: break correlation with lines written by earlier versions.
 CALL_NAMESPACE = uuid.UUID("6d1c4f0e-8a52-5b7e-9c3d-2f4a1e0b7c91")
+_NAMESPACE_BYTES = CALL_NAMESPACE.bytes
 
 _USER_AGENT_MAX = 256
 _FIELD_MAX = 256
@@ -152,7 +154,21 @@ def call_resource_id(call_id: str) -> str:
     a host name or address) in the audit log.  It is a pseudonym, not a
     secret: whoever holds the Call-ID can compute it and find the call.
     """
-    return str(uuid.uuid5(CALL_NAMESPACE, call_id))
+    # uuid.uuid5 by hand (RFC 4122 §4.3): the same value, a third of the work.
+    raw = bytearray(hashlib.sha1(_NAMESPACE_BYTES + call_id.encode("utf-8")).digest()[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x50
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def new_request_id() -> str:
+    """A random (version 4) UUID as text, cheaper than ``str(uuid.uuid4())``."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _timestamp(now: float) -> str:
@@ -388,7 +404,8 @@ class AuditLog:
         request_id: str | None = None,
         details: Mapping[str, Any] | None = None,
     ) -> None:
-        # The reference document's order; json keeps insertion order.
+        # The reference document's order; json keeps insertion order.  Every field
+        # is redacted (short repeated values hit redact_text's cache).
         record: dict[str, Any] = {
             "timestamp": _timestamp(now),
             "event_type": _clip(event_type, _FIELD_MAX),

@@ -16,6 +16,7 @@ line that gets through says how many were suppressed.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sys
@@ -101,8 +102,10 @@ _SUSPECT = re.compile(
 )
 
 
+@functools.lru_cache(maxsize=1024)
 def is_secret_name(name: str) -> bool:
     """True when a field name says it holds a secret (``password``, ``tls_key``, ...)."""
+    # Cached: field names are few and every log and audit line asks again.
     lowered = name.lower()
     if lowered in _NOT_SECRET:
         return False
@@ -112,6 +115,21 @@ def is_secret_name(name: str) -> bool:
 
 def redact_text(text: str) -> str:
     """``text`` with credentials replaced by ``[redacted]`` (the rest kept)."""
+    if len(text) <= _CACHED_LEN:
+        # Short values repeat (event names, numbers, user agents): remember them.
+        return _redact_short(text)
+    return _redact(text)
+
+
+_CACHED_LEN = 128
+
+
+@functools.lru_cache(maxsize=8192)
+def _redact_short(text: str) -> str:
+    return _redact(text)
+
+
+def _redact(text: str) -> str:
     if not _SUSPECT.search(text):
         return text
     for pattern, replacement in _VALUE_PATTERNS:

@@ -480,3 +480,17 @@ def test_a_short_write_does_not_glue_two_lines(
     records = [json.loads(line) for line in rest]
     assert records[0]["source_ip"] == "192.0.2.2"
     assert records[1]["details"] == {"lost": 1}
+
+
+def test_resource_and_request_ids_are_real_uuids() -> None:
+    import uuid as uuidlib
+
+    from edge.audit import CALL_NAMESPACE, new_request_id
+
+    for call_id in ("a84b4c76e66710@pc33.atlanta.com", "", "ünïcode@host", "x" * 500):
+        assert call_resource_id(call_id) == str(uuidlib.uuid5(CALL_NAMESPACE, call_id))
+    ids = {new_request_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for text in list(ids)[:20]:
+        parsed = uuidlib.UUID(text)
+        assert parsed.version == 4 and parsed.variant == uuidlib.RFC_4122 and str(parsed) == text
