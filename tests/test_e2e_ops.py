@@ -1,0 +1,120 @@
+"""Operations end to end (issue 8): what an operator sees of a real call.
+
+A sipp call with RTP through a running ``sipedge run``: during the call ``sipedge
+calls`` (over the control socket) lists it and ``/readyz`` says unready, because the
+relay's tiny port pool (two pairs) is in use; after it, the call is gone from the list,
+``/readyz`` is ready again, and ``/metrics`` shows the call started, answered and ended
+and its media packets relayed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.peers import sip_uri
+from tests.test_e2e_media import PCAP, UPSTREAM, Call, assert_sipp_ok, call, certs, procs
+
+__all__ = ["call", "certs", "procs"]  # fixtures, used by name
+
+pytestmark = [pytest.mark.interop, pytest.mark.slow]
+
+
+def http_get(address: tuple[str, int], path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://{address[0]}:{address[1]}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def metric_values(text: str) -> dict[str, float]:
+    """name{labels} -> value, labels sorted, for every sample."""
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}"] = s.value
+    return out
+
+
+def total(values: dict[str, float], name: str, **labels: str) -> float:
+    want = [f"{k}={v}" for k, v in labels.items()]
+    return sum(
+        v
+        for key, v in values.items()
+        if key.split("{", 1)[0] == name and all(w in key for w in want)
+    )
+
+
+def control(call: Call, *args: str) -> Any:
+    sock = call.workdir / ".sipedge" / "control.sock"
+    done = subprocess.run(
+        [sys.executable, "-m", "edge", *args, "--json", "--socket", str(sock)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.timeout(120)
+def test_metrics_readiness_and_calls_follow_a_real_call(call: Call) -> None:
+    assert PCAP.is_file(), f"{PCAP} missing: apt-get install sip-tester"
+    uas = call.uas("media_uas_echo", extra=("-rtp_echo",))
+    # Two port pairs: one call (a leg each side) takes them all.
+    edge = call.start_edge([sip_uri(UPSTREAM, uas.port, "udp")], pairs=2, quarantine=0.0)
+    assert call.edge is not None
+    metrics_at = call.edge.metrics
+    assert http_get(metrics_at, "/healthz")[0] == 200
+    assert http_get(metrics_at, "/readyz")[0] == 200
+    uac = call.uac("media_uac_pcap", edge.udp or ("", 0), hold_ms=4000, keys={"pcap": str(PCAP)})
+
+    listed: list[Any] = []
+    unready: tuple[int, str] = (0, "")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not (listed and unready[0]):
+        time.sleep(0.3)
+        if not listed:
+            listed = control(call, "calls", "list")
+        if not unready[0]:
+            status, body = http_get(metrics_at, "/readyz")
+            if status == 503:
+                unready = (status, body)
+    assert listed, "sipedge calls never showed the live call"
+    (live,) = listed
+    assert live["state"] in ("early", "confirmed") and live["call_id"]
+    assert "***" in live["from_uri"] or "sipp" in live["from_uri"]  # numbers masked
+    assert unready[0] == 503 and "port pool" in unready[1], unready
+
+    assert_sipp_ok(uac, 1, 60)
+    assert_sipp_ok(uas, 1, uas=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and control(call, "calls", "list"):
+        time.sleep(0.3)
+    assert control(call, "calls", "list") == []
+    status, body = http_get(metrics_at, "/readyz")
+    assert status == 200, body
+
+    status, text = http_get(metrics_at, "/metrics")
+    assert status == 200
+    values = metric_values(text)
+    assert total(values, "sipedge_calls_started_total") == 1
+    assert total(values, "sipedge_calls_answered_total") == 1
+    assert total(values, "sipedge_call_duration_seconds_count") == 1
+    assert total(values, "sipedge_sip_requests_total", method="INVITE", transport="udp") == 1
+    assert total(values, "sipedge_sip_requests_total", method="BYE", transport="udp") == 1
+    # The pcap plays one packet per 30 ms for the 4 s the call lasts, and the UAS echoes
+    # each: about 2 x 133 packets come into the relay, and as many go out.
+    inbound = total(values, "sipedge_media_packets_total", direction="in")
+    outbound = total(values, "sipedge_media_packets_total", direction="out")
+    assert inbound >= 200 and outbound >= 0.95 * inbound, (inbound, outbound)
