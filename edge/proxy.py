@@ -759,6 +759,7 @@ class Proxy(MediaMixin):
         port = nxt.rport or nxt.port or DEFAULT_PORTS[transport]
         if not is_ip_literal(host):
             return
+        self._count(f"responses_{resp.status // 100}xx_{transport}")
         self.transport.send(bytes(resp), Destination(transport, host, port))
 
     # ------------------------------------------------------------ replies
@@ -789,7 +790,9 @@ class Proxy(MediaMixin):
         if self.server_header:
             extra.append(("Server", self.server_header))
         resp = make_response(req, status, to_tag=secrets.token_hex(6), headers=extra)
-        self.transport.send(bytes(resp), self._source_destination(source, req.top_via))
+        dest = self._source_destination(source, req.top_via)
+        self._count(f"responses_{status // 100}xx_{dest.transport}")
+        self.transport.send(bytes(resp), dest)
 
     # ------------------------------------------------------------ the action loop
     def _run(self, ctx: _ServerCtx | _ClientCtx, actions: list[Any]) -> None:
@@ -858,6 +861,8 @@ class Proxy(MediaMixin):
         data = bytes(message)
         dest = ctx.dest if isinstance(ctx, _ClientCtx) else ctx.reply
         loop = self._get_loop()
+        if type(message) is Response:
+            self._count(f"responses_{message.status // 100}xx_{dest.transport}")
 
         def failed() -> None:
             loop.call_soon(self._transport_failed, ctx)

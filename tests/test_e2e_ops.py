@@ -113,6 +113,8 @@ def test_metrics_readiness_and_calls_follow_a_real_call(call: Call) -> None:
     assert total(values, "sipedge_call_duration_seconds_count") == 1
     assert total(values, "sipedge_sip_requests_total", method="INVITE", transport="udp") == 1
     assert total(values, "sipedge_sip_requests_total", method="BYE", transport="udp") == 1
+    # 100, 180 and 200 to the caller, 200 to the BYE: all 1xx/2xx, all over UDP.
+    assert total(values, "sipedge_sip_responses_total", transport="udp") >= 3
     # The pcap plays one packet per 30 ms for the 4 s the call lasts, and the UAS echoes
     # each: about 2 x 133 packets come into the relay, and as many go out.
     inbound = total(values, "sipedge_media_packets_total", direction="in")
