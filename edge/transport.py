@@ -312,10 +312,12 @@ class _Conn(asyncio.Protocol):
         if peer is not None:
             self.remote = (peer[0], peer[1])
         cert: bytes | None = None
-        if self.kind == "tls":
+        if self.kind in ("tls", "wss"):
             sslobj = transport.get_extra_info("ssl_object")
             if sslobj is not None:
                 cert = sslobj.getpeercert(binary_form=True)
+                # By version, for metrics: "tls_handshakes_TLSv1.3".
+                self.layer._counters[f"tls_handshakes_{sslobj.version()}"] += 1
         if self.listener is not None:
             local = self.listener.local
         else:
