@@ -201,6 +201,7 @@ class Proxy(MediaMixin):
             from edge.media import MediaController
 
             self.media = MediaController(self.config, log=self.log)
+            self.media.audit = self.audit  # DTLS failures are audit events
             await self.media.start()  # ConfigError naming media.address if unusable
         self._probe_task = asyncio.create_task(self._probe_loop())
 
