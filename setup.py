@@ -25,8 +25,13 @@ setup(
             "media._srtp",
             # One extension: the SRTP core, its Python binding and the fast path's
             # data plane (issue 7) share one shared object and call each other directly.
-            sources=["media/_srtp.c", "media/srtp_core.c"],
-            depends=["media/srtp_core.h"],
+            sources=[
+                "media/_srtp.c",
+                "media/srtp_core.c",
+                "media/fastpath.c",
+                "media/fastpath_py.c",
+            ],
+            depends=["media/srtp_core.h", "media/fastpath.h", "media/fastpath_py.h"],
             libraries=["crypto"],
             extra_compile_args=extra_compile_args,
         )

@@ -2,6 +2,8 @@
  * media._srtp: the Python binding of the C SRTP core (srtp_core.h / srtp_core.c),
  * compiled into one extension module with it.
  *
+ *   - media._srtp.Plane is the relay's C data plane (fastpath.c, bound in
+ *     fastpath_py.c; media/fastpath.py is its API).
  *   - media._srtp.Context has the same API as the pure Python twin
  *     (media/_srtp_py.py); media/srtp.py picks one of the two.
  *   - The C API capsule media._srtp._C_API (se_srtp_capi) lets C code outside this
@@ -25,6 +27,7 @@
 #include <openssl/params.h>
 
 #include "srtp_core.h"
+#include "fastpath_py.h"
 
 
 /*
@@ -565,6 +568,12 @@ capi_context_core(PyObject *obj)
     return context_ctx((ContextObject *)obj);
 }
 
+se_srtp_ctx *
+se_py_context_core(PyObject *obj)
+{
+    return capi_context_core(obj);
+}
+
 /* ---------------------------------------------------------------- module functions */
 
 PyDoc_STRVAR(openssl_version_doc,
@@ -1000,6 +1009,8 @@ srtp_exec(PyObject *module)
         return -1;
     }
     Py_DECREF(capsule);
+    if (se_fastpath_register(module) < 0)
+        return -1;
     if (PyModule_AddIntConstant(module, "REPLAY_WINDOW", SE_SRTP_WINDOW) < 0
         || PyModule_AddIntConstant(module, "MAX_SSRCS", SE_SRTP_MAX_SSRCS) < 0)
         return -1;

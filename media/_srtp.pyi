@@ -3,7 +3,7 @@
 The pure-Python twin ``media._srtp_py`` has the same API; ``media.srtp`` picks one.
 """
 
-from typing import Final, Literal, final
+from typing import Any, Final, Literal, final
 
 from _typeshed import ReadableBuffer, WriteableBuffer
 
@@ -82,3 +82,62 @@ def _bench_core(
     outbound: Context, inbound: Context, packet: ReadableBuffer, n: int, /
 ) -> tuple[float, float]:
     """ns per protect and per unprotect of packet, from a C loop, best of 5."""
+
+PLANE_DROPS: Final[tuple[str, ...]]
+"""The data plane's drop reasons, by index (media.latching.DropReason names, plus
+``too_long`` and ``punt_overflow``)."""
+PLANE_MAX_DATAGRAM: Final[int]
+
+Address = tuple[str, int]
+# (handle, kind (media.rtp.PacketKind), on the RTCP socket, datagram, source)
+Punted = tuple[int, int, bool, bytes, Address]
+
+@final
+class Plane:
+    """The relay's C data plane (media/fastpath.c): loop threads that forward RTP and
+    SRTP between legs without the GIL.  media.fastpath is the API to use."""
+
+    def __init__(
+        self,
+        loops: int,
+        *,
+        max_legs: int = 65536,
+        rtcp_rate: float = 100.0,
+        rtcp_burst: float = 200.0,
+        cpus: list[int] | tuple[int, ...] | None = None,
+    ) -> None: ...
+    @property
+    def punt_fd(self) -> int: ...
+    @property
+    def loops(self) -> int: ...
+    @property
+    def closed(self) -> bool: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def close(self) -> None: ...
+    def add_leg(
+        self, fd: int, rtcp_fd: int = -1, *, mux: bool = False, webrtc: bool = False, loop: int = -1
+    ) -> int: ...
+    def remove_leg(self, handle: int, /) -> dict[str, Any]: ...
+    def pair(self, a: int, b: int | None, /) -> None: ...
+    def set_flags(self, handle: int, *, mux: bool, webrtc: bool) -> None: ...
+    def set_crypto(
+        self, handle: int, inbound: Context | None, outbound: Context | None, /
+    ) -> None: ...
+    def set_addresses(
+        self,
+        handle: int,
+        rtp_source: Address | None,
+        rtcp_source: Address | None,
+        rtp_destination: Address | None,
+        rtcp_destination: Address | None,
+    ) -> None: ...
+    def addresses(
+        self, handle: int, /
+    ) -> tuple[Address | None, Address | None, Address | None, Address | None]: ...
+    def counters(self, handle: int, /) -> dict[str, Any]: ...
+    def forward(
+        self, handle: int, rtcp: bool, datagram: ReadableBuffer, /
+    ) -> tuple[str, bool, int]: ...
+    def drain(self, max: int = 1024, /) -> list[Punted]: ...
+    def loop_stats(self) -> list[dict[str, Any]]: ...

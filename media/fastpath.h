@@ -1,0 +1,200 @@
+/*
+ * media/fastpath.h: the relay's C data plane (issue 7), compiled into media._srtp.
+ *
+ * Python decides, C moves packets.  The plane is a forwarding table of legs that
+ * Python writes (media/fastpath.py through the binding in fastpath_py.c) and that
+ * loop threads read: per leg its sockets, the source it accepts media from (the
+ * latched address), where media for its endpoint goes, the peer leg, the SRTP
+ * contexts of the C core (srtp_core.h) for each direction, and its counters.
+ *
+ * Threads.  N loop threads (fastpath.c), each with its own epoll set over the
+ * sockets of the legs it owns, its own wake eventfd and its own mutex.  A loop
+ * waits in epoll_wait without its mutex, then takes it once for the whole batch
+ * of ready sockets: recvmmsg up to SE_FP_BATCH datagrams per socket, the per-packet
+ * steps in place, sendmmsg per destination socket.  Python's table changes take
+ * every loop's mutex (in index order), so a loop sees a leg either before or after
+ * a change, never half-way; they wait at most one batch.
+ *
+ * Who writes what.  Everything in a leg that Python sets is written under all
+ * loop mutexes.  Counters are written by one thread each (relaxed atomic stores:
+ * no lost updates, since there is one writer) and read by Python without a lock:
+ * a leg's "in" counters by the loop that owns the leg; its "out" counters (what
+ * was sent to its endpoint) by the loop of its peer, which is also the only user
+ * of its outbound SRTP context; its inbound context by its own loop.
+ *
+ * Punting.  What the table cannot decide (STUN, DTLS, RTP or RTCP from any
+ * source but the accepted one, hence every first packet of a leg before Python
+ * latched it) goes to Python whole: a single-producer single-consumer ring per
+ * loop, and one eventfd for the plane that the asyncio side watches.  A full ring
+ * drops and counts (punt_overflow).  Python forwards what it accepts through
+ * se_fp_forward(), the same steps under the owning loop's mutex.
+ *
+ * Rules of this file and of fastpath.c: no Python object; no allocation per
+ * packet; every datagram a loop reads ends forwarded, punted or dropped with a
+ * counted reason, so received == packets_in + to_python + sum(drops) per leg.
+ */
+#ifndef SIPEDGE_FASTPATH_H
+#define SIPEDGE_FASTPATH_H
+
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "srtp_core.h"
+
+#define SE_FP_BATCH 32     /* datagrams per recvmmsg/sendmmsg */
+#define SE_FP_EVENTS 64    /* ready sockets per epoll_wait */
+#define SE_FP_ROUNDS 4     /* recvmmsg calls per ready socket per wake-up (fairness) */
+#define SE_FP_MAX_DATAGRAM 2048 /* larger datagrams are dropped as too_long */
+#define SE_FP_ROOM (SE_FP_MAX_DATAGRAM + SE_SRTP_SRTCP_INDEX + SE_SRTP_MAX_TAG + 4)
+#define SE_FP_RING 512     /* punted datagrams waiting for Python, per loop */
+#define SE_FP_MAX_LOOPS 256
+
+/* Drop reasons, named as media.latching.DropReason where one exists. */
+enum se_fp_drop {
+    SE_FP_TOO_SHORT = 0,
+    SE_FP_NOT_RTP,
+    SE_FP_MALFORMED,
+    SE_FP_AUTH_FAILED,
+    SE_FP_REPLAY,
+    SE_FP_RTCP_FLOOD,
+    SE_FP_NO_DESTINATION,
+    SE_FP_PROTECT_FAILED,
+    SE_FP_DTLS_PENDING,
+    SE_FP_TOO_LONG,      /* over SE_FP_MAX_DATAGRAM: truncated by recvmmsg */
+    SE_FP_PUNT_OVERFLOW, /* Python's ring was full */
+    SE_FP_N_DROPS
+};
+extern const char *const se_fp_drop_names[SE_FP_N_DROPS];
+
+/* What a punted datagram is (media.rtp.PacketKind values) and why it went up. */
+enum se_fp_kind { SE_FP_RTP = 0, SE_FP_RTCP = 1, SE_FP_STUN = 2, SE_FP_DTLS = 3 };
+
+/* Leg flags */
+#define SE_FP_MUX 1u  /* RTCP arrives on the RTP socket (rtcp-mux): told apart by PT */
+#define SE_FP_WEBRTC 2u /* a dtls-srtp leg: no media in or out before its keys */
+
+typedef struct {
+    socklen_t len; /* 0: no address */
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in in4;
+        struct sockaddr_in6 in6;
+    } u;
+} se_fp_addr;
+
+typedef struct {
+    /* written by the leg's own loop */
+    uint64_t received; /* datagrams decided in C (not counting those punted) */
+    uint64_t packets_in, bytes_in, rtcp_in;
+    uint64_t to_python; /* punted */
+    uint64_t drops[SE_FP_N_DROPS];
+    uint64_t last_rx_ns; /* CLOCK_MONOTONIC of the last packet accepted */
+    uint64_t last_ssrc;  /* SSRC of that packet */
+    /* written by the peer's loop, on a line of their own */
+    _Alignas(64) uint64_t packets_out, bytes_out, rtcp_out, send_errors;
+} se_fp_counters;
+
+typedef struct se_fp_leg {
+    uint32_t handle, gen; /* slot in the table; generation of the slot */
+    int loop;             /* owning loop */
+    int fd, rtcp_fd;      /* the plane's own dup()s; rtcp_fd -1: RTCP on fd */
+    unsigned flags;
+    struct se_fp_leg *peer; /* may be the leg itself: an echo leg */
+    se_srtp_ctx *inbound;   /* unprotects what the endpoint sends; NULL: plain */
+    se_srtp_ctx *outbound;  /* protects what goes to the endpoint; NULL: plain */
+    se_fp_addr rtp_src, rtcp_src; /* accepted sources (latched); none: punt all */
+    se_fp_addr rtp_dst, rtcp_dst; /* where media for the endpoint goes */
+    double rtcp_tokens, rtcp_stamp; /* RTCP token bucket (RFC 3550 section 6.2) */
+    _Alignas(64) se_fp_counters c;
+} se_fp_leg;
+
+typedef struct {
+    uint32_t handle;
+    uint8_t kind, on_rtcp_socket;
+    uint16_t len;
+    se_fp_addr src;
+    uint8_t data[SE_FP_MAX_DATAGRAM];
+} se_fp_punt;
+
+typedef struct {
+    uint64_t wakeups, recv_calls, send_calls, packets, sent;
+} se_fp_loop_stats;
+
+struct se_fp_plane;
+
+typedef struct se_fp_loop {
+    struct se_fp_plane *plane;
+    int index, epfd, wakefd, running;
+    int cpu; /* -1: not pinned */
+    pthread_t thread;
+    pthread_mutex_t mu;
+    unsigned n_legs;
+    se_fp_loop_stats stats; /* written by the loop, read relaxed */
+    /* the punt ring: written by the loop, read by Python */
+    uint64_t ring_head, ring_tail;
+    se_fp_punt *ring;
+    /* per-batch scratch, owned by the thread */
+    struct mmsghdr rmsg[SE_FP_BATCH], smsg[SE_FP_BATCH];
+    struct iovec riov[SE_FP_BATCH], siov[SE_FP_BATCH];
+    se_fp_addr rsrc[SE_FP_BATCH], sdst[SE_FP_BATCH];
+    int sfd[SE_FP_BATCH];
+    se_fp_leg *sleg[SE_FP_BATCH];
+    uint8_t (*buf)[SE_FP_ROOM];
+} se_fp_loop;
+
+typedef struct se_fp_plane {
+    unsigned n_loops;
+    uint32_t max_legs;
+    int punt_fd; /* eventfd: punted datagrams wait in the rings */
+    int stopping, started;
+    double rtcp_rate, rtcp_burst;
+    se_fp_leg **slots; /* handle -> leg */
+    uint32_t *gens;    /* handle -> generation, bumped on removal */
+    uint32_t *free_list, n_free;
+    se_fp_loop *loops;
+} se_fp_plane;
+
+/* ---------------------------------------------------------------- the plane (fastpath.c) */
+
+/* Lifecycle.  new: NULL with errno set.  start: 0 or -errno.  stop joins. */
+SE_HIDDEN se_fp_plane *se_fp_new(unsigned n_loops, uint32_t max_legs, double rtcp_rate,
+                                 double rtcp_burst, const int *cpus);
+SE_HIDDEN int se_fp_start(se_fp_plane *p);
+SE_HIDDEN void se_fp_stop(se_fp_plane *p);
+SE_HIDDEN void se_fp_free(se_fp_plane *p); /* stops, closes the legs' fds */
+
+/* Table changes: call with every loop locked (se_fp_lock_all), except add and
+ * remove, which lock themselves.  add: the handle, or -errno. */
+SE_HIDDEN void se_fp_lock_all(se_fp_plane *p);
+SE_HIDDEN void se_fp_unlock_all(se_fp_plane *p);
+SE_HIDDEN long se_fp_add(se_fp_plane *p, int fd, int rtcp_fd, unsigned flags, int loop);
+SE_HIDDEN int se_fp_remove(se_fp_plane *p, uint32_t handle, se_fp_counters *final);
+SE_HIDDEN se_fp_leg *se_fp_leg_of(se_fp_plane *p, uint32_t handle); /* NULL if none */
+SE_HIDDEN void se_fp_pair(se_fp_leg *a, se_fp_leg *b); /* b NULL: unpair; a == b: echo */
+
+/* Python's forwarding of a punted datagram it accepted: the per-packet steps from
+ * decryption on (5-8 of fastpath.c), under the loop mutexes, then one sendto.
+ * rtcp: Python's RTP/RTCP decision.  The datagram is changed in place (room bytes
+ * at data: SE_SRTP_SRTCP_INDEX + SE_SRTP_MAX_TAG more than len).  Returns
+ * SE_FP_FORWARDED, SE_FP_SEND_ERROR or the se_fp_drop reason; *authenticated: the
+ * inbound step passed (latching needs that proof).  Counts nothing: the caller
+ * does, as for any packet it handled. */
+#define SE_FP_FORWARDED (-1)
+#define SE_FP_SEND_ERROR (-3)
+SE_HIDDEN int se_fp_forward(se_fp_plane *p, uint32_t handle, int rtcp, uint8_t *data, size_t len,
+                            size_t room, int *authenticated, size_t *sent_len);
+
+/* Punted datagrams of one loop, oldest first, for the one consumer (Python, which
+ * serialises its drains): the front entry or NULL, then pop it once used. */
+SE_HIDDEN const se_fp_punt *se_fp_ring_front(se_fp_loop *lp);
+SE_HIDDEN void se_fp_ring_pop(se_fp_loop *lp);
+
+static inline uint64_t
+se_fp_read(const uint64_t *v)
+{
+    return __atomic_load_n(v, __ATOMIC_RELAXED);
+}
+
+#endif /* SIPEDGE_FASTPATH_H */
