@@ -1,0 +1,336 @@
+"""The relay's fast path: the C data plane of :mod:`media._srtp` behind a typed API.
+
+Python decides, C moves packets (docs: /work/shared/ARCHITECTURE.md, issue 7).  A
+:class:`FastPath` owns loop threads (one per CPU the process may use, by default)
+that forward RTP/RTCP between *legs* without the GIL: epoll over the legs' sockets,
+``recvmmsg``/``sendmmsg`` in batches of 32, SRTP unprotect and protect in place with
+the C core of :mod:`media.srtp`, counters per leg.
+
+    fp = FastPath()                       # loops = len(os.sched_getaffinity(0))
+    fp.start()
+    a = fp.add_leg(sock_a)                # the plane dup()s the fd; asyncio must not read it
+    b = fp.add_leg(sock_b)
+    fp.pair(a, b)                         # fp.pair(a, a): an echo leg
+    fp.set_crypto(b, inbound=Context(..., direction="inbound"), outbound=Context(...))
+    fp.set_addresses(a, rtp_source=caller, rtp_destination=caller)
+    fp.attach(asyncio.get_running_loop(), on_punted)   # punted datagrams, in batches
+    ...
+    fp.remove_leg(a)                      # final counters; then close the socket
+    fp.close()                            # joins the loops, closes the plane's fds
+
+The table only forwards media from a leg's *accepted source* (its latched address):
+everything else is punted to Python whole, with STUN and DTLS, so latching and its
+proofs (:mod:`media.latching`), ICE and DTLS stay in Python.  Python forwards a
+punted datagram it accepts with :meth:`FastPath.forward` (the C steps from decryption
+on, with the C contexts: a :class:`media._srtp.Context` given to the plane belongs to
+it and must not be called from Python meanwhile), then latches with
+:meth:`FastPath.set_addresses` so the next packets stay in C.
+
+Modes follow from the crypto of the two legs of a pair: ``rtp`` (no context),
+``srtp-in`` (the receiving leg has an inbound context: SRTP -> RTP), ``srtp-out``
+(the peer has an outbound one: RTP -> SRTP), both (SRTP -> SRTP with new keys).
+Counters: every datagram a loop reads is ``received`` (and forwarded or dropped by
+reason) or ``to_python``; ``auth_failed`` and ``replay`` are counted in C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import os
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from media import _srtp
+from media.rtp import PacketKind
+
+Address = tuple[str, int]
+
+DROP_REASONS: Final[tuple[str, ...]] = _srtp.PLANE_DROPS
+MAX_DATAGRAM: Final[int] = _srtp.PLANE_MAX_DATAGRAM
+
+
+class Mode(enum.StrEnum):
+    """What a pair of legs does to media from ``leg`` to its peer."""
+
+    RTP = "rtp"
+    SRTP_IN = "srtp-in"  # SRTP in on this leg, plain out to the peer
+    SRTP_OUT = "srtp-out"  # plain in, SRTP out to the peer
+    BOTH = "both"  # SRTP in, SRTP out under the peer's keys
+
+
+def default_loops() -> int:
+    """The CPUs this process may run on (``sched_getaffinity``), at least one."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+@dataclass(frozen=True, slots=True)
+class PlaneCounters:
+    """One leg's counters in the C plane.  ``*_in``: from the leg's endpoint and
+    forwarded; ``*_out``: sent to its endpoint; ``to_python``: punted; ``drops``: by
+    reason (:data:`DROP_REASONS`).  ``last_rx`` is ``time.monotonic()`` of the last
+    packet that passed the inbound step, ``None`` before one."""
+
+    received: int
+    packets_in: int
+    bytes_in: int
+    rtcp_in: int
+    to_python: int
+    packets_out: int
+    bytes_out: int
+    rtcp_out: int
+    send_errors: int
+    last_rx: float | None
+    last_ssrc: int
+    drops: Mapping[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PlaneCounters:
+        return cls(**d)
+
+    @property
+    def auth_failures(self) -> int:
+        return self.drops.get("auth_failed", 0)
+
+    @property
+    def replays(self) -> int:
+        return self.drops.get("replay", 0)
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.drops.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Punted:
+    """A datagram the plane handed to Python: STUN, DTLS, or RTP/RTCP from a source
+    that is not the leg's accepted one."""
+
+    leg: int
+    kind: PacketKind
+    on_rtcp_socket: bool
+    data: bytes
+    source: Address
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardResult:
+    """What :meth:`FastPath.forward` did: ``verdict`` is ``"forwarded"``,
+    ``"send_error"`` or a drop reason; ``authenticated``: the inbound step passed
+    (plain RTP always does), the proof SRTP latching needs; ``sent``: bytes sent."""
+
+    verdict: str
+    authenticated: bool
+    sent: int
+
+    @property
+    def forwarded(self) -> bool:
+        return self.verdict == "forwarded"
+
+
+PuntHandler = Callable[[list[Punted]], None]
+
+
+def _fd(sock: socket.socket | int) -> int:
+    return sock if isinstance(sock, int) else sock.fileno()
+
+
+class FastPath:
+    """The C data plane: loop threads, the forwarding table, the punt queue.
+
+    ``loops``: threads (default :func:`default_loops`); ``cpus``: pin loop *i* to
+    ``cpus[i]`` (default: not pinned, the scheduler spreads them).  ``max_legs``
+    bounds the table.  ``rtcp_rate``/``rtcp_burst``: the per-leg RTCP token bucket,
+    as :class:`media.relay.MediaRelay`'s.
+    """
+
+    def __init__(
+        self,
+        loops: int | None = None,
+        *,
+        max_legs: int = 65536,
+        rtcp_rate: float = 100.0,
+        rtcp_burst: float = 200.0,
+        cpus: Sequence[int] | None = None,
+    ) -> None:
+        n = default_loops() if loops is None else loops
+        self._plane = _srtp.Plane(
+            n,
+            max_legs=max_legs,
+            rtcp_rate=rtcp_rate,
+            rtcp_burst=rtcp_burst,
+            cpus=list(cpus) if cpus is not None else None,
+        )
+        self._reader: asyncio.AbstractEventLoop | None = None
+        self._started = False
+        self._legs: set[int] = set()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @property
+    def loops(self) -> int:
+        return self._plane.loops
+
+    @property
+    def punt_fd(self) -> int:
+        """An eventfd, readable while punted datagrams wait (:meth:`drain` resets it)."""
+        return self._plane.punt_fd
+
+    @property
+    def running(self) -> bool:
+        return self._started and not self._plane.closed
+
+    def start(self) -> None:
+        if not self._started:
+            self._plane.start()
+            self._started = True
+
+    def stop(self) -> None:
+        """Stop and join the loop threads (the table stays)."""
+        self._plane.stop()
+
+    def close(self) -> None:
+        """Stop, close the plane's copies of every leg's sockets, free the table."""
+        self.detach()
+        if not self._plane.closed:
+            self._plane.close()
+        self._legs.clear()
+
+    def __enter__(self) -> FastPath:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- table
+
+    def add_leg(
+        self,
+        sock: socket.socket | int,
+        rtcp_sock: socket.socket | int | None = None,
+        *,
+        mux: bool = False,
+        webrtc: bool = False,
+        loop: int | None = None,
+    ) -> int:
+        """A leg on ``sock`` (RTP, and RTCP too when ``mux`` or without ``rtcp_sock``);
+        its handle.  The plane keeps a dup() of each fd until :meth:`remove_leg`.
+        ``webrtc``: a dtls-srtp leg (no media in or out before :meth:`set_crypto`).
+        ``loop``: the owning loop (default: the one with the fewest legs)."""
+        rtcp_fd = -1 if rtcp_sock is None else _fd(rtcp_sock)
+        handle = self._plane.add_leg(
+            _fd(sock), rtcp_fd, mux=mux, webrtc=webrtc, loop=-1 if loop is None else loop
+        )
+        self._legs.add(handle)
+        return handle
+
+    def remove_leg(self, handle: int) -> PlaneCounters:
+        """Out of the table (no loop touches it afterwards); its final counters."""
+        counters = PlaneCounters.from_dict(self._plane.remove_leg(handle))
+        self._legs.discard(handle)
+        return counters
+
+    @property
+    def legs(self) -> frozenset[int]:
+        return frozenset(self._legs)
+
+    def pair(self, a: int, b: int | None) -> None:
+        """Make ``a`` and ``b`` each other's peer (their old peers lose theirs);
+        ``b is None`` unpairs ``a``; ``b == a`` makes ``a`` an echo leg, which sends
+        what it receives back to its own destination, re-encrypted for it."""
+        self._plane.pair(a, b)
+
+    def echo(self, handle: int) -> None:
+        self._plane.pair(handle, handle)
+
+    def set_flags(self, handle: int, *, mux: bool, webrtc: bool) -> None:
+        self._plane.set_flags(handle, mux=mux, webrtc=webrtc)
+
+    def set_crypto(
+        self, handle: int, inbound: _srtp.Context | None, outbound: _srtp.Context | None
+    ) -> None:
+        """The leg's SRTP contexts of the C core (``None``: plain that way).  The plane
+        keeps them alive; Python must not call them while they are attached."""
+        self._plane.set_crypto(handle, inbound, outbound)
+
+    def set_addresses(
+        self,
+        handle: int,
+        *,
+        rtp_source: Address | None = None,
+        rtcp_source: Address | None = None,
+        rtp_destination: Address | None = None,
+        rtcp_destination: Address | None = None,
+    ) -> None:
+        """Where media is accepted from (the latched sources: anything else is punted)
+        and where media for the leg's endpoint goes.  Unset means none."""
+        self._plane.set_addresses(
+            handle, rtp_source, rtcp_source, rtp_destination, rtcp_destination
+        )
+
+    def latch(self, handle: int, rtp: Address | None, rtcp: Address | None = None) -> None:
+        """Accept from and send to ``rtp`` (and ``rtcp``, default: ``rtp``, rtcp-mux)."""
+        rtcp = rtp if rtcp is None else rtcp
+        self.set_addresses(
+            handle, rtp_source=rtp, rtcp_source=rtcp, rtp_destination=rtp, rtcp_destination=rtcp
+        )
+
+    def addresses(
+        self, handle: int
+    ) -> tuple[Address | None, Address | None, Address | None, Address | None]:
+        """(rtp_source, rtcp_source, rtp_destination, rtcp_destination)."""
+        return self._plane.addresses(handle)
+
+    @staticmethod
+    def mode(inbound: _srtp.Context | None, peer_outbound: _srtp.Context | None) -> Mode:
+        if inbound is not None and peer_outbound is not None:
+            return Mode.BOTH
+        if inbound is not None:
+            return Mode.SRTP_IN
+        return Mode.SRTP_OUT if peer_outbound is not None else Mode.RTP
+
+    # ---------------------------------------------------------------- per leg
+
+    def counters(self, handle: int) -> PlaneCounters:
+        return PlaneCounters.from_dict(self._plane.counters(handle))
+
+    def forward(self, handle: int, rtcp: bool, data: bytes) -> ForwardResult:
+        """Forward a punted datagram Python accepted, as the loop would from
+        decryption on; counts nothing (the caller does)."""
+        verdict, authenticated, sent = self._plane.forward(handle, rtcp, data)
+        return ForwardResult(verdict, authenticated, sent)
+
+    def loop_stats(self) -> list[dict[str, Any]]:
+        """Per loop: wake-ups, recvmmsg and sendmmsg calls, packets read and sent,
+        legs owned."""
+        return self._plane.loop_stats()
+
+    # ---------------------------------------------------------------- punted
+
+    def drain(self, limit: int = 1024) -> list[Punted]:
+        """Punted datagrams waiting, oldest first per loop, at most ``limit``."""
+        return [
+            Punted(handle, PacketKind(kind), on_rtcp, data, source)
+            for handle, kind, on_rtcp, data, source in self._plane.drain(limit)
+        ]
+
+    def attach(self, loop: asyncio.AbstractEventLoop, handler: PuntHandler) -> None:
+        """Call ``handler`` from ``loop`` with the punted datagrams whenever some wait
+        (``add_reader`` on :attr:`punt_fd`)."""
+        self.detach()
+
+        def ready() -> None:
+            while batch := self.drain():
+                handler(batch)
+
+        loop.add_reader(self.punt_fd, ready)
+        self._reader = loop
+
+    def detach(self) -> None:
+        if self._reader is not None:
+            if not self._reader.is_closed():
+                self._reader.remove_reader(self.punt_fd)
+            self._reader = None
