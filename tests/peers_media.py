@@ -607,6 +607,7 @@ class Baresip(Proc):
         host: str,
         account: str,
         max_seconds: int = 90,
+        rtcp_mux: bool = False,
     ) -> None:
         self.host = host
         self.sip_port = free_port(host, "both", count=2)
@@ -629,7 +630,7 @@ class Baresip(Proc):
             "ausrc_channels": "2",
             "rtp_ports": f"{self.rtp_range[0]}-{self.rtp_range[1]}",
             "rtp_stats": "yes",
-            "rtcp_mux": "no",
+            "rtcp_mux": "yes" if rtcp_mux else "no",
             "jitter_buffer_delay": "5-10",
             "net_interface": host,
             "module_path": "/usr/lib/baresip/modules",

@@ -33,6 +33,7 @@ import pytest
 
 from tests.peers import (
     NotRunnable,
+    PeerError,
     ProcGroup,
     ProxyAddresses,
     SipedgeProc,
@@ -216,16 +217,18 @@ class Call:
         hold_ms: int = 1000,
         keys: dict[str, str] | None = None,
         timeout: float = 40.0,
+        local_ip: str = CALLER,
         **kw: Any,
     ) -> Sipp:
-        """A sipp UAC on 127.0.0.1 calling the edge; started, not waited for."""
+        """A sipp UAC (on 127.0.0.1 unless ``local_ip``) calling the edge; started, not
+        waited for."""
         self.sipp()
         uac = sipp_uac(
             scenario,
             target,
             workdir=self.workdir,
             name=self._name("uac"),
-            local_ip=CALLER,
+            local_ip=local_ip,
             ruri=sip_uri(target[0], target[1], "udp", "1000"),
             calls=calls,
             hold_ms=hold_ms,
@@ -531,6 +534,97 @@ def test_baresip_sdes_srtp_bridged_to_plain_rtp(call: Call, srtp_side: str) -> N
         assert 420 <= freq <= 460, f"{ua.name}: {freq} Hz rms {rms}\n{context}"
     (ended,) = call.media_ended()
     assert ended["dropped"] <= 4, ended  # baresip's early SRTCP (shared/peers/README.md)
+
+
+@pytest.mark.timeout(120)
+def test_baresip_dtls_srtp_caller_through_the_relay_to_plain_rtp(call: Call) -> None:
+    """baresip with ``mediaenc=dtls_srtp`` (issue 6: a non-browser DTLS-SRTP peer: no
+    ICE, an RSA/SHA-1 certificate, UDP/TLS/RTP/SAVPF with ``a=setup:actpass``) calls a
+    sipp UAS that echoes plain RTP.  The relay answers ``active`` and completes DTLS as
+    client against baresip's RSA server, keys SRTP from it, and bridges to RTP/AVP: baresip
+    logs "DTLS-SRTP complete" and decodes its own 440 Hz tone, echoed through both legs.
+
+    Hosts: baresip binds its RTP to 0.0.0.0, so it must sit on 127.0.0.1, the address its
+    packets leave from, to match its SDP (without ICE the relay hears DTLS only from the
+    address the SDP names); the relay's DTLS legs need rtcp-mux, hence ``rtcp_mux yes``.
+    """
+    require_binary("baresip", "baresip-core")
+    uas = call.uas("media_uas_echo", extra=("-rtp_echo",))
+    a = Baresip(
+        workdir=call.workdir,
+        name="alice",
+        host=CALLER,
+        account="<sip:a@{host}:{port}>;regint=0;mediaenc=dtls_srtp",
+        rtcp_mux=True,
+    )
+    call.procs.add(a).start()
+    a.wait_ready()
+    edge = call.start_edge(
+        [sip_uri(UPSTREAM, uas.port, "udp")], set_media="rtp", trunk_media="dtls-srtp"
+    )
+    host, port = edge.udp or ("", 0)
+    a.command("dial", f"sip:b@{host}:{port}")
+    try:
+        a.wait_event("CALL_ESTABLISHED", 15, fail_on="CALL_CLOSED")
+    except PeerError as e:
+        pytest.fail(f"{e}\n--- edge\n{call.log()}")
+    time.sleep(5.0)
+    a.command("hangup")
+    a.wait_event("CALL_CLOSED", 10)
+    a.quit()
+    context = f"{a.log_tail(40)}\n{call.log()}"
+    assert "DTLS-SRTP complete" in a.log_tail(400), context
+    (ended,) = call.media_ended()
+    assert ended["packets_in"] >= 200 and ended["packets_out"] >= 200, (ended, context)
+    dumps = a.dumps("dec")
+    assert dumps, f"no decoded audio dump\n{context}"
+    freq, rms, seconds = tone_frequency(dumps[-1])
+    assert seconds >= 1.5 and rms > 500 and 420 <= freq <= 460, (freq, rms, seconds, context)
+    assert_sipp_ok(uas, 1, uas=True)
+
+
+@pytest.mark.timeout(120)
+def test_baresip_dtls_srtp_callee_offered_by_the_relay(call: Call) -> None:
+    """The other direction: a sipp UAC on 127.0.0.2 (the carrier) plays G.711 from a pcap
+    to baresip (``mediaenc=dtls_srtp``, an upstream target on 127.0.0.1).  The edge offers
+    baresip DTLS-SRTP with ``a=setup:actpass``; baresip answers ``active``, so the relay is
+    DTLS server to its RSA client.  Proves: baresip logs "DTLS-SRTP complete" and decodes
+    audio with energy, and the relay counted the call's packets both ways."""
+    require_binary("baresip", "baresip-core")
+    assert PCAP.is_file(), f"{PCAP} missing: install Debian package sip-tester"
+    b = Baresip(
+        workdir=call.workdir,
+        name="bob",
+        host=CALLER,
+        account="<sip:1000@{host}:{port}>;regint=0;answermode=auto;mediaenc=dtls_srtp",
+        rtcp_mux=True,
+    )
+    call.procs.add(b).start()
+    b.wait_ready()
+    edge = call.start_edge(
+        [sip_uri(CALLER, b.sip_port, "udp")],
+        set_media="dtls-srtp",
+        trunk_media="rtp",
+        trunk_allow=f"{UPSTREAM}/32",
+    )
+    uac = call.uac(
+        "media_uac_pcap",
+        edge.udp or ("", 0),
+        hold_ms=4000,
+        keys={"pcap": str(PCAP)},
+        local_ip=UPSTREAM,
+    )
+    assert_sipp_ok(uac, 1, 60)
+    b.wait_event("CALL_CLOSED", 10)
+    b.quit()
+    context = f"{b.log_tail(40)}\n{call.log()}"
+    assert "DTLS-SRTP complete" in b.log_tail(400), context
+    (ended,) = call.media_ended()
+    assert ended["packets_in"] >= 100, (ended, context)
+    dumps = b.dumps("dec")
+    assert dumps, f"no decoded audio dump\n{context}"
+    _, rms, seconds = tone_frequency(dumps[-1])
+    assert seconds >= 1.5 and rms > 100, (rms, seconds, context)
 
 
 # ================================================================ 4. bad media input
