@@ -1257,7 +1257,8 @@ def render_media(
             f"| {r.system} | {r.transport} | {_fmt(r.cpu_per_1000, '.2f')} | {parts} | "
             f"{_fmt(r.us_per_packet, '.1f')} | {_fmt(r.packets_per_call, '.0f')} | "
             f"{r.failed} of {r.calls} | {r.dropped} + {r.kernel_drops} | "
-            f"{_fmt(r.sut_cpu_share, '.0%')} | {_fmt(r.load_cpu_share, '.0%')} | {_fmt(r.softirq_share, '.0%')} | "
+            f"{_fmt(r.sut_cpu_share, '.0%')} | {_fmt(r.load_cpu_share, '.0%')} | "
+            f"{_fmt(r.softirq_share, '.0%')} | "
             f"{_fmt(r.other_cpu_share, '.0%')} | {r.verified} |"
         )
     by = {(r.system, r.transport): r for r in rows if r.runnable}
