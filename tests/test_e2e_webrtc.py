@@ -270,3 +270,61 @@ def test_the_upstream_calls_a_registered_browser(
         if uac is not None:
             uac.stop()
         proc.stop()
+
+
+@pytest.mark.timeout(120)
+def test_chromium_calls_a_sipp_uas_on_plain_rtp(
+    tmp_path: Path, certs: TestCerts, browser: Any, page_server: str
+) -> None:
+    """The browser calls through the edge to a sipp UAS (an upstream on 127.0.0.2) that
+    speaks plain RTP and echoes it: DTLS-SRTP on the browser's leg, RTP/AVP on sipp's,
+    and the browser hears its own audio back."""
+    from tests.peers import sipp_uas
+
+    uas = sipp_uas("media_uas_echo", workdir=tmp_path, local_ip="127.0.0.2", extra=("-rtp_echo",))
+    uas.start()
+    wss_port = free_port("127.0.0.1", "tcp")
+    proc = SipedgeProc(
+        workdir=tmp_path / "edge",
+        certs=certs,
+        upstream={
+            "echo": False,
+            "default": "pbx",
+            "sets": [
+                {
+                    "name": "pbx",
+                    "probe_interval": 0,
+                    "media": "rtp",
+                    "targets": [{"uri": f"sip:127.0.0.2:{uas.port}"}],
+                }
+            ],
+        },
+        trunks=[{"name": "elsewhere", "allow": ["192.0.2.0/24"]}],
+        extra={"listen": {"wss": [f"127.0.0.1:{wss_port}"]}},
+    )
+    proc.env = {**(proc.env or {}), "JWT_KEY": JWT_KEY}
+    proc.start()
+    try:
+        uas.wait_ready()
+        proc.wait_ready()
+        browser.get(page_server)
+        tok = token("agent-5")
+        assert run_async(browser, "register", f"wss://127.0.0.1:{wss_port}/", "agent-5", tok) == 200
+        assert run_async(browser, "call", "sip:1000@sipedge", tok) == 200
+        stats: dict[str, Any] = {}
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            stats = run_async(browser, "stats")
+            inbound = stats.get("inbound-rtp") or {}
+            if (inbound.get("packets") or 0) > 50 and (inbound.get("totalAudioEnergy") or 0) > 0:
+                break
+        page = browser.execute_script("return window.T")
+        assert stats.get("transport", {}).get("dtlsState") == "connected", (stats, page)
+        inbound = stats.get("inbound-rtp") or {}
+        assert inbound.get("packets", 0) > 50 and inbound.get("totalAudioEnergy", 0) > 0, stats
+        assert run_async(browser, "hangup") == 200
+        assert uas.wait(timeout=20) == 0, uas.result()
+    finally:
+        uas.stop()
+        proc.stop()
