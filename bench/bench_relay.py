@@ -1,0 +1,599 @@
+"""Packet benchmark of the media relay (issue 7): sipedge's C fast path, its Python path,
+rtpengine's userspace forwarding and a raw C loop, on this machine, in one run.
+
+    .venv/bin/python bench/bench_relay.py            # about 10 minutes
+    .venv/bin/python bench/bench_relay.py --quick    # about 2 minutes
+    .venv/bin/python bench/bench_relay.py --systems fast,raw --modes rtp-rtp --calls 1
+
+For each system, mode (rtp->rtp, rtp->srtp: encrypt, srtp->rtp: decrypt) and number of
+concurrent calls (1, 100, 1000), with 172-byte RTP packets (12-byte header + 160 bytes,
+G.711 at 20 ms), it measures:
+
+- **max pps**: the highest rate relayed with < 0.1% loss.  The rate doubles from 25k
+  packets/s until a step loses more, then bisects; each step is a bounded run (1 s,
+  0.5 s with --quick).  A step the generator could not send at its rate ends the search
+  there: the row is then a lower bound, marked ">=" (the generator's limit, not the
+  system's).
+- **CPU ns/packet**: utime+stime of the system under test (all its threads) over a run
+  at a fixed 20,000 packets/s, divided by the packets it relayed.
+
+Set-up: the system under test (SUT) is pinned to CPU 0, the load generator to CPU 1.
+The generator is bench/relay_load.c, built on the fly with the SRTP core
+(media/srtp_core.c) and OpenSSL: one socket on 127.0.0.2 sends round robin over the
+calls (sendmmsg, 32 per call), SRTP-protected for srtp->rtp; one socket on 127.0.0.3
+receives and counts by a packet number carried in the RTP timestamp.  One stream per
+call, caller to callee; every call has its own SUT sockets (two legs).
+
+Systems:
+- **fast**: the C data plane (media.fastpath, loops = CPUs of the process = 1 here),
+  legs set up as the relay leaves them after latching (source and destination known).
+- **python**: media.relay.MediaRelay on uvloop (the reference path), NAT latching on the
+  first packets.
+- **rtpengine**: Debian rtpengine-daemon, userspace (--table=-1), sessions created over
+  its ng control protocol (offer/answer, bencode over UDP), as bench/bench_proxy.py
+  starts it.
+- **raw**: the practical ceiling: bench/relay_load.c reflect, one thread, epoll +
+  recvmmsg + sendmmsg, SRTP by the same OpenSSL-based core where the mode needs it.
+
+Results go to bench/results/relay-DATE.md (and .json).  Loopback only; every run is
+bounded in packets and time; processes are ours, ended by PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import datetime
+import json
+import os
+import platform
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+RESULTS = HERE / "results"
+SUT_CPU, LOAD_CPU = 0, 1
+TX_IP, RX_IP, SUT_IP = "127.0.0.2", "127.0.0.3", "127.0.0.1"
+PACKET = 172
+MAX_LOSS = 0.001
+FIXED_RATE = 20_000
+SUITE = "AES_CM_128_HMAC_SHA1_80"
+MODES = ("rtp-rtp", "rtp-srtp", "srtp-rtp")
+SYSTEMS = ("fast", "python", "rtpengine", "raw")
+CALLS = (1, 100, 1000)
+
+
+def free_udp(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------- the generator
+
+
+def build_load(workdir: Path) -> Path:
+    exe = workdir / "relay_load"
+    cmd = [
+        "gcc", "-O2", "-Wall", "-Wextra", "-o", str(exe), str(HERE / "relay_load.c"),
+        str(REPO / "media" / "srtp_core.c"), f"-I{REPO / 'media'}", "-lcrypto",
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True)
+    return exe
+
+
+class Generator:
+    """bench/relay_load.c gen, pinned to the load CPU, one line per run."""
+
+    def __init__(self, exe: Path, tx_port: int, rx_port: int, key: str, targets: Path) -> None:
+        argv = ["taskset", "-c", str(LOAD_CPU), str(exe), "gen", TX_IP, str(tx_port), RX_IP]
+        argv += [str(rx_port), key, str(PACKET), str(targets)]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        json.loads(self.proc.stdout.readline())
+
+    def run(self, rate: float, seconds: float) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"run {rate:.0f} {seconds}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the generator died")
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+# ---------------------------------------------------------------- systems under test
+
+
+@dataclass
+class Sut:
+    """A running system under test: its PID (for CPU), the ports calls send to."""
+
+    system: str
+    pid: int
+    ports: list[int]
+    procs: list[subprocess.Popen[Any]] = field(default_factory=list)
+    rtpengine: Any = None
+
+    def close(self) -> None:
+        for p in reversed(self.procs):
+            with contextlib.suppress(Exception):
+                if p.stdin is not None:
+                    p.stdin.close()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.terminate()
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(5)
+        if self.rtpengine is not None:
+            self.rtpengine.stop()
+
+
+def serve_argv(system: str, calls: int, mode: str, tx: int, rx: int, key: str) -> list[str]:
+    return [
+        "taskset", "-c", str(SUT_CPU), sys.executable, str(Path(__file__).resolve()),
+        "--serve", system, "--serve-calls", str(calls), "--serve-mode", mode,
+        "--serve-tx", str(tx), "--serve-rx", str(rx), "--serve-key", key,
+    ]  # fmt: skip
+
+
+def start_sut(
+    system: str, calls: int, mode: str, tx: int, rx: int, key: str, exe: Path, workdir: Path
+) -> Sut:
+    if system in ("fast", "python"):
+        argv = serve_argv(system, calls, mode, tx, rx, key)
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{system} server did not start")
+        info = json.loads(line)
+        return Sut(system, proc.pid, info["ports"], [proc])
+    if system == "raw":
+        raw_mode = {"rtp-rtp": "rtp", "rtp-srtp": "srtp-out", "srtp-rtp": "srtp-in"}[mode]
+        argv = ["taskset", "-c", str(SUT_CPU), str(exe), "reflect", str(calls), RX_IP, str(rx)]
+        argv += [raw_mode, key]
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        return Sut(system, proc.pid, info["ports"], [proc])
+    return start_rtpengine(calls, mode, tx, rx, key, workdir)
+
+
+# ---------------------------------------------------------------- rtpengine over ng
+
+
+def bencode(value: Any) -> bytes:
+    if isinstance(value, int):
+        return b"i%de" % value
+    if isinstance(value, str):
+        value = value.encode()
+    if isinstance(value, bytes):
+        return b"%d:%s" % (len(value), value)
+    if isinstance(value, list):
+        return b"l" + b"".join(map(bencode, value)) + b"e"
+    items = sorted(value.items())
+    return b"d" + b"".join(bencode(k) + bencode(v) for k, v in items) + b"e"
+
+
+def bdecode(data: bytes, i: int = 0) -> tuple[Any, int]:
+    c = data[i : i + 1]
+    if c == b"i":
+        end = data.index(b"e", i)
+        return int(data[i + 1 : end]), end + 1
+    if c in (b"l", b"d"):
+        i += 1
+        items = []
+        while data[i : i + 1] != b"e":
+            item, i = bdecode(data, i)
+            items.append(item)
+        if c == b"l":
+            return items, i + 1
+        return {items[k].decode(): items[k + 1] for k in range(0, len(items), 2)}, i + 1
+    colon = data.index(b":", i)
+    n = int(data[i:colon])
+    return data[colon + 1 : colon + 1 + n], colon + 1 + n
+
+
+def sdp(ip: str, port: int, profile: str, key: str | None, tag: int = 1) -> str:
+    lines = [
+        "v=0", f"o=- 1 1 IN IP4 {ip}", "s=-", f"c=IN IP4 {ip}", "t=0 0",
+        f"m=audio {port} {profile} 0", "a=rtpmap:0 PCMU/8000", "a=sendrecv",
+    ]  # fmt: skip
+    if key is not None:
+        inline = base64.b64encode(bytes.fromhex(key)).decode()
+        lines.append(f"a=crypto:{tag} {SUITE} inline:{inline}")
+    return "\r\n".join(lines) + "\r\n"
+
+
+def crypto_tag(text: bytes) -> int:
+    """The tag of rtpengine's offered AES_CM_128_HMAC_SHA1_80 line: the answer must
+    accept that one (RFC 4568 section 5.1.2), not its first suite (AEAD/256 ones)."""
+    for line in text.decode().splitlines():
+        if line.startswith("a=crypto:") and f" {SUITE} " in line:
+            return int(line[len("a=crypto:") :].split()[0])
+    raise RuntimeError("rtpengine offered no AES_CM_128_HMAC_SHA1_80")
+
+
+def sdp_port(text: bytes) -> int:
+    for line in text.decode().splitlines():
+        if line.startswith("m=audio "):
+            return int(line.split()[1])
+    raise RuntimeError("no m=audio in rtpengine's SDP")
+
+
+def start_rtpengine(calls: int, mode: str, tx: int, rx: int, key: str, workdir: Path) -> Sut:
+    sys.path.insert(0, str(HERE))
+    from bench_proxy import RtpengineProc  # starts it by PID, as bench_proxy.py does
+
+    rtpe = RtpengineProc(workdir=workdir, host=SUT_IP, ports=(40000, 44999), cpu=SUT_CPU)
+    rtpe.start()
+    rtpe.wait_ready()
+    caller_srtp, callee_srtp = mode == "srtp-rtp", mode == "rtp-srtp"
+    other_key = f"{random.getrandbits(240):060x}"
+    ports = []
+    try:
+        for i in range(calls):
+            call_id, offer_key = f"bench-{i}", key if caller_srtp else None
+            offer = {
+                "command": "offer", "call-id": call_id, "from-tag": "caller",
+                "sdp": sdp(TX_IP, tx, "RTP/SAVP" if caller_srtp else "RTP/AVP", offer_key),
+                "transport-protocol": "RTP/SAVP" if callee_srtp else "RTP/AVP",
+                "replace": ["origin", "session-connection"], "ICE": "remove",
+            }  # fmt: skip
+            reply, _ = bdecode(rtpe.ng(bencode(offer), timeout=5.0))
+            if reply.get("result") != b"ok":
+                raise RuntimeError(f"rtpengine offer: {reply}")
+            tag = crypto_tag(reply["sdp"]) if callee_srtp else 1
+            answer = {
+                "command": "answer", "call-id": call_id, "from-tag": "caller",
+                "to-tag": "callee",
+                "sdp": sdp(RX_IP, rx, "RTP/SAVP" if callee_srtp else "RTP/AVP",
+                           other_key if callee_srtp else None, tag),
+                "replace": ["origin", "session-connection"], "ICE": "remove",
+            }  # fmt: skip
+            reply, _ = bdecode(rtpe.ng(bencode(answer), timeout=5.0))
+            if reply.get("result") != b"ok":
+                raise RuntimeError(f"rtpengine answer: {reply}")
+            ports.append(sdp_port(reply["sdp"]))  # the caller-facing port
+    except BaseException:
+        rtpe.stop()
+        raise
+    return Sut("rtpengine", rtpe.pid, ports, [], rtpe)
+
+
+# ---------------------------------------------------------------- the servers (--serve)
+
+
+def serve(system: str, calls: int, mode: str, tx: int, rx: int, key: str) -> None:
+    """A SUT process: sets up ``calls`` calls, prints their ports, serves until stdin
+    closes."""
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    from media import _srtp
+
+    caller_key = bytes.fromhex(key) if key != "-" else random.randbytes(30)
+    relay_key = random.randbytes(30)
+
+    def inbound() -> _srtp.Context | None:
+        if mode != "srtp-rtp":
+            return None
+        return _srtp.Context(caller_key[:16], caller_key[16:], SUITE, direction="inbound")
+
+    def outbound() -> _srtp.Context | None:
+        if mode != "rtp-srtp":
+            return None
+        return _srtp.Context(relay_key[:16], relay_key[16:], SUITE, direction="outbound")
+
+    if system == "fast":
+        from media.fastpath import FastPath
+
+        fp = FastPath()  # one loop per CPU of this (pinned) process
+        fp.start()
+        socks, ports = [], []
+        for _ in range(calls):
+            a, b = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+            for s in (a, b):
+                s.bind((SUT_IP, 0))
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            offer, answer = fp.add_leg(a, mux=True), fp.add_leg(b, mux=True)
+            fp.pair(offer, answer)
+            fp.set_crypto(offer, inbound(), None)
+            fp.set_crypto(answer, None, outbound())
+            fp.set_addresses(offer, rtp_source=(TX_IP, tx), rtp_destination=(TX_IP, tx))
+            fp.set_addresses(answer, rtp_source=(RX_IP, rx), rtp_destination=(RX_IP, rx))
+            socks += [a, b]
+            ports.append(a.getsockname()[1])
+        print(json.dumps({"ports": ports, "loops": fp.loops}), flush=True)
+        sys.stdin.read()
+        fp.close()
+        return
+
+    import asyncio
+
+    import uvloop
+
+    from media.relay import MediaRelay
+
+    async def main() -> None:
+        relay = MediaRelay(SUT_IP, port_range=(45000, 59999), quarantine=0.0)
+        ports = []
+        for i in range(calls):
+            session = await relay.create_session(f"bench-{i}")
+            offer = await session.add_leg("offer", rtcp_mux=True)
+            answer = await session.add_leg("answer", rtcp_mux=True)
+            offer.set_remote(TX_IP, tx)
+            answer.set_remote(RX_IP, rx)
+            offer.set_crypto(inbound(), None)
+            answer.set_crypto(None, outbound())
+            for leg in (offer, answer):
+                sock = leg.ports.rtp_socket
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            ports.append(offer.local_rtp_port)
+        print(json.dumps({"ports": ports}), flush=True)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, sys.stdin.read)
+        await relay.close()
+
+    uvloop.run(main())
+
+
+# ---------------------------------------------------------------- measuring
+
+
+@dataclass
+class Step:
+    rate: int
+    sent: int
+    received: int
+    loss: float
+    sut_cpu: float  # share of a core over the run
+    sut_cpu_s: float  # seconds of CPU over the run
+    gen_cpu: float
+    generator_bound: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.loss < MAX_LOSS and not self.generator_bound
+
+
+@dataclass
+class Row:
+    system: str
+    mode: str
+    calls: int
+    max_pps: int | None = None
+    lower_bound: bool = False
+    ns_per_packet: float | None = None
+    fixed_loss: float | None = None
+    steps: list[Step] = field(default_factory=list)
+    error: str | None = None
+
+
+def run_step(gen: Generator, sut: Sut, rate: int, seconds: float) -> Step:
+    c0, t0 = cpu_seconds(sut.pid), time.monotonic()
+    r = gen.run(rate, seconds)
+    c1, t1 = cpu_seconds(sut.pid), time.monotonic()
+    sent, received = int(r["sent"]), int(r["received"])
+    loss = (sent - received) / sent if sent else 1.0
+    # The generator kept the rate if it sent what was due in the time it was given.
+    bound = sent < 0.98 * rate * seconds or int(r["send_fail"]) > 0
+    share = (c1 - c0) / (t1 - t0)
+    return Step(rate, sent, received, loss, share, c1 - c0, r["cpu"] / r["elapsed"], bound)
+
+
+def measure(
+    system: str, mode: str, calls: int, exe: Path, workdir: Path, step_s: float, bisect: int
+) -> Row:
+    row = Row(system, mode, calls)
+    tx, rx = free_udp(TX_IP), free_udp(RX_IP)
+    key = f"{random.getrandbits(240):060x}" if mode == "srtp-rtp" else "-"
+    targets = workdir / f"targets-{system}-{mode}-{calls}"
+    sut: Sut | None = None
+    gen: Generator | None = None
+
+    def fresh() -> tuple[Sut, Generator]:
+        """A new SUT and generator: after an overloaded step every system starts
+        again (rtpengine, once overloaded, keeps discarding a stream's packets)."""
+        nonlocal sut, gen
+        if gen is not None:
+            gen.close()
+        if sut is not None:
+            sut.close()
+        gen = None
+        sut = start_sut(system, calls, mode, tx, rx, key, exe, workdir)
+        targets.write_text("".join(f"{SUT_IP} {p}\n" for p in sut.ports))
+        gen = Generator(exe, tx, rx, key, targets)
+        gen.run(min(2000, 20 * calls), 0.5)  # warm-up; latching on the Python path
+        return sut, gen
+
+    try:
+        sut, gen = fresh()
+        fixed = run_step(gen, sut, FIXED_RATE, 2.0)
+        if fixed.received:
+            row.ns_per_packet = fixed.sut_cpu_s / fixed.received * 1e9
+        row.fixed_loss = fixed.loss
+        row.steps.append(fixed)
+        good, bad = 0, None
+        rate = 25_000
+        while bad is None and rate <= 1_600_000:
+            step = run_step(gen, sut, rate, step_s)
+            row.steps.append(step)
+            progress(row, step)
+            if step.ok:
+                good, rate = rate, rate * 2
+            else:
+                bad = step
+            time.sleep(0.3)
+        if bad is not None and bad.generator_bound and bad.loss < MAX_LOSS:
+            row.lower_bound = True  # the generator's limit: do not bisect above it
+            good = max(good, int(bad.sent / step_s))
+        elif bad is not None:
+            hi = bad.rate
+            for _ in range(bisect):
+                mid = (good + hi) // 2
+                if mid - good < 2000:
+                    break
+                sut, gen = fresh()
+                step = run_step(gen, sut, mid, step_s)
+                row.steps.append(step)
+                progress(row, step)
+                if step.ok:
+                    good = mid
+                else:
+                    hi = mid
+                    if step.generator_bound and step.loss < MAX_LOSS:
+                        row.lower_bound = True
+                time.sleep(0.3)
+        row.max_pps = good or None
+    except Exception as exc:  # a system that cannot run gets its reason in the row
+        row.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        if gen is not None:
+            gen.close()
+        if sut is not None:
+            sut.close()
+    return row
+
+
+def progress(row: Row, step: Step) -> None:
+    print(
+        f"  {row.system:9} {row.mode:8} {row.calls:5} calls: {step.rate:8d} pps offered, "
+        f"loss {100 * step.loss:6.3f}%, SUT {step.sut_cpu_s / max(step.received, 1) * 1e9:6.0f} "
+        "ns/packet, "
+        f"generator {100 * step.gen_cpu:3.0f}%"
+        + (" (generator-bound)" if step.generator_bound else ""),
+        flush=True,
+    )
+
+
+# ---------------------------------------------------------------- report
+
+
+def render(rows: list[Row], quick: bool) -> str:
+    out = [
+        f"# Relay packet benchmark ({datetime.datetime.now():%Y-%m-%d %H:%M})",
+        "",
+        f"{platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; "
+        f"SUT pinned to CPU {SUT_CPU}, load generator (bench/relay_load.c) to CPU {LOAD_CPU}; "
+        f"{PACKET}-byte packets, one stream per call; max pps with < {100 * MAX_LOSS:g}% loss "
+        f"({'0.5' if quick else '1'} s steps); CPU ns/packet of the SUT at {FIXED_RATE} pps. "
+        "'>=': the generator could not offer more (its limit, not the system's).",
+        "",
+        "| system | mode | calls | max pps | CPU ns/packet | vs rtpengine (ns) |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    by = {(r.system, r.mode, r.calls): r for r in rows}
+    for r in rows:
+        if r.error:
+            out.append(f"| {r.system} | {r.mode} | {r.calls} | not runnable: {r.error} | | |")
+            continue
+        maxpps = "-" if r.max_pps is None else f"{'>=' if r.lower_bound else ''}{r.max_pps:,}"
+        ns = "-" if r.ns_per_packet is None else f"{r.ns_per_packet:,.0f}"
+        ref = by.get(("rtpengine", r.mode, r.calls))
+        ratio = ""
+        if ref and ref.ns_per_packet and r.ns_per_packet and r.system != "rtpengine":
+            ratio = f"{ref.ns_per_packet / r.ns_per_packet:.2f}x"
+        out.append(f"| {r.system} | {r.mode} | {r.calls} | {maxpps} | {ns} | {ratio} |")
+    out += [
+        "",
+        "Systems: fast = media.fastpath (C plane, 1 loop on the pinned CPU); python = "
+        "media.relay on uvloop; rtpengine = rtpengine-daemon --table=-1 (userspace) via ng "
+        "offer/answer; raw = relay_load reflect (epoll + recvmmsg/sendmmsg, SRTP core).",
+        f"Versions: rtpengine {versions().get('rtpengine', '?')}; {versions()['python']}.",
+    ]
+    return "\n".join(out) + "\n"
+
+
+def versions() -> dict[str, str]:
+    found = {"python": f"Python {platform.python_version()}"}
+    exe = shutil.which("rtpengine")
+    if exe:
+        with contextlib.suppress(Exception):
+            text = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=5)
+            found["rtpengine"] = (text.stdout or text.stderr).strip().splitlines()[0][:80]
+    return found
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--calls", default=",".join(map(str, CALLS)))
+    ap.add_argument("--serve", choices=("fast", "python"))
+    ap.add_argument("--serve-calls", type=int, default=1)
+    ap.add_argument("--serve-mode", default="rtp-rtp")
+    ap.add_argument("--serve-tx", type=int, default=0)
+    ap.add_argument("--serve-rx", type=int, default=0)
+    ap.add_argument("--serve-key", default="-")
+    args = ap.parse_args()
+    if args.serve:
+        serve(args.serve, args.serve_calls, args.serve_mode, args.serve_tx, args.serve_rx,
+              args.serve_key)  # fmt: skip
+        return 0
+    if (os.cpu_count() or 1) < 2:
+        print("needs 2 CPUs (SUT and generator pinned apart)")
+        return 2
+    systems = [s for s in args.systems.split(",") if s]
+    modes = [m for m in args.modes.split(",") if m]
+    calls = [int(c) for c in args.calls.split(",") if c]
+    step_s, bisect = (0.5, 2) if args.quick else (1.0, 3)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="bench-relay-") as tmp:
+        workdir = Path(tmp)
+        exe = build_load(workdir)
+        for n in calls:
+            for mode in modes:
+                for system in systems:
+                    print(f"== {system} {mode} {n} calls", flush=True)
+                    rows.append(measure(system, mode, n, exe, workdir, step_s, bisect))
+    report = render(rows, args.quick)
+    print(report)
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H%M") + ("-quick" if args.quick else "")
+    (RESULTS / f"relay-{stamp}.md").write_text(report)
+    (RESULTS / f"relay-{stamp}.json").write_text(
+        json.dumps([asdict(r) for r in rows], indent=1, default=str)
+    )
+    print(f"written: bench/results/relay-{stamp}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
