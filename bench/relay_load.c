@@ -13,7 +13,8 @@
  *       earlier run are not).  Sending comes first; the receiver (a 1 GiB socket
  *       buffer) reads when no send is due, and after SECONDS until 200 ms pass
  *       without a packet (at most 10 s).  Then it prints {"sent", "received",
- *       "late", "send_fail", "send_seconds", "elapsed", "cpu"} (cpu: this process's seconds, all of
+ *       "late", "send_fail", "send_seconds", "tail" (seconds from the last send to the
+ *       last arrival, by kernel timestamps), "elapsed", "cpu"} (cpu: this process's seconds, all of
  *       the run including the reading after it).
  *   relay_load reflect N RX_IP RX_PORT MODE KEYHEX|-
  *       The raw loop: N sockets on 127.0.0.1 (prints {"ports": [...]}), one thread,
@@ -47,6 +48,14 @@ now_s(void)
 {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+static double
+wall_s(void) /* the clock of SO_TIMESTAMPNS */
+{
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
     return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
@@ -126,6 +135,11 @@ gen(int argc, char **argv)
     int port;
     uint32_t packet_no = 1; /* the global packet number, in the RTP timestamp */
     static uint8_t sbuf[BATCH][ROOM], rbuf[BATCH][ROOM];
+    static union {
+        struct cmsghdr h;
+        char space[CMSG_SPACE(sizeof(struct timespec))];
+    } ctl[BATCH];
+    int on = 1;
     struct mmsghdr smsg[BATCH], rmsg[BATCH];
     struct iovec siov[BATCH], riov[BATCH];
 
@@ -159,6 +173,9 @@ gen(int argc, char **argv)
      * highest rates it catches up after the run instead of taking the sender's
      * time (the kernel counts what does not fit as drops: lost). */
     rx = udp_socket(rx_ip, rx_port, NULL, 1 << 30);
+    /* Arrival times from the kernel: a run passes only if its packets arrived in
+     * time, whatever the socket buffers on the way could hold (see "tail"). */
+    setsockopt(rx, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on);
     printf("{\"tx_port\": %d}\n", ntohs(txa.sin_port));
     fflush(stdout);
     for (int i = 0; i < BATCH; i++) {
@@ -169,7 +186,8 @@ gen(int argc, char **argv)
         rmsg[i].msg_hdr = (struct msghdr){.msg_iov = &riov[i], .msg_iovlen = 1};
     }
     while (fgets(line, sizeof line, stdin) != NULL) {
-        double rate, secs, t0, c0, end, elapsed, quiet = 0, last_send = 0;
+        double rate, secs, t0, c0, end, elapsed, quiet = 0, last_send = 0, last_arrival = 0,
+               wall0 = wall_s();
         uint64_t sent = 0, received = 0, late = 0, send_fail = 0;
         uint32_t first = packet_no;
         unsigned call = 0;
@@ -230,8 +248,11 @@ gen(int argc, char **argv)
                 if (t < end && (uint64_t)(rate * (now_s() - t0)) + 1 > sent)
                     continue; /* behind: sending first, reading when idle */
             }
-            for (int i = 0; i < BATCH; i++)
+            for (int i = 0; i < BATCH; i++) {
                 rmsg[i].msg_hdr.msg_flags = 0;
+                rmsg[i].msg_hdr.msg_control = &ctl[i];
+                rmsg[i].msg_hdr.msg_controllen = sizeof ctl[i];
+            }
             got = recvmmsg(rx, rmsg, BATCH, MSG_DONTWAIT, NULL);
             if (got > 0)
                 quiet = now_s();
@@ -241,10 +262,20 @@ gen(int argc, char **argv)
                 if (rmsg[i].msg_len < 12)
                     continue;
                 no = ((uint32_t)p[4] << 24) | ((uint32_t)p[5] << 16) | ((uint32_t)p[6] << 8) | p[7];
-                if (no >= first)
+                if (no >= first) {
+                    struct cmsghdr *c = CMSG_FIRSTHDR(&rmsg[i].msg_hdr);
                     received++;
-                else
+                    if (c != NULL && c->cmsg_type == SCM_TIMESTAMPNS) {
+                        struct timespec ts;
+                        double at;
+                        memcpy(&ts, CMSG_DATA(c), sizeof ts);
+                        at = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+                        if (at > last_arrival)
+                            last_arrival = at;
+                    }
+                } else {
                     late++;
+                }
             }
             if (got < BATCH) {
                 /* nothing more waiting: sleep until the next send is due (or data) */
@@ -261,9 +292,11 @@ gen(int argc, char **argv)
         }
         elapsed = now_s() - t0;
         printf("{\"sent\": %llu, \"received\": %llu, \"late\": %llu, \"send_fail\": %llu, "
-               "\"send_seconds\": %.4f, \"elapsed\": %.4f, \"cpu\": %.4f}\n",
+               "\"send_seconds\": %.4f, \"tail\": %.4f, \"elapsed\": %.4f, \"cpu\": %.4f}\n",
                (unsigned long long)sent, (unsigned long long)received, (unsigned long long)late,
-               (unsigned long long)send_fail, last_send - t0, elapsed, cpu_s() - c0);
+               (unsigned long long)send_fail, last_send - t0,
+               last_arrival > 0 ? last_arrival - wall0 - (last_send - t0) : 0.0, elapsed,
+               cpu_s() - c0);
         fflush(stdout);
     }
     return 0;
