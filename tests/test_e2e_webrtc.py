@@ -158,6 +158,20 @@ def run_async(driver: Any, script: str, *args: Any) -> Any:
     return result["ok"]
 
 
+def wait_for_audio(browser: Any, packets: int, seconds: float = 20.0) -> dict[str, Any]:
+    """The page's getStats() once more than ``packets`` came in with audio energy (or the
+    last stats when ``seconds`` pass first)."""
+    stats: dict[str, Any] = {}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        stats = run_async(browser, "stats")
+        inbound = stats.get("inbound-rtp") or {}
+        if (inbound.get("packets") or 0) > packets and (inbound.get("totalAudioEnergy") or 0) > 0:
+            break
+    return stats
+
+
 @pytest.mark.timeout(120)
 def test_chromium_calls_the_echo_endpoint_over_wss_and_dtls_srtp(
     edge: tuple[SipedgeProc, int], browser: Any, page_server: str
@@ -169,14 +183,7 @@ def test_chromium_calls_the_echo_endpoint_over_wss_and_dtls_srtp(
     assert run_async(browser, "register", url, "agent-7", tok) == 200
     echo = "sip:echo@sipedge"  # any number: calls from outside go to the default upstream
     assert run_async(browser, "call", echo, tok) == 200, browser.execute_script("return window.T")
-    stats: dict[str, Any] = {}
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        time.sleep(1.0)
-        stats = run_async(browser, "stats")
-        inbound = stats.get("inbound-rtp") or {}
-        if (inbound.get("packets") or 0) > 50 and (inbound.get("totalAudioEnergy") or 0) > 0:
-            break
+    stats = wait_for_audio(browser, packets=50)
     page = browser.execute_script("return window.T")
     assert stats.get("transport", {}).get("dtlsState") == "connected", (stats, page)
     assert stats["transport"]["srtpCipher"] == "SRTP_AES128_CM_HMAC_SHA1_80", stats
@@ -242,16 +249,10 @@ def test_the_upstream_calls_a_registered_browser(
             timeout=40,
         )
         uac.start()
-        stats: dict[str, Any] = {}
-        deadline = time.monotonic() + 25
-        while time.monotonic() < deadline:
-            time.sleep(1.0)
-            if browser.execute_script("return window.T.answered") != 200:
-                continue
-            stats = run_async(browser, "stats")
-            inbound = stats.get("inbound-rtp") or {}
-            if (inbound.get("packets") or 0) > 100 and (inbound.get("totalAudioEnergy") or 0) > 0:
-                break
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and browser.execute_script("return T.answered") != 200:
+            time.sleep(0.5)
+        stats = wait_for_audio(browser, packets=100)
         page = browser.execute_script("return window.T")
         assert page.get("answered") == 200, (
             page.get("answerError"),
@@ -311,14 +312,7 @@ def test_chromium_calls_a_sipp_uas_on_plain_rtp(
         tok = token("agent-5")
         assert run_async(browser, "register", f"wss://127.0.0.1:{wss_port}/", "agent-5", tok) == 200
         assert run_async(browser, "call", "sip:1000@sipedge", tok) == 200
-        stats: dict[str, Any] = {}
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            time.sleep(1.0)
-            stats = run_async(browser, "stats")
-            inbound = stats.get("inbound-rtp") or {}
-            if (inbound.get("packets") or 0) > 50 and (inbound.get("totalAudioEnergy") or 0) > 0:
-                break
+        stats = wait_for_audio(browser, packets=50)
         page = browser.execute_script("return window.T")
         assert stats.get("transport", {}).get("dtlsState") == "connected", (stats, page)
         inbound = stats.get("inbound-rtp") or {}
