@@ -13,7 +13,9 @@ BUILD_PACKAGES=(build-essential libssl-dev)
 # Real peers and tools the test suite drives.  Later issues add theirs here as their
 # tests need them: baresip-core, kamailio, rtpengine-daemon, chromium, chromium-driver,
 # stunnel4, tshark, redis-server (see shared/peers/README.md for how each is used).
-TEST_PACKAGES=(sip-tester openssl stunnel4 baresip-core tshark chromium chromium-driver systemd)
+# redis-server: tests/test_state_redis.py and tests/test_e2e_shared_state.py start their own
+# (own PID, free loopback port, no persistence); the package's system service is not used.
+TEST_PACKAGES=(sip-tester openssl stunnel4 baresip-core tshark chromium chromium-driver systemd redis-server)
 
 # Only for `make bench` (DEPS_BENCH=1): the reference proxy the benchmarks compare against,
 # and the media relay it drives in `bench_proxy.py --media` (Kamailio's rtpengine module ->
