@@ -80,10 +80,12 @@ def real_components() -> Components:
 
 
 def open_admission(cfg: Config, *, log: LogFn) -> tuple[Any, Callable[[], None]]:
-    """The admission policy with its credential database and audit log opened.
+    """The admission policy with its credential database, audit log and state store opened.
 
     Returns the policy and a function that closes what it opened.  A database
     or audit file that cannot be opened is a :class:`StartupError` naming the key.
+    An unreachable Redis (``state.backend = "redis"``) is not: the store starts
+    on its local state and connects when Redis answers (edge/state_redis.py).
     """
     from edge.admission import Admission
     from edge.audit import AuditLog
@@ -102,12 +104,35 @@ def open_admission(cfg: Config, *, log: LogFn) -> tuple[Any, Callable[[], None]]
         raise StartupError("audit.path", f"cannot open {cfg.audit.path!r}: {e.strerror}") from None
     if cfg.auth.jwt_key is None:
         log("info", "bearer_disabled", reason=f"${cfg.auth.jwt_key_env} is not set")
-    admission = Admission(cfg, MemoryStateStore(), credentials=credentials, audit=audit)
+    store: Any
+    nonce_secret: bytes | None = None
+    if cfg.state.backend == "redis":
+        from edge.state_redis import RedisStateStore
+
+        store = RedisStateStore(
+            cfg.state.url,
+            key_prefix=cfg.state.key_prefix,
+            timeout=cfg.state.timeout,
+            sync_interval=cfg.state.sync_interval,
+            nonce_ttl=max(305.0, cfg.auth.nonce_lifetime + 5.0),
+            log=log,
+        )
+        # Nonces issued by one edge must verify on the others (a client may
+        # answer a challenge through another one): one secret for all of them.
+        nonce_secret = store.shared_secret("nonce")
+        log("info", "state_shared", backend="redis", key_prefix=cfg.state.key_prefix)
+    else:
+        store = MemoryStateStore()
+    admission = Admission(
+        cfg, store, credentials=credentials, audit=audit, nonce_secret=nonce_secret
+    )
 
     def close() -> None:
         audit.flush_suppressed(final=True)
         audit.close()
         credentials.close()
+        if hasattr(store, "close"):
+            store.close()
 
     return admission, close
 

@@ -43,11 +43,14 @@ from edge.config_security import (
     BanConfig,
     RateLimitConfig,
     ScannerConfig,
+    StateConfig,
     parse_audit,
     parse_auth,
     parse_bans,
     parse_ratelimit,
     parse_scanners,
+    parse_state,
+    redacted_url,
 )
 from edge.config_values import (
     ConfigError,
@@ -302,6 +305,7 @@ class Config:
     bans: BanConfig = field(default_factory=BanConfig)
     scanners: ScannerConfig = field(default_factory=ScannerConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    state: StateConfig = field(default_factory=StateConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
 
     def media_policy_of_set(self, name: str) -> str:
@@ -394,6 +398,7 @@ def parse(
     bans = parse_bans(_table(data, "bans"))
     scanners = parse_scanners(_table(data, "scanners"))
     audit = parse_audit(_table(data, "audit"))
+    state = parse_state(_table(data, "state"))
     control = _parse_control(_table(data, "control"))
     if upstream.echo:
         _check_echo_address(echo, listen)
@@ -429,6 +434,7 @@ def parse(
         bans=bans,
         scanners=scanners,
         audit=audit,
+        state=state,
         control=control,
     )
 
@@ -468,6 +474,8 @@ def to_dict(config: Config) -> dict[str, Any]:
     result["auth"]["jwt_key"] = (
         f"<from ${key_env}>" if config.auth.jwt_key else f"<${key_env} unset>"
     )
+    # A Redis URL may carry a password.
+    result["state"]["url"] = redacted_url(config.state.url)
     return result
 
 

@@ -1,4 +1,5 @@
-"""The security sections of the configuration: [auth], [ratelimit], [bans], [scanners], [audit].
+"""The security sections of the configuration: [auth], [ratelimit], [bans], [scanners], [audit],
+[state].
 
 Same rules as edge/config.py (every key declared with its default, the first
 problem reported as a :class:`ConfigError` naming the dotted key).  Defaults are
@@ -16,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +25,7 @@ from typing import Any
 from edge.config_values import (
     ConfigError,
     _bool,
+    _choice,
     _int,
     _no_unknown_keys,
     _seconds,
@@ -32,7 +35,9 @@ from edge.config_values import (
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-SECURITY_SECTIONS = ("auth", "ratelimit", "bans", "scanners", "audit")
+SECURITY_SECTIONS = ("auth", "ratelimit", "bans", "scanners", "audit", "state")
+STATE_BACKENDS = ("memory", "redis")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 # RFC 8760 names; the first is preferred (one challenge each, in order).
 DIGEST_ALGORITHMS = ("SHA-256", "SHA-512-256", "MD5")
@@ -117,6 +122,68 @@ class AuditConfig:
     path: str = "-"
     # Lines per second per event type and source before the rest are summarised.
     max_per_second: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class StateConfig:
+    """Where buckets, failure windows, bans and nonce counts live (edge/state.py).
+
+    "memory": in this process.  "redis": shared with every edge using the same
+    Redis and ``key_prefix`` (edge/state_redis.py).  The URL may carry a
+    password: :func:`edge.config.to_dict` masks it.
+    """
+
+    backend: str = "memory"
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "sipedge:"
+    # The longest a request may wait for Redis (a nonce count check); the rest
+    # of the hot path never waits for it.
+    timeout: float = 0.05
+    # How old the other edges' takings and hits may be when a limit decides.
+    sync_interval: float = 0.1
+
+
+def parse_state(t: Mapping[str, Any]) -> StateConfig:
+    s = "state"
+    d = StateConfig()
+    _no_unknown_keys(t, s, {f.name for f in dataclasses.fields(d)})
+    url = _str(t, s, "url", d.url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as e:
+        raise ConfigError("state.url", f"not a URL: {e}") from None
+    if parts.scheme not in REDIS_SCHEMES or not (parts.hostname or parts.path):
+        raise ConfigError(
+            "state.url", "expected redis://host:port/db, rediss://host:port/db or unix:///path"
+        )
+    prefix = _str(t, s, "key_prefix", d.key_prefix)
+    if not re.fullmatch(r"[\x21-\x7e]*", prefix):
+        raise ConfigError("state.key_prefix", f"{prefix!r}: printable ASCII without spaces")
+    timeout = _seconds(t, s, "timeout", d.timeout)
+    if timeout > 5:
+        # The event loop waits this long for a nonce check while Redis is silent.
+        raise ConfigError("state.timeout", f"{timeout} s would stall the proxy; at most 5")
+    sync_interval = _seconds(t, s, "sync_interval", d.sync_interval)
+    if not 0.005 <= sync_interval <= 10:
+        raise ConfigError("state.sync_interval", f"{sync_interval} out of range 0.005-10")
+    return StateConfig(
+        backend=_choice(t, s, "backend", d.backend, STATE_BACKENDS),
+        url=url,
+        key_prefix=prefix,
+        timeout=timeout,
+        sync_interval=sync_interval,
+    )
+
+
+def redacted_url(url: str) -> str:
+    """``url`` without its password (for check-config and logs)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def parse_auth(t: Mapping[str, Any], env: Mapping[str, str]) -> AuthConfig:

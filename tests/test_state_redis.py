@@ -352,3 +352,93 @@ def test_shared_secret_is_shared(stores: Callable[..., RedisStateStore]) -> None
     a, b = stores(), stores()
     assert a.shared_secret("nonce") == b.shared_secret("nonce")
     assert a.shared_secret("nonce") != a.shared_secret("other")
+
+
+# ---------------------------------------------------------------- configuration
+
+ECHO: dict[str, Any] = {"upstream": {"echo": True}}
+
+
+def test_state_section_defaults_and_values() -> None:
+    from edge.config import parse, to_dict
+
+    assert parse(ECHO).state.backend == "memory"
+    cfg = parse(
+        {
+            **ECHO,
+            "state": {
+                "backend": "redis",
+                "url": "redis://:hunter2hunter2@10.0.0.9:6380/2",
+                "key_prefix": "edge-eu:",
+                "timeout": 0.02,
+                "sync_interval": 0.05,
+            },
+        }
+    )
+    assert (cfg.state.backend, cfg.state.key_prefix) == ("redis", "edge-eu:")
+    assert (cfg.state.timeout, cfg.state.sync_interval) == (0.02, 0.05)
+    shown = to_dict(cfg)["state"]
+    assert shown["url"] == "redis://:***@10.0.0.9:6380/2"
+    assert "hunter2" not in repr(shown)
+
+
+@pytest.mark.parametrize(
+    ("values", "key"),
+    [
+        ({"backend": "etcd"}, "state.backend"),
+        ({"url": "http://127.0.0.1:6379"}, "state.url"),
+        ({"url": "redis://127.0.0.1:99999/0"}, "state.url"),
+        ({"key_prefix": "has space"}, "state.key_prefix"),
+        ({"timeout": 0}, "state.timeout"),
+        ({"timeout": 30}, "state.timeout"),
+        ({"sync_interval": 60}, "state.sync_interval"),
+        ({"servers": []}, "state.servers"),
+    ],
+)
+def test_state_section_rejects(values: dict[str, Any], key: str) -> None:
+    from edge.config import ConfigError, parse
+
+    with pytest.raises(ConfigError) as caught:
+        parse({**ECHO, "state": values})
+    assert caught.value.key == key
+
+
+def test_open_admission_builds_the_configured_store(
+    tmp_path: Path, shared_redis: RedisServer
+) -> None:
+    from edge.app import open_admission
+    from edge.config import parse
+    from edge.state import MemoryStateStore
+    from sip.digest import NonceStatus
+
+    def config(state: dict[str, Any]) -> Any:
+        return parse(
+            {
+                **ECHO,
+                "auth": {"database": str(tmp_path / "c.sqlite3")},
+                "audit": {"path": str(tmp_path / "audit.jsonl")},
+                "state": state,
+            }
+        )
+
+    admission, close = open_admission(config({}), log=lambda *a, **k: None)
+    assert isinstance(admission.store, MemoryStateStore)
+    close()
+    prefix = f"oa{secrets.token_hex(4)}:"
+    made = []
+    for _ in range(2):
+        admission, close = open_admission(
+            config({"backend": "redis", "url": shared_redis.url, "key_prefix": prefix}),
+            log=lambda *a, **k: None,
+        )
+        made.append((admission, close))
+    try:
+        (a, _), (b, _) = made
+        assert isinstance(a.store, RedisStateStore)
+        # One nonce secret for both: a challenge from one verifies on the other.
+        challenge = a.verifier.make_challenge(a.realm, T0, "192.0.2.1")[0]
+        status = b.verifier.nonces.check(challenge.nonce, T0, "192.0.2.1", b.realm)
+        assert status is NonceStatus.VALID
+    finally:
+        for _, close in made:
+            close()
