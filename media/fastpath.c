@@ -11,7 +11,8 @@
  *      a dtls-srtp leg without keys drops here (dtls_pending);
  *   3. the source must be the leg's accepted (latched) one, else punt: latching
  *      and its proofs are Python's (media/latching.py);
- *   4. RTCP only: the leg's token bucket (an RTCP flood is dropped);
+ *   4. RTCP only: the leg's token bucket (an RTCP flood is dropped), on the
+ *      plane's clock (se_fp_now: CLOCK_MONOTONIC, as Python's time.monotonic);
  *   5. unprotect in place with the leg's inbound SRTP context;
  *   6. the peer leg's destination (Python keeps it: latched, else signalled);
  *   7. protect in place with the peer's outbound context (never plain RTP to a
@@ -72,6 +73,13 @@ now_ns(void)
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
+uint64_t
+se_fp_now(const se_fp_plane *p)
+{
+    uint64_t fixed = __atomic_load_n(&p->clock_ns, __ATOMIC_RELAXED);
+    return fixed ? fixed : now_ns();
 }
 
 static int
@@ -272,6 +280,10 @@ step(se_fp_loop *lp, se_fp_leg *leg, int on_rtcp_socket, unsigned i, double now,
     if (authenticated) {
         SET(leg->c.last_rx_ns, ns_now);
         SET(leg->c.last_ssrc, ssrc);
+        if (rtcp)
+            SET(leg->c.rtcp_ssrc, SE_FP_SSRC_SEEN | ssrc);
+        else
+            SET(leg->c.rtp_ssrc, SE_FP_SSRC_SEEN | ssrc);
     }
     if (v != V_FORWARD) {
         drop(leg, v);
@@ -377,7 +389,7 @@ loop_main(void *arg)
             break;
         pthread_mutex_lock(&lp->mu);
         ADD(lp->stats.wakeups, 1);
-        ns_now = now_ns();
+        ns_now = se_fp_now(p);
         for (int i = 0; i < n; i++) {
             uint64_t tag = ev[i].data.u64;
             uint32_t handle, gen;
@@ -694,6 +706,7 @@ se_fp_forward(se_fp_plane *p, uint32_t handle, int rtcp, uint8_t *data, size_t l
     const se_fp_addr *dst = NULL;
     int fd = -1, v;
     size_t out_len = 0;
+    uint32_t ssrc = 0;
 
     *authenticated = 0;
     se_fp_lock_all(p);
@@ -701,7 +714,15 @@ se_fp_forward(se_fp_plane *p, uint32_t handle, int rtcp, uint8_t *data, size_t l
         se_fp_unlock_all(p);
         return SE_FP_NO_DESTINATION;
     }
+    if (len >= (rtcp ? 8u : 12u)) /* in the clear under SRTP too */
+        ssrc = rd32(data + (rtcp ? 4 : 8));
+    if (rtcp && !take_rtcp_token(p, leg, (double)se_fp_now(p) / 1e9)) {
+        se_fp_unlock_all(p);
+        return SE_FP_RTCP_FLOOD;
+    }
     v = transform(leg, rtcp, data, len, room, &out_len, &peer, &fd, &dst, authenticated);
+    if (*authenticated && len >= (rtcp ? 8u : 12u)) /* the loop's owner is parked: no race */
+        SET(*(rtcp ? &leg->c.rtcp_ssrc : &leg->c.rtp_ssrc), SE_FP_SSRC_SEEN | ssrc);
     if (v == V_FORWARD) {
         *sent_len = out_len;
         if (sendto(fd, data, out_len, MSG_DONTWAIT, &dst->u.sa, dst->len) < 0)

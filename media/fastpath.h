@@ -75,6 +75,8 @@ enum se_fp_kind { SE_FP_RTP = 0, SE_FP_RTCP = 1, SE_FP_STUN = 2, SE_FP_DTLS = 3 
 #define SE_FP_MUX 1u  /* RTCP arrives on the RTP socket (rtcp-mux): told apart by PT */
 #define SE_FP_WEBRTC 2u /* a dtls-srtp leg: no media in or out before its keys */
 
+#define SE_FP_SSRC_SEEN (1ull << 32) /* in rtp_ssrc / rtcp_ssrc: an SSRC is there */
+
 typedef struct {
     socklen_t len; /* 0: no address */
     union {
@@ -92,6 +94,10 @@ typedef struct {
     uint64_t drops[SE_FP_N_DROPS];
     uint64_t last_rx_ns; /* CLOCK_MONOTONIC of the last packet accepted */
     uint64_t last_ssrc;  /* SSRC of that packet */
+    /* SSRC_SEEN | SSRC of the last RTP (RTCP) packet that passed the inbound step
+     * from the accepted source; 0 since that source was set.  Python's latch
+     * follows it (media.latching.Latch.follow). */
+    uint64_t rtp_ssrc, rtcp_ssrc;
     /* written by the peer's loop, on a line of their own */
     _Alignas(64) uint64_t packets_out, bytes_out, rtcp_out, send_errors;
 } se_fp_counters;
@@ -149,6 +155,7 @@ typedef struct se_fp_plane {
     uint32_t max_legs;
     int punt_fd; /* eventfd: punted datagrams wait in the rings */
     int stopping, started;
+    uint64_t clock_ns; /* 0: CLOCK_MONOTONIC; else a time Python set (tests' clocks) */
     double rtcp_rate, rtcp_burst;
     se_fp_leg **slots; /* handle -> leg */
     uint32_t *gens;    /* handle -> generation, bumped on removal */
@@ -174,13 +181,18 @@ SE_HIDDEN int se_fp_remove(se_fp_plane *p, uint32_t handle, se_fp_counters *fina
 SE_HIDDEN se_fp_leg *se_fp_leg_of(se_fp_plane *p, uint32_t handle); /* NULL if none */
 SE_HIDDEN void se_fp_pair(se_fp_leg *a, se_fp_leg *b); /* b NULL: unpair; a == b: echo */
 
+/* The plane's clock: CLOCK_MONOTONIC in ns, or the time Python set. */
+SE_HIDDEN uint64_t se_fp_now(const se_fp_plane *p);
+
 /* Python's forwarding of a punted datagram it accepted: the per-packet steps from
- * decryption on (5-8 of fastpath.c), under the loop mutexes, then one sendto.
+ * the RTCP rate on (4-8 of fastpath.c: the leg's one RTCP bucket is shared with the
+ * loop), under the loop mutexes, then one sendto.
  * rtcp: Python's RTP/RTCP decision.  The datagram is changed in place (room bytes
  * at data: SE_SRTP_SRTCP_INDEX + SE_SRTP_MAX_TAG more than len).  Returns
  * SE_FP_FORWARDED, SE_FP_SEND_ERROR or the se_fp_drop reason; *authenticated: the
- * inbound step passed (latching needs that proof).  Counts nothing: the caller
- * does, as for any packet it handled. */
+ * inbound step passed (latching needs that proof), and then the leg's rtp_ssrc or
+ * rtcp_ssrc is that packet's.  Counts nothing else: the caller does, as for any
+ * packet it handled. */
 #define SE_FP_FORWARDED (-1)
 #define SE_FP_SEND_ERROR (-3)
 SE_HIDDEN int se_fp_forward(se_fp_plane *p, uint32_t handle, int rtcp, uint8_t *data, size_t len,

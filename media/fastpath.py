@@ -297,9 +297,23 @@ class FastPath:
     def counters(self, handle: int) -> PlaneCounters:
         return PlaneCounters.from_dict(self._plane.counters(handle))
 
+    def ssrcs(self, handle: int) -> tuple[int | None, int | None]:
+        """The SSRCs of the last RTP and RTCP packets that passed the inbound step from
+        the leg's accepted source (``None``: none since that source was set): what
+        Python's latch follows (:meth:`media.latching.Latch.follow`)."""
+        return self._plane.ssrcs(handle)
+
+    def set_clock(self, now: float | None) -> None:
+        """Run the loops' clock (RTCP buckets, ``last_rx``) at ``now`` seconds until
+        the next call; ``None``: ``CLOCK_MONOTONIC`` again, as ``time.monotonic``.
+        For tests whose relay runs on a fake clock."""
+        self._plane.set_clock(now)
+
     def forward(self, handle: int, rtcp: bool, data: bytes) -> ForwardResult:
-        """Forward a punted datagram Python accepted, as the loop would from
-        decryption on; counts nothing (the caller does)."""
+        """Forward a punted datagram Python accepted, as the loop would from the RTCP
+        rate on (one RTCP bucket per leg, shared with the loop; then decryption,
+        destination, encryption, send); counts nothing but the SSRC the latch follows
+        (the caller counts)."""
         verdict, authenticated, sent = self._plane.forward(handle, rtcp, data)
         return ForwardResult(verdict, authenticated, sent)
 

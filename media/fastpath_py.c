@@ -416,6 +416,12 @@ Plane_set_addresses(PyObject *op, PyObject *args, PyObject *kwds)
         if (addr_from_py(objs[i], &addrs[i]) < 0)
             return NULL;
     se_fp_lock_all(self->plane);
+    /* A new accepted source: the SSRC the latch follows is that source's to learn
+     * (the loop is parked: writing its counter here races with nothing). */
+    if (memcmp(&leg->rtp_src, &addrs[0], sizeof addrs[0]) != 0)
+        __atomic_store_n(&leg->c.rtp_ssrc, 0, __ATOMIC_RELAXED);
+    if (memcmp(&leg->rtcp_src, &addrs[1], sizeof addrs[1]) != 0)
+        __atomic_store_n(&leg->c.rtcp_ssrc, 0, __ATOMIC_RELAXED);
     leg->rtp_src = addrs[0];
     leg->rtcp_src = addrs[1];
     leg->rtp_dst = addrs[2];
@@ -452,6 +458,47 @@ Plane_counters(PyObject *op, PyObject *arg)
     if ((handle == -1 && PyErr_Occurred()) || (leg = leg_of(self, handle)) == NULL)
         return NULL;
     return counters_to_py(&leg->c);
+}
+
+static PyObject *
+ssrc_to_py(uint64_t v)
+{
+    if (!(v & SE_FP_SSRC_SEEN))
+        Py_RETURN_NONE;
+    return PyLong_FromUnsignedLong((unsigned long)(v & 0xffffffffu));
+}
+
+static PyObject *
+Plane_ssrcs(PyObject *op, PyObject *arg)
+{
+    PlaneObject *self = (PlaneObject *)op;
+    long handle = PyLong_AsLong(arg);
+    se_fp_leg *leg;
+    if ((handle == -1 && PyErr_Occurred()) || (leg = leg_of(self, handle)) == NULL)
+        return NULL;
+    return Py_BuildValue("(NN)", ssrc_to_py(se_fp_read(&leg->c.rtp_ssrc)),
+                         ssrc_to_py(se_fp_read(&leg->c.rtcp_ssrc)));
+}
+
+static PyObject *
+Plane_set_clock(PyObject *op, PyObject *arg)
+{
+    PlaneObject *self = (PlaneObject *)op;
+    uint64_t ns = 0;
+    if (!plane_ok(self))
+        return NULL;
+    if (arg != Py_None) {
+        double seconds = PyFloat_AsDouble(arg);
+        if (seconds == -1.0 && PyErr_Occurred())
+            return NULL;
+        if (!(seconds > 0.0 && seconds < 1e9)) {
+            PyErr_SetString(PyExc_ValueError, "the clock must be in (0, 1e9) seconds");
+            return NULL;
+        }
+        ns = (uint64_t)(seconds * 1e9);
+    }
+    __atomic_store_n(&self->plane->clock_ns, ns, __ATOMIC_RELAXED);
+    Py_RETURN_NONE;
 }
 
 static PyObject *
@@ -604,6 +651,10 @@ static PyMethodDef Plane_methods[] = {
      "set_addresses(handle, rtp_source, rtcp_source, rtp_destination, rtcp_destination)"},
     {"addresses", Plane_addresses, METH_O, "addresses(handle) -> the four addresses"},
     {"counters", Plane_counters, METH_O, "counters(handle) -> dict"},
+    {"ssrcs", Plane_ssrcs, METH_O,
+     "ssrcs(handle) -> (rtp, rtcp): SSRCs last accepted from the source, None: none yet"},
+    {"set_clock", Plane_set_clock, METH_O,
+     "set_clock(seconds | None): the loops' clock (None: CLOCK_MONOTONIC)"},
     {"forward", Plane_forward, METH_VARARGS,
      "forward(handle, rtcp, datagram) -> (verdict, authenticated, bytes sent)"},
     {"drain", (PyCFunction)(void (*)(void))Plane_drain, METH_FASTCALL,

@@ -52,12 +52,19 @@ import time
 from collections.abc import Callable
 from typing import Any, Final, Protocol
 
+from media import relay_plane
 from media.dtls import DtlsFailed, HandshakeDone
+from media.fastpath import FastPath, Punted
 from media.latching import Address, DropReason, Latch, LatchMode, Verdict
 from media.ports import PortAllocation, PortPool
 from media.rtp import PacketKind, RtpError, classify, rtcp_ssrc, rtp_ssrc
 from media.srtp import Context
 from media.webrtc import Nominated, Outgoing, WebRtcEvent, WebRtcLeg
+
+try:
+    from media import _srtp as _c_srtp
+except ImportError:  # pragma: no cover - a build without the C extension
+    _c_srtp = None  # type: ignore[assignment]
 
 LEG_NAMES: Final = ("offer", "answer")
 _PEER: Final = {"offer": "answer", "answer": "offer"}
@@ -76,10 +83,19 @@ class LogFn(Protocol):
     def __call__(self, level: str, event: str, /, **fields: Any) -> None: ...
 
 
+class Sender(Protocol):
+    """Where a leg sends from: its asyncio transport, or on the fast path its socket
+    (:class:`media.relay_plane.SocketSender`)."""
+
+    def sendto(self, data: bytes, addr: Any, /) -> None: ...
+    def is_closing(self) -> bool: ...
+    def close(self) -> None: ...
+
+
 # (leg, kind, datagram, source): STUN and DTLS, for the ICE and DTLS layers.
 ControlHandler = Callable[["Leg", PacketKind, bytes, Address], None]
 # What route() hands the socket glue: send `payload` to `destination` from `transport`.
-Forwarded = tuple[asyncio.DatagramTransport, bytes, Address]
+Forwarded = tuple[Sender, bytes, Address]
 # (leg, event): ICE nomination, DTLS handshake done or failed, for the controller's log.
 WebRtcEventHandler = Callable[["Leg", WebRtcEvent], None]
 WEBRTC_TICK: Final = 0.1  # seconds between DTLS retransmission timer checks
@@ -132,7 +148,8 @@ class LegCounters:
         self.rtcp_out = 0
         self.punted = 0
         self.send_errors = 0
-        self.drops: dict[DropReason, int] = dict.fromkeys(DropReason, 0)
+        # By DropReason; the data plane adds its own two (too_long, punt_overflow).
+        self.drops: dict[str, int] = dict.fromkeys(DropReason, 0)
 
     @property
     def auth_failures(self) -> int:
@@ -152,7 +169,7 @@ class LegCounters:
             if name != "drops":
                 setattr(self, name, getattr(self, name) + getattr(other, name))
         for reason, n in other.drops.items():
-            self.drops[reason] += n
+            self.drops[reason] = self.drops.get(reason, 0) + n
 
 
 class Leg:
@@ -161,6 +178,10 @@ class Leg:
     ``inbound`` unprotects what this leg's endpoint sends; ``outbound`` protects
     what the relay sends to it.  ``last_packet`` is the relay clock's time of the
     last packet accepted from the endpoint (``None`` before the first).
+
+    On the fast path the leg is also an entry of the C plane (``handle``): its
+    ``counters``, ``last_packet`` and latched SSRCs are Python's and the plane's
+    together (:mod:`media.relay_plane`).
     """
 
     __slots__ = (
@@ -169,13 +190,15 @@ class Leg:
         "ports",
         "rtcp_mux",
         "remote_mux",
-        "rtp_latch",
-        "rtcp_latch",
+        "_rtp_latch",
+        "_rtcp_latch",
         "inbound",
         "outbound",
         "peer",
-        "counters",
-        "last_packet",
+        "own_counters",
+        "_last_packet",
+        "handle",
+        "offloaded",
         "rtp_transport",
         "rtcp_transport",
         "rtcp_tokens",
@@ -192,20 +215,79 @@ class Leg:
         self.ports = ports
         self.rtcp_mux = ports.rtcp_mux  # RTCP is received on the RTP port
         self.remote_mux = ports.rtcp_mux  # the endpoint takes RTCP on its RTP port
-        self.rtp_latch = Latch(latch)
-        self.rtcp_latch = Latch(latch)
+        self._rtp_latch = Latch(latch)
+        self._rtcp_latch = Latch(latch)
         self.inbound: CryptoTransform | None = None
         self.outbound: CryptoTransform | None = None
         self.peer: Leg | None = None
-        self.counters = LegCounters()
-        self.last_packet: float | None = None
+        self.own_counters = LegCounters()  # what Python counted (all, on its path)
+        self._last_packet: float | None = None
+        self.handle: int | None = None  # the fast path's table entry
+        self.offloaded = False  # the plane forwards this leg's media (relay_plane)
         # Set once the asyncio endpoints exist; with rtcp-mux both are the RTP one.
-        self.rtp_transport: asyncio.DatagramTransport | None = None
-        self.rtcp_transport: asyncio.DatagramTransport | None = None
+        self.rtp_transport: Sender | None = None
+        self.rtcp_transport: Sender | None = None
         self.rtcp_tokens = float(session.relay.rtcp_burst)
         self.rtcp_stamp = 0.0
         self.webrtc: WebRtcLeg | None = None  # the "dtls-srtp" profile
         self._closed: list[asyncio.Future[None]] = []
+
+    # ---------------------------------------------------------------- state
+
+    @property
+    def counters(self) -> LegCounters:
+        """The leg's counters: Python's, plus the plane's on the fast path."""
+        fast, handle = self.session.relay.fast_path, self.handle
+        if fast is None or handle is None:
+            return self.own_counters
+        total = LegCounters()
+        total.add(self.own_counters)
+        relay_plane.add_plane_counters(total, fast.counters(handle))
+        return total
+
+    @property
+    def last_packet(self) -> float | None:
+        last = self._last_packet
+        fast, handle = self.session.relay.fast_path, self.handle
+        if fast is not None and handle is not None:
+            plane = fast.counters(handle).last_rx
+            if plane is not None and (last is None or plane > last):
+                return plane
+        return last
+
+    @last_packet.setter
+    def last_packet(self, value: float | None) -> None:
+        self._last_packet = value
+
+    @property
+    def rtp_latch(self) -> Latch:
+        """The RTP source latch; on the fast path its SSRC follows what C accepted."""
+        if self.offloaded:
+            self.pull_ssrcs()
+        return self._rtp_latch
+
+    @property
+    def rtcp_latch(self) -> Latch:
+        if self.offloaded:
+            self.pull_ssrcs()
+        return self._rtcp_latch
+
+    @property
+    def latches(self) -> tuple[Latch, Latch]:
+        """(RTP, RTCP) latches as Python last wrote them."""
+        return self._rtp_latch, self._rtcp_latch
+
+    def pull_ssrcs(self) -> None:
+        """The SSRCs the plane accepted from the latched sources, into the latches
+        (:meth:`Latch.follow`: the plain-RTP relatch proof follows a restarted stream)."""
+        fast, handle = self.session.relay.fast_path, self.handle
+        if fast is None or handle is None:
+            return
+        rtp, rtcp = fast.ssrcs(handle)
+        if rtp is not None and rtp != self._rtp_latch.ssrc:
+            self._rtp_latch.follow(rtp)
+        if rtcp is not None and rtcp != self._rtcp_latch.ssrc:
+            self._rtcp_latch.follow(rtcp)
 
     # ---------------------------------------------------------------- control
 
@@ -226,6 +308,7 @@ class Leg:
             self.webrtc = webrtc or WebRtcLeg()
             self.inbound = self.outbound = None
             self.session.relay.track_webrtc(self)
+            relay_plane.sync(self)
         return self.webrtc
 
     @property
@@ -270,11 +353,13 @@ class Leg:
         self.remote_mux = rtcp_port == rtp_port
         self.rtcp_latch.set_signalled(ip, rtcp_port, extra)
         self._keep_nomination()
+        relay_plane.sync(self)
 
     def clear_remote(self) -> None:
         self.rtp_latch.clear()
         self.rtcp_latch.clear()
         self._keep_nomination()
+        relay_plane.sync(self)
 
     def _keep_nomination(self) -> None:
         # An answer applied after the browser's ICE agent nominated (it checks as soon
@@ -285,24 +370,27 @@ class Leg:
             self.rtp_latch.nominate(host, port, self.session.relay.clock())
 
     def set_crypto(self, inbound: CryptoTransform | None, outbound: CryptoTransform | None) -> None:
-        """The SRTP transforms of this leg (``None``: plain RTP that way)."""
+        """The SRTP transforms of this leg (``None``: plain RTP that way).  On the fast
+        path a :class:`media._srtp.Context` given here belongs to the plane until it is
+        replaced: nothing else may call it (:mod:`media.relay_plane`)."""
         self.inbound = inbound
         self.outbound = outbound
+        relay_plane.sync(self)
 
     @property
     def rtp_destination(self) -> Address | None:
-        return self.rtp_latch.destination
+        return self._rtp_latch.destination
 
     @property
     def rtcp_destination(self) -> Address | None:
         """Latched RTCP source; with rtcp-mux, else the latched RTP source (an
         endpoint that sends no RTCP is still behind the NAT its RTP proved); else
         the signalled RTCP address."""
-        latch = self.rtcp_latch
+        latch = self._rtcp_latch
         if latch.latched is not None:
             return latch.latched
-        if self.remote_mux and self.rtp_latch.latched is not None:
-            return self.rtp_latch.latched
+        if self.remote_mux and self._rtp_latch.latched is not None:
+            return self._rtp_latch.latched
         return latch.signalled
 
     async def set_rtcp_mux(self, mux: bool) -> bool:
@@ -323,6 +411,7 @@ class Leg:
             old = self.rtcp_transport
             self.rtcp_mux = True
             self.rtcp_transport = self.rtp_transport
+            self._replug()  # the plane lets go of the RTCP socket before it closes
             if old is not None and old is not self.rtp_transport:
                 old.close()
             return True
@@ -335,6 +424,11 @@ class Leg:
         except OSError:
             sock.close()
             return False
+        if self.handle is not None:
+            self.rtcp_transport = relay_plane.SocketSender(sock)
+            self.rtcp_mux = False
+            self._replug()
+            return True
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _LegSocket(self, True), sock=sock
@@ -378,8 +472,11 @@ class Leg:
 
     # ---------------------------------------------------------------- per packet
 
-    def drop(self, reason: DropReason, source: Address) -> None:
-        self.counters.drops[reason] += 1
+    def drop(self, reason: str, source: Address) -> None:
+        """Count and log (rate-limited) a drop: a :class:`DropReason`, or a reason of
+        the data plane's."""
+        drops = self.own_counters.drops
+        drops[reason] = drops.get(reason, 0) + 1
         self.session.relay.log_drop(self, reason, source)
 
     def take_rtcp_token(self, now: float) -> bool:
@@ -397,6 +494,16 @@ class Leg:
     # ---------------------------------------------------------------- sockets
 
     async def _open(self, loop: asyncio.AbstractEventLoop) -> None:
+        relay = self.session.relay
+        if relay.fast_path is not None:
+            # The plane reads the sockets (it keeps a dup() of each); Python sends on them.
+            self.rtp_transport = relay_plane.SocketSender(self.ports.rtp_socket)
+            self.rtcp_transport = self.rtp_transport
+            if self.ports.rtcp_socket is not None:
+                self.rtcp_transport = relay_plane.SocketSender(self.ports.rtcp_socket)
+            relay.attach(loop)
+            self._plug()
+            return
         rtp_sock = self.ports.rtp_socket
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _LegSocket(self, False), sock=rtp_sock
@@ -409,7 +516,44 @@ class Leg:
             )
             self.rtcp_transport = transport
 
+    def _plug(self) -> None:
+        """Into the plane's table, with the current sockets, then written (sync)."""
+        relay = self.session.relay
+        assert relay.fast_path is not None and isinstance(
+            self.rtp_transport, relay_plane.SocketSender
+        )
+        rtcp = self.rtcp_transport
+        rtcp_sock = None
+        if not self.rtcp_mux and isinstance(rtcp, relay_plane.SocketSender):
+            rtcp_sock = rtcp.sock
+        self.handle = relay.fast_path.add_leg(self.rtp_transport.sock, rtcp_sock, mux=self.rtcp_mux)
+        relay.legs_by_handle[self.handle] = self
+        relay_plane.sync(self)
+
+    def _unplug(self) -> None:
+        """Out of the plane's table; its final counters and clock into Python's."""
+        relay = self.session.relay
+        handle = self.handle
+        if relay.fast_path is None or handle is None:
+            return
+        self.pull_ssrcs()
+        final = relay.fast_path.remove_leg(handle)
+        self.handle = None
+        self.offloaded = False
+        relay_plane.add_plane_counters(self.own_counters, final)
+        if final.last_rx is not None and (self._last_packet or 0.0) < final.last_rx:
+            self._last_packet = final.last_rx
+        del relay.legs_by_handle[handle]
+        relay.drain_punted()  # before the handle can be another leg's
+
+    def _replug(self) -> None:
+        """New sockets (rtcp-mux switched): out of the plane and in again."""
+        if self.handle is not None:
+            self._unplug()
+            self._plug()
+
     async def _close(self) -> None:
+        self._unplug()
         for transport in {self.rtp_transport, self.rtcp_transport}:
             if transport is not None:
                 transport.close()
@@ -428,7 +572,7 @@ def route(
     Returns what to send, or ``None`` when the packet was punted or dropped (counted
     either way).  This is the loop body the C data plane replaces (issue 7).
     """
-    counters = leg.counters
+    counters = leg.own_counters
     counters.received += 1
     host, port = source[0], source[1]
 
@@ -458,7 +602,7 @@ def route(
         return None
 
     # 3. Source check.
-    latch = leg.rtcp_latch if rtcp else leg.rtp_latch
+    latch = leg.latches[1] if rtcp else leg.latches[0]
     verdict = latch.check(host, port, ssrc, inbound is not None)
     if verdict is Verdict.DROP:
         leg.drop(DropReason.UNKNOWN_SOURCE, source)
@@ -495,7 +639,7 @@ def route(
     peer = leg.peer
     destination = None
     if peer is not None:
-        destination = peer.rtcp_destination if rtcp else peer.rtp_latch.destination
+        destination = peer.rtcp_destination if rtcp else peer.rtp_destination
     if peer is None or destination is None:
         leg.drop(DropReason.NO_DESTINATION, source)
         return None
@@ -519,7 +663,7 @@ def route(
     # 9. Count; the caller sends.
     counters.packets_in += 1
     counters.bytes_in += size
-    out = peer.counters
+    out = peer.own_counters
     out.packets_out += 1
     out.bytes_out += len(data)
     if rtcp:
@@ -542,7 +686,7 @@ class _LegSocket(asyncio.DatagramProtocol):
         try:
             forwarded = route(self.leg, self.rtcp, data, addr, self.clock())
         except Exception as exc:  # a bug, not the network's fault: never into the loop
-            self.leg.counters.drops[DropReason.INTERNAL_ERROR] += 1
+            self.leg.own_counters.drops[DropReason.INTERNAL_ERROR] += 1
             with contextlib.suppress(Exception):
                 self.leg.session.relay.log_error(self.leg, exc)
             return
@@ -551,11 +695,11 @@ class _LegSocket(asyncio.DatagramProtocol):
             try:
                 transport.sendto(payload, destination)
             except (OSError, ValueError, RuntimeError):
-                self.leg.counters.send_errors += 1
+                self.leg.own_counters.send_errors += 1
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable for an earlier send: the endpoint is not there yet.
-        self.leg.counters.send_errors += 1
+        self.leg.own_counters.send_errors += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
@@ -602,6 +746,7 @@ class MediaSession:
         peer = self.legs.get(_PEER[name])
         if peer is not None:
             leg.peer, peer.peer = peer, leg
+            relay_plane.sync(leg)
         return leg
 
     def leg(self, name: str) -> Leg | None:
@@ -649,7 +794,7 @@ class MediaSession:
                     leg.send(data, destination)
             await leg._close()
             self.relay.pool.release(leg.ports)
-            self.relay.retire(leg.counters)
+            self.relay.retire(leg.own_counters)  # the plane's folded in by _close
 
 
 class MediaRelay:
@@ -660,6 +805,12 @@ class MediaRelay:
     ``rtcp_burst`` bound RTCP per leg (packets per second, bucket size).
     ``clock`` is the monotonic clock the packet path stamps with; pass its time as
     ``now`` to :meth:`MediaSession.media_timeout`.
+
+    ``fast_path``: the C data plane (:mod:`media.fastpath`, started by whoever made
+    it, who also closes it after the relay) forwards the media of the legs, and
+    punts to this relay what Python decides (:mod:`media.relay_plane`); its clock and
+    RTCP limits must be the relay's.  ``None``: every packet goes through
+    :func:`route` here, the reference path.
     """
 
     def __init__(
@@ -675,6 +826,7 @@ class MediaRelay:
         rtcp_burst: int = 200,
         pool: PortPool | None = None,
         on_webrtc_event: WebRtcEventHandler | None = None,
+        fast_path: FastPath | None = None,
     ) -> None:
         self.host = host
         self.clock = clock
@@ -689,6 +841,9 @@ class MediaRelay:
         self._ticker: asyncio.Task[None] | None = None
         self._retired = LegCounters()  # counters of deleted sessions, for totals
         self._log_window: dict[str, tuple[float, int]] = {}  # key -> (window start, suppressed)
+        self.fast_path = fast_path
+        self.legs_by_handle: dict[int, Leg] = {}  # the fast path's table entries
+        self._attached: asyncio.AbstractEventLoop | None = None
 
     async def create_session(self, call_id: str) -> MediaSession:
         if call_id in self.sessions:
@@ -716,6 +871,60 @@ class MediaRelay:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
             self._ticker = None
+        if self.fast_path is not None and self._attached is not None:
+            self.fast_path.detach()
+            self._attached = None
+
+    def srtp_context(self, key: bytes, salt: bytes, suite: str, direction: str) -> CryptoTransform:
+        """A new SRTP context for one of this relay's legs: the C core's on the fast
+        path (the plane runs it), else :class:`media.srtp.Context` (either backend)."""
+        if self.fast_path is not None and _c_srtp is not None:
+            return _c_srtp.Context(key, salt, suite, direction=direction)  # type: ignore[arg-type]
+        return Context(key, salt, suite, direction=direction)  # type: ignore[arg-type]
+
+    # ---------------------------------------------------------------- fast path
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Take the plane's punted datagrams on ``loop`` (once; the plane starts)."""
+        fast = self.fast_path
+        if fast is None or self._attached is loop:
+            return
+        fast.start()
+        fast.attach(loop, self.on_punted)
+        self._attached = loop
+
+    def drain_punted(self) -> None:
+        """Handle what the plane punted so far, now (a leg leaves the table)."""
+        if self.fast_path is not None:
+            while batch := self.fast_path.drain():
+                self.on_punted(batch)
+
+    def on_punted(self, batch: list[Punted]) -> None:
+        """Datagrams the plane punted: :func:`relay_plane.route_punted` for an
+        offloaded leg, :func:`route` (and a send from the peer's socket) otherwise."""
+        now = self.clock()
+        for punted in batch:
+            leg = self.legs_by_handle.get(punted.leg)
+            if leg is None:
+                continue  # its leg left the table while the datagram waited
+            try:
+                if leg.offloaded:
+                    relay_plane.route_punted(
+                        leg, punted.on_rtcp_socket, punted.data, punted.source, now
+                    )
+                    continue
+                out = route(leg, punted.on_rtcp_socket, punted.data, punted.source, now)
+            except Exception as exc:  # a bug, not the network's fault: never into the loop
+                leg.own_counters.drops[DropReason.INTERNAL_ERROR] += 1
+                with contextlib.suppress(Exception):
+                    self.log_error(leg, exc)
+                continue
+            if out is not None:
+                sender, payload, destination = out
+                try:
+                    sender.sendto(payload, destination)
+                except (OSError, ValueError, RuntimeError):
+                    leg.own_counters.send_errors += 1
 
     def timed_out(self, now: float, timeout: float) -> list[str]:
         """Call ids whose media timed out (see :meth:`MediaSession.media_timeout`)."""
@@ -751,8 +960,8 @@ class MediaRelay:
             try:
                 self.webrtc_datagram(leg, kind, data, source)
             except Exception as exc:
-                leg.counters.punted -= 1
-                leg.counters.drops[DropReason.INTERNAL_ERROR] += 1
+                leg.own_counters.punted -= 1
+                leg.own_counters.drops[DropReason.INTERNAL_ERROR] += 1
                 self.log_error(leg, exc)
             return
         if self.on_control is not None:
@@ -760,8 +969,8 @@ class MediaRelay:
                 self.on_control(leg, kind, data, source)
             except Exception as exc:
                 # Counted as an internal error instead of as punted.
-                leg.counters.punted -= 1
-                leg.counters.drops[DropReason.INTERNAL_ERROR] += 1
+                leg.own_counters.punted -= 1
+                leg.own_counters.drops[DropReason.INTERNAL_ERROR] += 1
                 self.log_error(leg, exc)
 
     # ---------------------------------------------------------------- dtls-srtp legs
@@ -777,7 +986,7 @@ class MediaRelay:
             try:
                 leg.send(payload, destination)
             except (OSError, ValueError, RuntimeError):
-                leg.counters.send_errors += 1
+                leg.own_counters.send_errors += 1
         webrtc = leg.webrtc
         if webrtc is None:
             return
@@ -785,12 +994,14 @@ class MediaRelay:
             if isinstance(event, Nominated):
                 host, port = event.address
                 leg.rtp_latch.nominate(host, port, self.clock())
+                relay_plane.sync(leg)
             elif isinstance(event, HandshakeDone):
+                # Fresh contexts per handshake: the plane owns what it is given.
                 keys = event.keys
                 suite = keys.suite.name
                 leg.set_crypto(
-                    Context(keys.remote_key, keys.remote_salt, suite, direction="inbound"),
-                    Context(keys.local_key, keys.local_salt, suite, direction="outbound"),
+                    self.srtp_context(keys.remote_key, keys.remote_salt, suite, "inbound"),
+                    self.srtp_context(keys.local_key, keys.local_salt, suite, "outbound"),
                 )
             elif isinstance(event, DtlsFailed):
                 leg.set_crypto(None, None)
@@ -841,7 +1052,7 @@ class MediaRelay:
         call_id, name = leg.session.call_id, leg.name
         self.log(level, event, call_id=call_id, leg=name, suppressed=suppressed, **fields)
 
-    def log_drop(self, leg: Leg, reason: DropReason, source: Address) -> None:
+    def log_drop(self, leg: Leg, reason: str, source: Address) -> None:
         source_text = f"{source[0]}:{source[1]}"
         self.log_limited(
             f"drop:{reason}", "info", "media_drop", leg, reason=str(reason), source=source_text

@@ -6,6 +6,10 @@ Cast: the relay on 127.0.0.1 (ports from a small range in 20000-29999), the call
 127.0.0.4.  SRTP comes from pylibsrtp (libsrtp) as the reference, and from a fake XOR
 transform where only the relay's logic is under test.  Waits are bounded; nothing
 asserts on time.
+
+Every relay test runs on both paths (``make_relay`` is parametrized): the Python path
+(:func:`media.relay.route` per packet) and the C data plane (:mod:`media.fastpath`),
+whose clock follows the test's fake clock when there is one.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 import pytest
 from pylibsrtp import Policy, Session
 
+from media.fastpath import FastPath
 from media.latching import DropReason, Latch, LatchMode, Verdict
 from media.ports import PortsExhausted
 from media.relay import Leg, MediaRelay, MediaSession, crypto_drop_reason, route
@@ -264,11 +269,24 @@ class Logs:
 
 
 class FakeClock:
+    """A settable clock; on the fast path the plane's clock follows it."""
+
     def __init__(self) -> None:
-        self.now = 100.0
+        self.planes: list[FastPath] = []
+        self._now = 100.0
+
+    @property
+    def now(self) -> float:
+        return self._now
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self._now = value
+        for plane in self.planes:
+            plane.set_clock(value)
 
     def __call__(self) -> float:
-        return self.now
+        return self._now
 
 
 @pytest.fixture
@@ -283,14 +301,38 @@ def logs() -> Logs:
     return Logs()
 
 
+def fast_path_for(clock: Any = None, **kw: Any) -> FastPath:
+    """A plane for a relay made with these arguments: its RTCP limits, its clock."""
+    fast = FastPath(
+        2,
+        rtcp_rate=float(kw.get("rtcp_rate", 100.0)),
+        rtcp_burst=float(kw.get("rtcp_burst", 200)),
+    )
+    fast.start()
+    if isinstance(clock, FakeClock):
+        clock.planes.append(fast)
+        fast.set_clock(clock.now)
+    return fast
+
+
+@pytest.fixture(params=["python", "fast"])
+def path(request: pytest.FixtureRequest) -> str:
+    """Which path forwards the media: Python's route() or the C data plane."""
+    return str(request.param)
+
+
 @pytest.fixture
-async def make_relay(logs: Logs) -> AsyncIterator[Callable[..., MediaRelay]]:
+async def make_relay(logs: Logs, path: str) -> AsyncIterator[Callable[..., MediaRelay]]:
     relays: list[MediaRelay] = []
+    planes: list[FastPath] = []
 
     def make(**kw: Any) -> MediaRelay:
         kw.setdefault("port_range", small_range())
         kw.setdefault("quarantine", 0.0)
         kw.setdefault("log", logs)
+        if path == "fast":
+            planes.append(fast_path_for(**kw))
+            kw["fast_path"] = planes[-1]
         relay = MediaRelay(RELAY, **kw)
         relays.append(relay)
         return relay
@@ -298,6 +340,8 @@ async def make_relay(logs: Logs) -> AsyncIterator[Callable[..., MediaRelay]]:
     yield make
     for relay in relays:
         await relay.close()
+    for plane in planes:
+        plane.close()
 
 
 async def call(
@@ -953,12 +997,13 @@ def test_route_without_sockets() -> None:
     asyncio.run(scenario())
 
 
-def test_plain_call_under_uvloop() -> None:
+def test_plain_call_under_uvloop(path: str) -> None:
     """sipedge runs on uvloop: the same relay, both ways, on that loop."""
     import uvloop
 
     async def scenario() -> None:
-        relay = MediaRelay(RELAY, port_range=small_range(), quarantine=0.0)
+        fast = fast_path_for() if path == "fast" else None
+        relay = MediaRelay(RELAY, port_range=small_range(), quarantine=0.0, fast_path=fast)
         harness = Harness()
         try:
             _, offer, answer, caller, callee = await call(relay, harness)
@@ -973,6 +1018,8 @@ def test_plain_call_under_uvloop() -> None:
         finally:
             harness.close()
             await relay.close()
+            if fast is not None:
+                fast.close()
 
     uvloop.run(scenario())
 
