@@ -262,7 +262,9 @@ class MediaConfig:
     wildcard and the advertised name is an IP literal: :meth:`resolved_address`,
     which raises :class:`ConfigError` when neither gives an IP (the media
     controller calls it at start-up).  ``caller`` is the media policy of a calling
-    side that is not a trunk (a trunk's is its own ``media``).
+    side that is not a trunk (a trunk's is its own ``media``).  ``fast_path``: the C
+    data plane forwards the media (media/fastpath.py); where it cannot run, or with
+    false, every packet goes through Python (the reference path).
     """
 
     enabled: bool = True
@@ -271,6 +273,7 @@ class MediaConfig:
     quarantine: float = 30.0
     timeout: float = 60.0
     caller: str = "as-offered"
+    fast_path: bool = True
 
     def resolved_address(self, listen: ListenConfig) -> str:
         """The IP the relay binds and writes into SDP."""
@@ -824,6 +827,7 @@ def _parse_media(t: Mapping[str, Any]) -> MediaConfig:
         quarantine=_seconds(t, s, "quarantine", d.quarantine, allow_zero=True),
         timeout=_seconds(t, s, "timeout", d.timeout, allow_zero=True),
         caller=_media_policy(t, s, "caller", d.caller),
+        fast_path=_bool(t, s, "fast_path", d.fast_path),
     )
 
 

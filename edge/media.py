@@ -32,6 +32,11 @@ Rules of this file:
   ``a=rtcp-mux`` (RFC 3605), which works with any endpoint and is logged.
 - A leg's SRTP context lives as long as its key: a re-offer with the same key keeps
   the context (its roll-over counter and replay window), a new key gets a new one.
+- ``[media] fast_path`` (the default): the relay's legs live in the C data plane
+  (:mod:`media.fastpath`), which the controller makes, owns and closes; SRTP contexts
+  are then the C core's, fresh per key (the plane owns what it is given).  Where the
+  plane cannot run, the relay forwards in Python and ``media_fast_path_unavailable``
+  says why, once, at start-up.
 - ``passthrough`` on either side's policy, or ``[media] enabled = false``: the SDP
   goes through untouched and nothing is allocated, for the whole call.
 - A "dtls-srtp" side (WebRTC; :mod:`media.webrtc`) gets a leg with rtcp-mux, ICE-lite and
@@ -60,9 +65,11 @@ from typing import Any, Final
 from edge.audit import AuditLog, call_resource_id
 from edge.config import MEDIA_POLICIES, Config, ConfigError
 from edge.log import LogFn
+from media import relay_plane
 from media.dtls import DtlsFailed, HandshakeDone
+from media.fastpath import FastPath
 from media.ports import PortsExhausted
-from media.relay import Leg, MediaRelay, MediaSession
+from media.relay import CryptoTransform, Leg, MediaRelay, MediaSession
 from media.sdp_rewrite import (
     SIDES,
     LegPorts,
@@ -73,7 +80,6 @@ from media.sdp_rewrite import (
     Stream,
     WebRtcLocal,
 )
-from media.srtp import Context
 from media.webrtc import Nominated, WebRtcEvent
 from sip.errors import SipError
 from sip.sdp import SessionDescription, parse_sdp
@@ -92,9 +98,9 @@ class _LegCrypto:
     remote: Remote | None = None
     sip_source: str | None = None
     inbound_key: SdesKey | None = None
-    inbound: Context | None = None
+    inbound: CryptoTransform | None = None
     outbound_key: SdesKey | None = None
-    outbound: Context | None = None
+    outbound: CryptoTransform | None = None
 
 
 @dataclass(slots=True)
@@ -127,9 +133,13 @@ class MediaController:
         self.timeout = media.timeout
         self._log = log
         self._owns_relay = relay is None
+        self.fast_path: FastPath | None = None  # made and owned here, with the relay
         if relay is None and self.enabled:
             address = media.resolved_address(config.listen)
-            relay = MediaRelay(address, media.port_range, media.quarantine, log=log)
+            self.fast_path = relay_plane.make_fast_path(media.fast_path)
+            relay = MediaRelay(
+                address, media.port_range, media.quarantine, log=log, fast_path=self.fast_path
+            )
         self.relay = relay
         if relay is not None:
             relay.on_webrtc_event = self._webrtc_event
@@ -167,7 +177,22 @@ class MediaController:
                 problem = f"cannot bind {address}: {exc.strerror or exc}"
                 raise ConfigError("media.address", problem) from None
         low, high = self.relay.pool.port_range
-        self._emit("info", "media_ready", address=address, ports=f"{low}-{high}")
+        fast = self.relay.fast_path
+        if self._owns_relay and self.config.media.fast_path and fast is None:
+            self._emit(
+                "warning",
+                "media_fast_path_unavailable",
+                problem=relay_plane.UNAVAILABLE,
+                consequence="every media packet goes through Python, at a fraction of the rate",
+            )
+        self._emit(
+            "info",
+            "media_ready",
+            address=address,
+            ports=f"{low}-{high}",
+            fast_path=fast is not None,
+            loops=fast.loops if fast is not None else 0,
+        )
 
     async def close(self) -> None:
         """End every call's media; close the relay if this controller made it."""
@@ -175,6 +200,8 @@ class MediaController:
             await self.end(key, "shutdown")
         if self.relay is not None and self._owns_relay:
             await self.relay.close()
+            if self.fast_path is not None:
+                self.fast_path.close()  # joins the loops, closes the plane's sockets
 
     # ------------------------------------------------------------ offer / answer
 
@@ -460,6 +487,8 @@ class MediaController:
 
     def _apply(self, call: _Call, stream: Stream, side: Side) -> None:
         """Write the negotiated state of one side of one stream into its relay leg."""
+        relay = self.relay
+        assert relay is not None
         session = call.sessions[stream.index]
         leg = self._leg(call, stream.index, side)
         state = stream.sides[side]
@@ -485,13 +514,13 @@ class MediaController:
         elif not state.inbound.same_key(done.inbound_key):
             k = state.inbound
             done.inbound_key = k
-            done.inbound = Context(k.key, k.salt, k.suite, direction="inbound")
+            done.inbound = relay.srtp_context(k.key, k.salt, k.suite, "inbound")
         if state.outbound is None:
             done.outbound_key, done.outbound = None, None
         elif not state.outbound.same_key(done.outbound_key):
             k = state.outbound
             done.outbound_key = k
-            done.outbound = Context(k.key, k.salt, k.suite, direction="outbound")
+            done.outbound = relay.srtp_context(k.key, k.salt, k.suite, "outbound")
         leg.set_crypto(done.inbound, done.outbound)
         session.on_hold = stream.on_hold
 

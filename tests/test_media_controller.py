@@ -6,6 +6,9 @@ that nothing collides with other tests), the caller's phone on 127.0.0.2, the ca
 on 127.0.0.3, each an RTP and an RTCP socket.  SRTP on a phone's side is pylibsrtp
 (libsrtp), the reference: it encrypts with the phone's own key and decrypts with the
 key from the relay's a=crypto line.  Waits are bounded; nothing asserts on time.
+
+Every controller test runs on both media paths (``make`` is parametrized): the C
+data plane (``[media] fast_path = true``, the default) and Python's route().
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pylibsrtp import Policy, Session
 
 from edge import config
 from edge.media import MediaController
+from media.fastpath import FastPath
 from media.relay import MediaRelay
 from sip.errors import SipError
 from sip.sdp import SessionDescription, parse_sdp
@@ -165,11 +169,24 @@ class Logs:
 
 
 class FakeClock:
+    """A settable clock; on the fast path the plane's clock follows it."""
+
     def __init__(self) -> None:
-        self.now = 1000.0
+        self.planes: list[FastPath] = []
+        self._now = 1000.0
+
+    @property
+    def now(self) -> float:
+        return self._now
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self._now = value
+        for plane in self.planes:
+            plane.set_clock(value)
 
     def __call__(self) -> float:
-        return self.now
+        return self._now
 
 
 def small_range(pairs: int = 16) -> tuple[int, int]:
@@ -196,15 +213,27 @@ def logs() -> Logs:
     return Logs()
 
 
+@pytest.fixture(params=["fast", "python"])
+def path(request: pytest.FixtureRequest) -> str:
+    """Which path forwards the media: the C data plane or Python's route()."""
+    return str(request.param)
+
+
 @pytest.fixture
-async def make() -> AsyncIterator[Callable[..., MediaController]]:
-    """A controller on its own relay (made from the config unless given)."""
+async def make(path: str) -> AsyncIterator[Callable[..., MediaController]]:
+    """A controller on its own relay (made from the config unless given), on ``path``."""
     made: list[MediaController] = []
 
     def build(
         cfg: config.Config | None = None, relay: MediaRelay | None = None, log: Any = None
     ) -> MediaController:
-        controller = MediaController(cfg or media_config(), relay=relay, log=log)
+        cfg = cfg or media_config()
+        cfg = dataclasses.replace(
+            cfg, media=dataclasses.replace(cfg.media, fast_path=path == "fast")
+        )
+        controller = MediaController(cfg, relay=relay, log=log)
+        if controller.relay is not None:
+            assert (controller.relay.fast_path is not None) == (path == "fast")
         made.append(controller)
         return controller
 
@@ -213,6 +242,29 @@ async def make() -> AsyncIterator[Callable[..., MediaController]]:
         await controller.close()
         if controller.relay is not None:
             await controller.relay.close()
+
+
+@pytest.fixture
+async def make_relay(path: str) -> AsyncIterator[Callable[..., MediaRelay]]:
+    """A relay of one's own (a fake clock, say) on ``path``."""
+    planes: list[FastPath] = []
+    relays: list[MediaRelay] = []
+
+    def build(port_range: tuple[int, int], clock: FakeClock) -> MediaRelay:
+        fast = None
+        if path == "fast":
+            fast = FastPath(2)
+            fast.set_clock(clock.now)
+            clock.planes.append(fast)
+            planes.append(fast)
+        relays.append(MediaRelay(RELAY, port_range, 0.0, clock=clock, fast_path=fast))
+        return relays[-1]
+
+    yield build
+    for relay in relays:
+        await relay.close()
+    for plane in planes:
+        plane.close()
 
 
 async def plain_call(
@@ -541,11 +593,13 @@ async def test_end_frees_the_ports_and_is_idempotent(
 
 
 async def test_re_offer_with_hold_and_resume(
-    make: Callable[..., MediaController], harness: Harness
+    make: Callable[..., MediaController],
+    make_relay: Callable[..., MediaRelay],
+    harness: Harness,
 ) -> None:
     clock = FakeClock()
     cfg = media_config(timeout=30.0)
-    relay = MediaRelay(RELAY, cfg.media.port_range, 0.0, clock=clock)
+    relay = make_relay(cfg.media.port_range, clock)
     media = make(cfg, relay=relay)
     caller, callee = await plain_call(media, harness)
     ports = (caller.relay, callee.relay)
@@ -617,12 +671,14 @@ async def test_re_offer_from_the_callee(
 
 
 async def test_media_timeout_needs_an_answer_and_can_be_off(
-    make: Callable[..., MediaController], harness: Harness
+    make: Callable[..., MediaController],
+    make_relay: Callable[..., MediaRelay],
+    harness: Harness,
 ) -> None:
     clock = FakeClock()
     for timeout, expected in ((10.0, ["c"]), (0.0, [])):
         cfg = media_config(timeout=timeout)
-        media = make(cfg, relay=MediaRelay(RELAY, cfg.media.port_range, 0.0, clock=clock))
+        media = make(cfg, relay=make_relay(cfg.media.port_range, clock))
         caller, callee = await harness.phone(CALLER), await harness.phone(CALLEE)
         await media.offer(
             "c", "caller", caller.sdp(), from_policy="rtp", to_policy="rtp", source_ip=CALLER

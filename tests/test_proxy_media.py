@@ -214,15 +214,16 @@ async def media_flows(call: Call) -> None:
     assert await exchange(call.callee, call.caller, rtp(2, ssrc=2)) == rtp(2, ssrc=2)
 
 
-@pytest.fixture
-async def call() -> AsyncIterator[Call]:
+@pytest.fixture(params=[True, False], ids=["fast", "python"])
+async def call(request: pytest.FixtureRequest) -> AsyncIterator[Call]:
+    """A call through the proxy, its media on the C data plane or on Python's path."""
     harness = Harness()
     transport = FakeTransport()
     proxy = Proxy(make_config(), transport, StubRouter([PBX1]))
     await proxy.start()
     proxy.config.media = SimpleNamespace(enabled=True, caller="as-offered")
     proxy.config.upstream = SimpleNamespace(sets=(SimpleNamespace(name="pbx", media="rtp"),))
-    media = Recording(MediaController(media_config()))
+    media = Recording(MediaController(media_config(fast_path=request.param)))
     proxy.media = media
     c = Call(proxy, media, await harness.phone(CALLER), await harness.phone(CALLEE))
     yield c

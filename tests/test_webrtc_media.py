@@ -140,11 +140,17 @@ class Audit:
         self.events.append((event_type, fields))
 
 
-@pytest.fixture
-async def media() -> AsyncIterator[tuple[MediaController, Logs]]:
+@pytest.fixture(params=[True, False], ids=["fast", "python"])
+async def media(request: pytest.FixtureRequest) -> AsyncIterator[tuple[MediaController, Logs]]:
+    """The controller, its media on the C data plane or on Python's path."""
     start = random.randrange(30000, 39000, 2)
     cfg = config.Config(
-        media=config.MediaConfig(address=RELAY, port_range=(start, start + 63), quarantine=0.0)
+        media=config.MediaConfig(
+            address=RELAY,
+            port_range=(start, start + 63),
+            quarantine=0.0,
+            fast_path=request.param,
+        )
     )
     logs = Logs()
     controller = MediaController(cfg, log=logs)
