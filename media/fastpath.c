@@ -212,10 +212,11 @@ take_rtcp_token(const se_fp_plane *p, se_fp_leg *leg, double now)
 }
 
 static void
-drop(se_fp_leg *leg, int reason)
+drop(se_fp_leg *leg, int reason, const se_fp_addr *src)
 {
     ADD(leg->c.received, 1);
     ADD(leg->c.drops[reason], 1);
+    leg->drop_src[reason] = *src; /* read by Python under the loop mutexes */
 }
 
 /* Into this loop's ring for Python; 1 if queued. */
@@ -228,7 +229,7 @@ punt(se_fp_loop *lp, se_fp_leg *leg, int kind, int on_rtcp_socket, const uint8_t
     se_fp_punt *e;
 
     if (head - tail >= SE_FP_RING) {
-        drop(leg, SE_FP_PUNT_OVERFLOW);
+        drop(leg, SE_FP_PUNT_OVERFLOW, src);
         return 0;
     }
     e = &lp->ring[head % SE_FP_RING];
@@ -256,24 +257,24 @@ step(se_fp_loop *lp, se_fp_leg *leg, int on_rtcp_socket, unsigned i, double now,
     uint32_t ssrc = 0;
 
     if (lp->rmsg[i].msg_hdr.msg_flags & MSG_TRUNC) {
-        drop(leg, SE_FP_TOO_LONG);
+        drop(leg, SE_FP_TOO_LONG, src);
         return 0;
     }
     v = demux(leg->flags, on_rtcp_socket, d, n, &kind, &rtcp, &ssrc);
     if (v == V_PUNT)
         return punt(lp, leg, kind, on_rtcp_socket, d, n, src);
     if (v != V_FORWARD) {
-        drop(leg, v);
+        drop(leg, v, src);
         return 0;
     }
     if (leg->inbound == NULL && (leg->flags & SE_FP_WEBRTC)) {
-        drop(leg, SE_FP_DTLS_PENDING);
+        drop(leg, SE_FP_DTLS_PENDING, src);
         return 0;
     }
     if (!addr_eq(rtcp ? &leg->rtcp_src : &leg->rtp_src, src))
         return punt(lp, leg, kind, on_rtcp_socket, d, n, src);
     if (rtcp && !take_rtcp_token(lp->plane, leg, now)) {
-        drop(leg, SE_FP_RTCP_FLOOD);
+        drop(leg, SE_FP_RTCP_FLOOD, src);
         return 0;
     }
     v = transform(leg, rtcp, d, n, SE_FP_ROOM, &out_len, &peer, &fd, &dst, &authenticated);
@@ -286,7 +287,7 @@ step(se_fp_loop *lp, se_fp_leg *leg, int on_rtcp_socket, unsigned i, double now,
             SET(leg->c.rtp_ssrc, SE_FP_SSRC_SEEN | ssrc);
     }
     if (v != V_FORWARD) {
-        drop(leg, v);
+        drop(leg, v, src);
         return 0;
     }
     ADD(leg->c.received, 1);

@@ -113,6 +113,7 @@ typedef struct se_fp_leg {
     se_fp_addr rtp_src, rtcp_src; /* accepted sources (latched); none: punt all */
     se_fp_addr rtp_dst, rtcp_dst; /* where media for the endpoint goes */
     double rtcp_tokens, rtcp_stamp; /* RTCP token bucket (RFC 3550 section 6.2) */
+    se_fp_addr drop_src[SE_FP_N_DROPS]; /* the source of the last drop, by reason */
     _Alignas(64) se_fp_counters c;
 } se_fp_leg;
 

@@ -303,6 +303,11 @@ class FastPath:
         Python's latch follows (:meth:`media.latching.Latch.follow`)."""
         return self._plane.ssrcs(handle)
 
+    def drop_sources(self, handle: int) -> dict[str, Address]:
+        """Per drop reason, the source of the last datagram the loops dropped for it
+        (for the relay's rate-limited drop log lines)."""
+        return self._plane.drop_sources(handle)
+
     def set_clock(self, now: float | None) -> None:
         """Run the loops' clock (RTCP buckets, ``last_rx``) at ``now`` seconds until
         the next call; ``None``: ``CLOCK_MONOTONIC`` again, as ``time.monotonic``.

@@ -481,6 +481,36 @@ Plane_ssrcs(PyObject *op, PyObject *arg)
 }
 
 static PyObject *
+Plane_drop_sources(PyObject *op, PyObject *arg)
+{
+    PlaneObject *self = (PlaneObject *)op;
+    long handle = PyLong_AsLong(arg);
+    se_fp_leg *leg;
+    se_fp_addr src[SE_FP_N_DROPS];
+    PyObject *out;
+    if ((handle == -1 && PyErr_Occurred()) || (leg = leg_of(self, handle)) == NULL)
+        return NULL;
+    se_fp_lock_all(self->plane);
+    memcpy(src, leg->drop_src, sizeof src);
+    se_fp_unlock_all(self->plane);
+    if ((out = PyDict_New()) == NULL)
+        return NULL;
+    for (int i = 0; i < SE_FP_N_DROPS; i++) {
+        PyObject *a;
+        if (src[i].len == 0)
+            continue;
+        if ((a = addr_to_py(&src[i])) == NULL
+            || PyDict_SetItemString(out, se_fp_drop_names[i], a) < 0) {
+            Py_XDECREF(a);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(a);
+    }
+    return out;
+}
+
+static PyObject *
 Plane_set_clock(PyObject *op, PyObject *arg)
 {
     PlaneObject *self = (PlaneObject *)op;
@@ -653,6 +683,8 @@ static PyMethodDef Plane_methods[] = {
     {"counters", Plane_counters, METH_O, "counters(handle) -> dict"},
     {"ssrcs", Plane_ssrcs, METH_O,
      "ssrcs(handle) -> (rtp, rtcp): SSRCs last accepted from the source, None: none yet"},
+    {"drop_sources", Plane_drop_sources, METH_O,
+     "drop_sources(handle) -> {reason: the source of the last datagram dropped for it}"},
     {"set_clock", Plane_set_clock, METH_O,
      "set_clock(seconds | None): the loops' clock (None: CLOCK_MONOTONIC)"},
     {"forward", Plane_forward, METH_VARARGS,

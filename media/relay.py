@@ -99,6 +99,7 @@ Forwarded = tuple[Sender, bytes, Address]
 # (leg, event): ICE nomination, DTLS handshake done or failed, for the controller's log.
 WebRtcEventHandler = Callable[["Leg", WebRtcEvent], None]
 WEBRTC_TICK: Final = 0.1  # seconds between DTLS retransmission timer checks
+PLANE_LOG_TICK: Final = 1.0  # seconds between looks at the fast path's drop counters
 
 
 # ``reason`` of media.srtp.SrtpError; other transforms (pylibsrtp) are read by text.
@@ -537,6 +538,8 @@ class Leg:
         if relay.fast_path is None or handle is None:
             return
         self.pull_ssrcs()
+        relay.log_plane_drops(self)  # the last of them, while the sources are readable
+        relay.plane_drops_logged.pop(handle, None)
         final = relay.fast_path.remove_leg(handle)
         self.handle = None
         self.offloaded = False
@@ -843,7 +846,9 @@ class MediaRelay:
         self._log_window: dict[str, tuple[float, int]] = {}  # key -> (window start, suppressed)
         self.fast_path = fast_path
         self.legs_by_handle: dict[int, Leg] = {}  # the fast path's table entries
+        self.plane_drops_logged: dict[int, dict[str, int]] = {}  # handle -> drops seen
         self._attached: asyncio.AbstractEventLoop | None = None
+        self._plane_logger: asyncio.Task[None] | None = None
 
     async def create_session(self, call_id: str) -> MediaSession:
         if call_id in self.sessions:
@@ -871,6 +876,11 @@ class MediaRelay:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
             self._ticker = None
+        if self._plane_logger is not None:
+            self._plane_logger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._plane_logger
+            self._plane_logger = None
         if self.fast_path is not None and self._attached is not None:
             self.fast_path.detach()
             self._attached = None
@@ -892,6 +902,34 @@ class MediaRelay:
         fast.start()
         fast.attach(loop, self.on_punted)
         self._attached = loop
+        if self._plane_logger is not None:
+            self._plane_logger.cancel()
+        self._plane_logger = loop.create_task(self._log_plane())
+
+    async def _log_plane(self) -> None:
+        """The plane counts its drops; their log lines (rate-limited) come from here."""
+        while True:
+            await asyncio.sleep(PLANE_LOG_TICK)
+            for leg in list(self.legs_by_handle.values()):
+                try:
+                    self.log_plane_drops(leg)
+                except Exception as exc:  # a bug: logged, the logger goes on
+                    self.log_error(leg, exc)
+
+    def log_plane_drops(self, leg: Leg) -> None:
+        """A ``media_drop`` line (rate-limited) per reason the plane dropped more
+        datagrams for since the last look, with the source of the last of them."""
+        fast, handle = self.fast_path, leg.handle
+        if fast is None or handle is None or self.log is None:
+            return
+        drops = fast.counters(handle).drops
+        seen = self.plane_drops_logged.setdefault(handle, {})
+        new = [reason for reason, n in drops.items() if n > seen.get(reason, 0)]
+        if new:
+            sources = fast.drop_sources(handle)
+            for reason in new:
+                self.log_drop(leg, reason, sources.get(reason, ("?", 0)))
+            seen.update(drops)
 
     def drain_punted(self) -> None:
         """Handle what the plane punted so far, now (a leg leaves the table)."""
