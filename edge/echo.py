@@ -22,6 +22,13 @@ Rules of this file:
   RTCP is never reflected: the peer would read its own reports as a loop.  Each RTP
   packet is sent back to the address it came from (the echo), unless the negotiated
   direction says we must not send (hold: RFC 3264 §6.1, §8.4).
+- Media on the C data plane (:mod:`media.fastpath`, the default where it runs; issue
+  7), so that a packet generator can load-test ``make run``: each call's RTP socket
+  is an echo leg of the endpoint's own plane.  The first packet from a source is
+  punted to Python, which echoes it and makes that source the leg's: the plane then
+  reflects its packets (RTCP from it is dropped there: no destination); a packet from
+  another source is punted and moves the echo to it.  ``fast_path=False``: asyncio
+  reads every packet (the reference path).
 - Offer/answer (RFC 3264): the first audio stream over RTP/AVP or RTP/AVPF is
   accepted with every offered format in the offered order (an echo plays back any
   codec, telephone-event included); every other stream is rejected with port 0.  An
@@ -51,6 +58,9 @@ from dataclasses import dataclass
 from typing import Any, Final, cast
 
 from edge.config import EchoConfig
+from media import relay_plane
+from media.fastpath import FastPath, Punted
+from media.rtp import PacketKind
 from sip.errors import SipError
 from sip.headers import NameAddr
 from sip.message import (
@@ -140,6 +150,75 @@ class _RtpEcho(asyncio.DatagramProtocol):
         pass  # ICMP port unreachable from a caller that went away: nothing to do
 
 
+class _PlaneEcho:
+    """One call's RTP echo as a leg of the C data plane (see the module docstring):
+    the same ``send`` and ``packets`` as :class:`_RtpEcho`, and ``close``."""
+
+    def __init__(self, plane: FastPath, sock: socket.socket, legs: dict[int, _PlaneEcho]) -> None:
+        self.plane = plane
+        self.sock = sock
+        self.legs = legs
+        # The mux flag: a second byte of 192-223 on the RTP port is RTCP, never echoed.
+        self.handle: int | None = plane.add_leg(sock, mux=True)
+        plane.echo(self.handle)
+        legs[self.handle] = self
+        self.source: _Addr | None = None
+        self._send = True
+        self._packets = 0  # echoed by Python (each source's first packet)
+        self._plane_packets = 0  # echoed by the plane, once the leg is removed
+
+    @property
+    def send(self) -> bool:
+        return self._send
+
+    @send.setter
+    def send(self, value: bool) -> None:
+        self._send = value
+        self._write()
+
+    @property
+    def packets(self) -> int:
+        if self.handle is None:
+            return self._packets + self._plane_packets
+        return self._packets + self.plane.counters(self.handle).packets_out
+
+    def punted(self, punted: Punted) -> None:
+        """RTP from a new source (the plane checked version and header): echo it and
+        make the source the leg's; anything else punted (RTCP, STUN, DTLS) is ignored."""
+        if punted.kind is not PacketKind.RTP or punted.on_rtcp_socket:
+            return
+        self.source = punted.source
+        self._write()
+        if self._send:
+            with contextlib.suppress(OSError):
+                self.sock.sendto(punted.data, punted.source)
+                self._packets += 1
+
+    def _write(self) -> None:
+        if self.handle is not None:
+            source = self.source
+            self.plane.set_addresses(
+                self.handle,
+                rtp_source=source,
+                rtcp_source=source,
+                rtp_destination=source if self._send else None,
+            )
+
+    def close(self) -> None:
+        if self.handle is not None:
+            final = self.plane.remove_leg(self.handle)
+            self._plane_packets = final.packets_out
+            del self.legs[self.handle]
+            self.handle = None
+            # Datagrams punted for the handle go before another call gets it.
+            while batch := self.plane.drain():
+                for punted in batch:
+                    leg = self.legs.get(punted.leg)
+                    if leg is not None:
+                        leg.punted(punted)
+        self.sock.close()
+
+
 class _Sink(asyncio.DatagramProtocol):
     """The RTCP port: bound so that RTCP has somewhere to go, and ignored."""
 
@@ -150,8 +229,8 @@ class _Media:
     def __init__(
         self,
         port: int,
-        rtp: asyncio.DatagramTransport,
-        echo: _RtpEcho,
+        rtp: asyncio.DatagramTransport | _PlaneEcho,
+        echo: _RtpEcho | _PlaneEcho,
         rtcp: asyncio.DatagramTransport | None,
     ) -> None:
         self.port = port
@@ -375,8 +454,16 @@ class EchoEndpoint:
         max_calls: int = MAX_CALLS,
         max_duration: float = MAX_DURATION,
         max_transactions: int = MAX_TRANSACTIONS,
+        fast_path: bool | FastPath | None = None,
     ) -> None:
+        """``fast_path``: the calls' RTP echo on a data plane of the endpoint's own
+        (``True``; ``None``: where the plane can run, else asyncio), on the given one
+        (shared: not closed here), or in asyncio (``False``)."""
         self._config = config
+        self._fast_path = fast_path
+        self._plane: FastPath | None = None
+        self._owns_plane = False
+        self._plane_legs: dict[int, _PlaneEcho] = {}
         self._log_fn = log
         self._timers = timers or TimerConfig()
         self._max_calls = max_calls
@@ -406,7 +493,23 @@ class EchoEndpoint:
         self._transport = transport
         sockname = transport.get_extra_info("sockname")
         self._address = (sockname[0], sockname[1])
-        self._emit("info", "echo_ready", address=f"{format_host(sockname[0])}:{sockname[1]}")
+        fast = self._fast_path
+        if isinstance(fast, FastPath):
+            self._plane = fast
+        elif fast is not False:
+            self._plane = relay_plane.make_fast_path(True)
+            self._owns_plane = self._plane is not None
+            if self._plane is None and fast is True:
+                self._emit("warning", "echo_fast_path_unavailable", problem=relay_plane.UNAVAILABLE)
+        if self._plane is not None:
+            self._plane.start()
+            self._plane.attach(loop, self._on_punted)
+        self._emit(
+            "info",
+            "echo_ready",
+            address=f"{format_host(sockname[0])}:{sockname[1]}",
+            fast_path=self._plane is not None,
+        )
 
     async def close(self) -> None:
         """End every call (BYE, or 503 before the answer), close every socket."""
@@ -429,6 +532,12 @@ class EchoEndpoint:
         if self._transport is not None:
             self._transport.close()
             self._transport = None
+        if self._plane is not None:
+            if self._owns_plane:
+                self._plane.close()
+            else:
+                self._plane.detach()
+            self._plane = None
 
     @property
     def sip_address(self) -> tuple[str, int]:
@@ -448,6 +557,15 @@ class EchoEndpoint:
         return self._echoed + sum(call.packets for call in self._calls.values())
 
     # ---------------------------------------------------------------- receive
+
+    def _on_punted(self, batch: list[Punted]) -> None:
+        for punted in batch:
+            leg = self._plane_legs.get(punted.leg)
+            if leg is not None:
+                try:
+                    leg.punted(punted)
+                except Exception as exc:  # a bug: logged, the endpoint goes on
+                    self._emit("error", "echo_error", error=repr(exc))
 
     def _datagram(self, data: bytes, addr: _Addr) -> None:
         if not data.strip(b"\r\n"):
@@ -654,6 +772,23 @@ class EchoEndpoint:
     async def _open_media(self, mux: bool) -> _Media:
         rtp_sock, rtcp_sock = _bind_rtp(self._config.rtp_address, pair=not mux)
         loop = self._loop()
+        if self._plane is not None:
+            sink: asyncio.DatagramTransport | None = None
+            try:
+                plane_echo = _PlaneEcho(self._plane, rtp_sock, self._plane_legs)
+            except BaseException:
+                rtp_sock.close()
+                if rtcp_sock is not None:
+                    rtcp_sock.close()
+                raise
+            if rtcp_sock is not None:
+                try:
+                    sink, _ = await loop.create_datagram_endpoint(_Sink, sock=rtcp_sock)
+                except BaseException:
+                    rtcp_sock.close()
+                    plane_echo.close()
+                    raise
+            return _Media(rtp_sock.getsockname()[1], plane_echo, plane_echo, sink)
         echo = _RtpEcho()
         try:
             rtp, _ = await loop.create_datagram_endpoint(lambda: echo, sock=rtp_sock)

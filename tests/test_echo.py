@@ -39,12 +39,14 @@ pytestmark = pytest.mark.timeout(30)
 # ---------------------------------------------------------------- endpoint
 
 
-@pytest.fixture
-async def make_endpoint() -> AsyncIterator[Callable[..., Any]]:
+@pytest.fixture(params=[True, False], ids=["fast", "asyncio"])
+async def make_endpoint(request: pytest.FixtureRequest) -> AsyncIterator[Callable[..., Any]]:
+    """Endpoints whose RTP echo runs on the C data plane, or in asyncio."""
     started: list[EchoEndpoint] = []
 
     async def make(answer_delay: float = 0.0, **kw: Any) -> EchoEndpoint:
         config = EchoConfig(HostPort("127.0.0.1", 0), "127.0.0.1", answer_delay)
+        kw.setdefault("fast_path", request.param)
         endpoint = EchoEndpoint(config, log=Logs(), **kw)
         await endpoint.start()
         started.append(endpoint)
