@@ -33,7 +33,6 @@ Rules of this file:
 
 from __future__ import annotations
 
-import logging
 import socket
 import sys
 from typing import TYPE_CHECKING, Any, Final
@@ -49,8 +48,6 @@ try:
     from media import _srtp as _c_srtp
 except ImportError:  # pragma: no cover - a build without the C extension
     _c_srtp = None  # type: ignore[assignment]
-
-_log = logging.getLogger("sipedge.media.relay")
 
 #: Why the fast path cannot run here, or ``None`` when it can.
 UNAVAILABLE: Final[str | None] = (
@@ -70,20 +67,11 @@ def available() -> bool:
 
 
 def make_fast_path(enabled: bool, **kwargs: Any) -> FastPath | None:
-    """A started :class:`FastPath` when ``enabled`` and available; else ``None``, with
-    one loud log line when it was asked for but cannot run."""
-    if not enabled:
+    """A :class:`FastPath` (not started yet) when ``enabled`` and it can run here, else
+    ``None``: the caller logs :data:`UNAVAILABLE` when it was asked for."""
+    if not enabled or UNAVAILABLE is not None:
         return None
-    if UNAVAILABLE is not None:
-        _log.warning(
-            "media fast path unavailable (%s): the relay forwards every packet in Python, "
-            "at a fraction of the rate; rebuild the extension (make install) on Linux",
-            UNAVAILABLE,
-        )
-        return None
-    fast = FastPath(**kwargs)
-    fast.start()
-    return fast
+    return FastPath(**kwargs)
 
 
 def c_context(transform: object) -> bool:
