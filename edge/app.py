@@ -284,7 +284,8 @@ class _App:
 
         echo_address: tuple[str, int] | None = None
         if cfg.upstream.echo:
-            self.echo = comps.echo_endpoint(cfg.echo, log=self.log)
+            # The echo reflects RTP on the C data plane too, unless [media] fast_path = false.
+            self.echo = comps.echo_endpoint(cfg.echo, log=self.log, fast_path=cfg.media.fast_path)
             try:
                 await self.echo.start()
             except OSError as e:

@@ -224,7 +224,7 @@ class Fakes:
         self.proxy: FakeProxy | None = None
 
     def components(self) -> app.Components:
-        def echo(cfg: Any, *, log: Any) -> FakeEcho:
+        def echo(cfg: Any, *, log: Any, **_: Any) -> FakeEcho:
             e = FakeEcho(cfg, log=log, calls=self.calls)
             e.fail = self.echo_fail
             return e
