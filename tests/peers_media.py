@@ -776,3 +776,25 @@ __all__ = [
     "tone_frequency",
     "wait_for_event",
 ]
+
+
+class SettableClock:
+    """A clock the test sets (``clock.now = ...``); the C data planes in ``planes``
+    follow it, so that media timeouts and RTCP buckets run on the same time."""
+
+    def __init__(self, start: float) -> None:
+        self.planes: list[Any] = []
+        self._now = start
+
+    @property
+    def now(self) -> float:
+        return self._now
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self._now = value
+        for plane in self.planes:
+            plane.set_clock(value)
+
+    def __call__(self) -> float:
+        return self._now

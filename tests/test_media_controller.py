@@ -33,6 +33,7 @@ from media.fastpath import FastPath
 from media.relay import MediaRelay
 from sip.errors import SipError
 from sip.sdp import SessionDescription, parse_sdp
+from tests.peers_media import SettableClock
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -168,25 +169,9 @@ class Logs:
         return [f for _, e, f in self.lines if e == event]
 
 
-class FakeClock:
-    """A settable clock; on the fast path the plane's clock follows it."""
-
+class FakeClock(SettableClock):
     def __init__(self) -> None:
-        self.planes: list[FastPath] = []
-        self._now = 1000.0
-
-    @property
-    def now(self) -> float:
-        return self._now
-
-    @now.setter
-    def now(self, value: float) -> None:
-        self._now = value
-        for plane in self.planes:
-            plane.set_clock(value)
-
-    def __call__(self) -> float:
-        return self._now
+        super().__init__(1000.0)
 
 
 def small_range(pairs: int = 16) -> tuple[int, int]:

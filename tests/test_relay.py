@@ -30,6 +30,7 @@ from media.latching import DropReason, Latch, LatchMode, Verdict
 from media.ports import PortsExhausted
 from media.relay import Leg, MediaRelay, MediaSession, crypto_drop_reason, route
 from media.rtp import PacketKind, RtpHeader
+from tests.peers_media import SettableClock
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -268,25 +269,9 @@ class Logs:
         return [f for _, e, f in self.lines if e == event]
 
 
-class FakeClock:
-    """A settable clock; on the fast path the plane's clock follows it."""
-
+class FakeClock(SettableClock):
     def __init__(self) -> None:
-        self.planes: list[FastPath] = []
-        self._now = 100.0
-
-    @property
-    def now(self) -> float:
-        return self._now
-
-    @now.setter
-    def now(self, value: float) -> None:
-        self._now = value
-        for plane in self.planes:
-            plane.set_clock(value)
-
-    def __call__(self) -> float:
-        return self._now
+        super().__init__(100.0)
 
 
 @pytest.fixture
