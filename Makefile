@@ -18,8 +18,12 @@ CERT := $(CERT_DIR)/dev-cert.pem
 KEY := $(CERT_DIR)/dev-key.pem
 CONFIG ?= configs/dev.toml
 PYTEST_ARGS ?=
+BENCH_INSTALLED := $(VENV)/.sipedge-bench-installed
+FUZZ_DATAGRAMS ?= 200000
+FUZZ_SECONDS ?= 120
+FUZZ_SEED ?= 7
 
-.PHONY: help deps venv install devcert run lint format test bench clean distclean
+.PHONY: help deps venv install devcert run lint format test bench fuzz-asan clean distclean
 
 help:
 	@echo "make install    .venv with sipedge editable + test extras, C extension built"
@@ -29,7 +33,9 @@ help:
 	@echo "make lint       ruff check, ruff format --check, mypy (strict on sip/)"
 	@echo "make format     ruff format + ruff check --fix (rewrites files)"
 	@echo "make test       install + devcert, lint, then the whole pytest suite"
-	@echo "make bench      run bench/bench_*.py"
+	@echo "make bench      run bench/bench_*.py (installs the bench extra: matplotlib)"
+	@echo "make fuzz-asan  fuzz the C data plane under AddressSanitizer + UBSan"
+	@echo "                (FUZZ_DATAGRAMS=$(FUZZ_DATAGRAMS) FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_SEED=$(FUZZ_SEED))"
 	@echo "make clean      remove the venv, build output and caches (distclean: also $(CERT_DIR)/)"
 
 # Cheap (dpkg-query only) when nothing is missing, so it runs on every install.
@@ -68,11 +74,23 @@ format: install
 test: install devcert lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: install
+# The bench extra (matplotlib, for the relay benchmark's plot) on top of the test one.
+$(BENCH_INSTALLED): $(INSTALLED) pyproject.toml
+	SIPEDGE_STRICT_BUILD=1 $(BIN)/python -m pip install --progress-bar off -e '.[test,bench]'
+	touch $@
+
+bench: install $(BENCH_INSTALLED)
 	@DEPS_BENCH=1 PYTHON=$(PYTHON) scripts/debian-deps.sh
 	@shopt -s nullglob; scripts=(bench/bench_*.py); \
 	if [ $${#scripts[@]} -eq 0 ]; then echo "bench: no bench/bench_*.py yet"; exit 0; fi; \
 	for f in "$${scripts[@]}"; do echo "== $$f"; $(BIN)/python "$$f"; done
+
+# media._srtp built with -fsanitize=address,undefined into build/asan/ (the in-place
+# build stays as it is), canaries first, then a bounded fuzz run of the C data plane:
+# fails on any sanitizer report, leak or broken invariant (fuzz/asan_run.py).
+fuzz-asan: install
+	$(BIN)/python fuzz/asan_run.py --datagrams $(FUZZ_DATAGRAMS) --seconds $(FUZZ_SECONDS) \
+		--seed $(FUZZ_SEED)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -18,6 +18,17 @@ G.711 at 20 ms), it measures:
   system's).
 - **CPU ns/packet**: utime+stime of the system under test (all its threads) over a run
   at a fixed 20,000 packets/s, divided by the packets it relayed.
+- **latency at 50% of max**: three runs of 1 s at half the max pps (a fresh SUT), per
+  packet the kernel's arrival timestamp at the receiver (SO_TIMESTAMPNS) minus the time
+  just before the generator's sendmmsg that sent it: p50, p99, p99.9 of the run with
+  the median p99 (one stall of this shared VM, seen on the raw loop too, would
+  otherwise decide a row).  This is the time
+  through the SUT plus two loopback hops and the generator's batching; the raw C
+  loop's row is that floor, so a system's *added* latency is its figure minus raw's.
+
+A PNG next to the report plots delivered against offered rate for each system (every
+step of the search), one panel per mode and number of calls (matplotlib: the ``bench``
+extra, which ``make bench`` installs; without it the report says the plot is missing).
 
 Set-up: the system under test (SUT) is pinned to CPU 0, the load generator to CPU 1.
 The generator is bench/relay_load.c, built on the fly with the SRTP core
@@ -37,7 +48,8 @@ Systems:
 - **raw**: the practical ceiling: bench/relay_load.c reflect, one thread, epoll +
   recvmmsg + sendmmsg, SRTP by the same OpenSSL-based core where the mode needs it.
 
-Results go to bench/results/relay-DATE.md (and .json).  Loopback only; every run is
+Results go to bench/results/relay-DATE.md (and .json, and .png: delivered against
+offered rate per system, with matplotlib from the ``bench`` extra).  Loopback only; every run is
 bounded in packets and time; processes are ours, ended by PID.
 """
 
@@ -71,6 +83,8 @@ PACKET = 172
 MAX_LOSS = 0.001
 MAX_TAIL = 0.05  # seconds: packets still arriving this long after the last send = backlog
 FIXED_RATE = 20_000
+LATENCY_SECONDS = 1.0
+LATENCY_RUNS = 3
 SUITE = "AES_CM_128_HMAC_SHA1_80"
 MODES = ("rtp-rtp", "rtp-srtp", "srtp-rtp")
 SYSTEMS = ("fast", "python", "rtpengine", "raw")
@@ -389,6 +403,10 @@ class Step:
     sut_cpu_s: float  # seconds of CPU over the run
     gen_cpu: float
     generator_bound: bool
+    seconds: float = 0.0
+    lat_p50_us: float | None = None
+    lat_p99_us: float | None = None
+    lat_p999_us: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -404,6 +422,7 @@ class Row:
     lower_bound: bool = False
     ns_per_packet: float | None = None
     fixed_loss: float | None = None
+    latency: Step | None = None  # the run at 50% of max_pps
     steps: list[Step] = field(default_factory=list)
     error: str | None = None
 
@@ -422,7 +441,10 @@ def run_step(gen: Generator, sut: Sut, rate: int, seconds: float) -> Step:
     if float(r["tail"]) > MAX_TAIL:
         loss = max(loss, 1.0 - MAX_TAIL / float(r["tail"]))
     share = (c1 - c0) / (t1 - t0)
-    return Step(rate, sent, received, loss, share, c1 - c0, r["cpu"] / r["elapsed"], bound)
+    lat = {k: (float(r[k]) if float(r.get(k, -1)) >= 0 else None)
+           for k in ("lat_p50_us", "lat_p99_us", "lat_p999_us")}  # fmt: skip
+    return Step(rate, sent, received, loss, share, c1 - c0, r["cpu"] / r["elapsed"], bound,
+                seconds, **lat)  # fmt: skip
 
 
 def measure(
@@ -489,6 +511,18 @@ def measure(
                         row.lower_bound = True
                 time.sleep(0.3)
         row.max_pps = good or None
+        if row.max_pps:
+            # Median of LATENCY_RUNS runs by p99: one stall of this shared VM (tens of
+            # ms, seen on the raw loop too) would otherwise decide a row's tail.
+            sut, gen = fresh()
+            runs = [run_step(gen, sut, row.max_pps // 2, LATENCY_SECONDS)
+                    for _ in range(LATENCY_RUNS)]  # fmt: skip
+            runs.sort(key=lambda s: s.lat_p99_us if s.lat_p99_us is not None else 1e12)
+            row.latency = runs[len(runs) // 2]
+            row.steps += runs
+            print(f"  latency at {row.max_pps // 2} pps: p50 {row.latency.lat_p50_us} us, "
+                  f"p99 {row.latency.lat_p99_us} us, loss {100 * row.latency.loss:.3f}%",
+                  flush=True)  # fmt: skip
     except Exception as exc:  # a system that cannot run gets its reason in the row
         row.error = f"{type(exc).__name__}: {exc}"
     finally:
@@ -513,7 +547,22 @@ def progress(row: Row, step: Step) -> None:
 # ---------------------------------------------------------------- report
 
 
-def render(rows: list[Row], quick: bool) -> str:
+def uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+def latency_cell(r: Row) -> str:
+    s = r.latency
+    if s is None or s.lat_p99_us is None:
+        return "-"
+    lost = f" ({100 * s.loss:.2f}% lost)" if s.loss >= MAX_LOSS else ""
+    return f"{s.lat_p50_us:,.0f} / {s.lat_p99_us:,.0f} / {s.lat_p999_us:,.0f}{lost}"
+
+
+def render(rows: list[Row], quick: bool, load_before: str, plot: str | None) -> str:
     out = [
         f"# Relay packet benchmark ({datetime.datetime.now():%Y-%m-%d %H:%M})",
         "",
@@ -521,15 +570,22 @@ def render(rows: list[Row], quick: bool) -> str:
         f"SUT pinned to CPU {SUT_CPU}, load generator (bench/relay_load.c) to CPU {LOAD_CPU}; "
         f"{PACKET}-byte packets, one stream per call; max pps with < {100 * MAX_LOSS:g}% loss "
         f"({'0.5' if quick else '1'} s steps); CPU ns/packet of the SUT at {FIXED_RATE} pps. "
-        "'>=': the generator could not offer more (its limit, not the system's).",
+        "'>=': the generator could not offer more (its limit, not the system's). "
+        f"Latency: at 50% of the row's max pps, the median-p99 run of {LATENCY_RUNS} x "
+        f"{LATENCY_SECONDS:g} s, generator's sendmmsg to "
+        "the kernel's arrival timestamp at the receiver (two loopback hops included: the raw "
+        "loop's row is the floor).",
         "",
-        "| system | mode | calls | max pps | CPU ns/packet | vs rtpengine (ns) |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        f"Machine load before the run: `{load_before}`; after: `{uptime()}`.",
+        "",
+        "| system | mode | calls | max pps | CPU ns/packet | vs rtpengine (ns) "
+        "| latency p50 / p99 / p99.9 (us) at 50% |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     by = {(r.system, r.mode, r.calls): r for r in rows}
     for r in rows:
         if r.error:
-            out.append(f"| {r.system} | {r.mode} | {r.calls} | not runnable: {r.error} | | |")
+            out.append(f"| {r.system} | {r.mode} | {r.calls} | not runnable: {r.error} | | | |")
             continue
         maxpps = "-" if r.max_pps is None else f"{'>=' if r.lower_bound else ''}{r.max_pps:,}"
         ns = "-" if r.ns_per_packet is None else f"{r.ns_per_packet:,.0f}"
@@ -537,15 +593,63 @@ def render(rows: list[Row], quick: bool) -> str:
         ratio = ""
         if ref and ref.ns_per_packet and r.ns_per_packet and r.system != "rtpengine":
             ratio = f"{ref.ns_per_packet / r.ns_per_packet:.2f}x"
-        out.append(f"| {r.system} | {r.mode} | {r.calls} | {maxpps} | {ns} | {ratio} |")
+        out.append(
+            f"| {r.system} | {r.mode} | {r.calls} | {maxpps} | {ns} | {ratio} | {latency_cell(r)} |"
+        )
     out += [
         "",
         "Systems: fast = media.fastpath (C plane, 1 loop on the pinned CPU); python = "
         "media.relay on uvloop; rtpengine = rtpengine-daemon --table=-1 (userspace) via ng "
         "offer/answer; raw = relay_load reflect (epoll + recvmmsg/sendmmsg, SRTP core).",
         f"Versions: rtpengine {versions().get('rtpengine', '?')}; {versions()['python']}.",
+        "",
+        f"![delivered against offered rate]({plot})"
+        if plot
+        else "No plot: matplotlib is missing (`make bench` installs the `bench` extra).",
     ]
     return "\n".join(out) + "\n"
+
+
+def write_plot(rows: list[Row], path: Path) -> str | None:
+    """Delivered against offered packets/s, every step, one panel per (mode, calls);
+    the file name (relative to the report) or None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    panels = sorted({(r.calls, r.mode) for r in rows}, key=lambda k: (k[0], MODES.index(k[1])))
+    if not panels:
+        return None
+    cols = len({m for _, m in panels})
+    nrows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 4 * nrows), squeeze=False)
+    for ax, (calls, mode) in zip(axes.flat, panels, strict=False):
+        top = 0.0
+        for r in rows:
+            if (r.calls, r.mode) != (calls, mode) or not r.steps:
+                continue
+            pts = sorted((s.rate, s.received / s.seconds) for s in r.steps if s.seconds > 0)
+            if not pts:
+                continue
+            xs, ys = [p[0] / 1000 for p in pts], [p[1] / 1000 for p in pts]
+            ax.plot(xs, ys, marker="o", markersize=3, label=r.system)
+            top = max(top, *xs)
+        ax.plot([0, top], [0, top], color="grey", linestyle=":", linewidth=1, label="offered")
+        ax.set_title(f"{mode}, {calls} call{'s' if calls > 1 else ''}")
+        ax.set_xlabel("offered (kpps)")
+        ax.set_ylabel("delivered (kpps)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    fig.suptitle("Relay: delivered against offered rate (172-byte packets, SUT on one core)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path.name
 
 
 def versions() -> dict[str, str]:
@@ -582,6 +686,8 @@ def main() -> int:
     modes = [m for m in args.modes.split(",") if m]
     calls = [int(c) for c in args.calls.split(",") if c]
     step_s, bisect = (0.5, 2) if args.quick else (1.0, 3)
+    load_before = uptime()
+    print(f"load: {load_before}", flush=True)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-relay-") as tmp:
         workdir = Path(tmp)
@@ -591,10 +697,11 @@ def main() -> int:
                 for system in systems:
                     print(f"== {system} {mode} {n} calls", flush=True)
                     rows.append(measure(system, mode, n, exe, workdir, step_s, bisect))
-    report = render(rows, args.quick)
-    print(report)
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.datetime.now().strftime("%Y-%m-%d-%H%M") + ("-quick" if args.quick else "")
+    plot = write_plot(rows, RESULTS / f"relay-{stamp}.png")
+    report = render(rows, args.quick, load_before, plot)
+    print(report)
     (RESULTS / f"relay-{stamp}.md").write_text(report)
     (RESULTS / f"relay-{stamp}.json").write_text(
         json.dumps([asdict(r) for r in rows], indent=1, default=str)

@@ -14,8 +14,13 @@
  *       buffer) reads when no send is due, and after SECONDS until 200 ms pass
  *       without a packet (at most 10 s).  Then it prints {"sent", "received",
  *       "late", "send_fail", "send_seconds", "tail" (seconds from the last send to the
- *       last arrival, by kernel timestamps), "elapsed", "cpu"} (cpu: this process's seconds, all of
- *       the run including the reading after it).
+ *       last arrival, by kernel timestamps), "elapsed", "cpu", "lat_p50_us", "lat_p99_us",
+ *       "lat_p999_us", "lat_max_us"} (cpu: this process's seconds, all of the run
+ *       including the reading after it; lat_*: per packet of this run, its arrival at
+ *       the receiving socket by the kernel's SO_TIMESTAMPNS minus the time just before
+ *       the sendmmsg that sent it (CLOCK_REALTIME, the timestamps' clock), looked up
+ *       by its packet number: the time through the system under test plus two
+ *       loopback hops; -1 if nothing arrived).
  *   relay_load reflect N RX_IP RX_PORT MODE KEYHEX|-
  *       The raw loop: N sockets on 127.0.0.1 (prints {"ports": [...]}), one thread,
  *       epoll + recvmmsg + sendmmsg (batches of 32) to RX_IP:RX_PORT, with MODE
@@ -66,6 +71,24 @@ cpu_s(void)
     getrusage(RUSAGE_SELF, &r);
     return (double)r.ru_utime.tv_sec + (double)r.ru_utime.tv_usec / 1e6
            + (double)r.ru_stime.tv_sec + (double)r.ru_stime.tv_usec / 1e6;
+}
+
+static int
+cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* The q-quantile (0..1) of n sorted values, in microseconds; -1 if none. */
+static double
+quantile_us(const double *v, uint64_t n, double q)
+{
+    uint64_t i;
+    if (n == 0)
+        return -1.0;
+    i = (uint64_t)(q * (double)(n - 1) + 0.5);
+    return v[i < n ? i : n - 1] * 1e6;
 }
 
 static int
@@ -188,11 +211,19 @@ gen(int argc, char **argv)
     while (fgets(line, sizeof line, stdin) != NULL) {
         double rate, secs, t0, c0, end, elapsed, quiet = 0, last_send = 0, last_arrival = 0,
                wall0 = wall_s();
-        uint64_t sent = 0, received = 0, late = 0, send_fail = 0;
+        uint64_t sent = 0, received = 0, late = 0, send_fail = 0, n_lat = 0, room;
         uint32_t first = packet_no;
         unsigned call = 0;
+        double *sent_at, *lat; /* by packet number - first: send time; latencies */
         if (sscanf(line, "run %lf %lf", &rate, &secs) != 2 || rate <= 0 || secs <= 0 || secs > 60)
             continue;
+        room = (uint64_t)(rate * secs) + 2 * BATCH;
+        sent_at = calloc(room, sizeof *sent_at);
+        lat = calloc(room, sizeof *lat);
+        if (sent_at == NULL || lat == NULL) {
+            fprintf(stderr, "out of memory for %llu packets\n", (unsigned long long)room);
+            return 2;
+        }
         t0 = now_s();
         c0 = cpu_s();
         end = t0 + secs;
@@ -205,8 +236,11 @@ gen(int argc, char **argv)
             if (t >= end + 10.0)
                 break;
             due = t < end ? (uint64_t)(rate * (t - t0)) + 1 : sent;
+            if (due > room)
+                due = room;
             if (due > sent) {
                 unsigned want = due - sent > BATCH ? BATCH : (unsigned)(due - sent);
+                double stamp = wall_s();
                 for (unsigned m = 0; m < want; m++) {
                     uint8_t *p = sbuf[m];
                     size_t len = (size_t)size;
@@ -230,6 +264,7 @@ gen(int argc, char **argv)
                     }
                     siov[m].iov_len = len;
                     smsg[m].msg_hdr.msg_name = &dst[call];
+                    sent_at[packet_no - first] = stamp;
                     seq[call]++;
                     packet_no++;
                     call = (call + 1) % n;
@@ -262,7 +297,7 @@ gen(int argc, char **argv)
                 if (rmsg[i].msg_len < 12)
                     continue;
                 no = ((uint32_t)p[4] << 24) | ((uint32_t)p[5] << 16) | ((uint32_t)p[6] << 8) | p[7];
-                if (no >= first) {
+                if (no >= first && no - first < room) {
                     struct cmsghdr *c = CMSG_FIRSTHDR(&rmsg[i].msg_hdr);
                     received++;
                     if (c != NULL && c->cmsg_type == SCM_TIMESTAMPNS) {
@@ -272,6 +307,8 @@ gen(int argc, char **argv)
                         at = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
                         if (at > last_arrival)
                             last_arrival = at;
+                        if (sent_at[no - first] > 0 && n_lat < room)
+                            lat[n_lat++] = at - sent_at[no - first];
                     }
                 } else {
                     late++;
@@ -291,13 +328,19 @@ gen(int argc, char **argv)
             }
         }
         elapsed = now_s() - t0;
+        qsort(lat, n_lat, sizeof *lat, cmp_double);
         printf("{\"sent\": %llu, \"received\": %llu, \"late\": %llu, \"send_fail\": %llu, "
-               "\"send_seconds\": %.4f, \"tail\": %.4f, \"elapsed\": %.4f, \"cpu\": %.4f}\n",
+               "\"send_seconds\": %.4f, \"tail\": %.4f, \"elapsed\": %.4f, \"cpu\": %.4f, "
+               "\"lat_p50_us\": %.1f, \"lat_p99_us\": %.1f, \"lat_p999_us\": %.1f, "
+               "\"lat_max_us\": %.1f}\n",
                (unsigned long long)sent, (unsigned long long)received, (unsigned long long)late,
                (unsigned long long)send_fail, last_send - t0,
                last_arrival > 0 ? last_arrival - wall0 - (last_send - t0) : 0.0, elapsed,
-               cpu_s() - c0);
+               cpu_s() - c0, quantile_us(lat, n_lat, 0.50), quantile_us(lat, n_lat, 0.99),
+               quantile_us(lat, n_lat, 0.999), quantile_us(lat, n_lat, 1.0));
         fflush(stdout);
+        free(sent_at);
+        free(lat);
     }
     return 0;
 }
