@@ -182,6 +182,92 @@ def _check_time(name: str, value: float) -> None:
         raise ValueError(f"{name} must be finite")
 
 
+class BanTable:
+    """One instance's bans: a dict for the per-packet lookup, a heap for expiry.
+
+    Shared by the memory and the Redis store (the Redis one keeps its local
+    copy here).  ``heap`` holds (until, address), lazily pruned: an extended or
+    lifted ban leaves a stale item behind, recognised by its ``until`` no
+    longer matching.  ``lapsed`` holds bans that ended and were removed before
+    :meth:`expire` saw them.  Full: the ban that ends first makes room (see
+    :class:`MemoryStateStore`), counted in ``evictions`` when it was live.
+    """
+
+    __slots__ = ("entries", "evictions", "heap", "lapsed", "max_bans")
+
+    def __init__(self, max_bans: int) -> None:
+        self.max_bans = max_bans
+        self.entries: dict[str, _BanEntry] = {}
+        self.heap: list[tuple[float, str]] = []
+        self.lapsed: deque[Ban] = deque(maxlen=max_bans)
+        self.evictions = 0
+
+    def add(self, address: str, until: float, reason: str, now: float) -> bool:
+        """Ban (or extend); True if newly banned.  Times already checked."""
+        entry = self.entries.get(address)
+        if entry is not None:
+            if now < entry.until:
+                if until > entry.until:
+                    entry.until = until
+                    self.push(until, address)
+                return False
+            # Ended but not yet collected: report it, then ban afresh.
+            del self.entries[address]
+            self.lapsed.append(entry.snapshot())
+        if len(self.entries) >= self.max_bans:
+            self._make_room(now)
+        self.entries[address] = _BanEntry(address, now, until, reason)
+        self.push(until, address)
+        return True
+
+    def live(self, now: float) -> list[Ban]:
+        found = [e.snapshot() for e in self.entries.values() if now < e.until]
+        found.sort(key=lambda b: (b.since, b.address))
+        return found
+
+    def remove(self, address: str) -> bool:
+        return self.entries.pop(address, None) is not None
+
+    def expire(self, now: float) -> list[Ban]:
+        ended = list(self.lapsed)
+        self.lapsed.clear()
+        heap = self.heap
+        while heap and heap[0][0] <= now:
+            until, address = heapq.heappop(heap)
+            entry = self.entries.get(address)
+            if entry is not None and entry.until == until:
+                del self.entries[address]
+                ended.append(entry.snapshot())
+        return ended
+
+    def count_drop(self, address: str) -> None:
+        entry = self.entries.get(address)
+        if entry is not None:
+            entry.hits += 1
+
+    def push(self, until: float, address: str) -> None:
+        heap = self.heap
+        heapq.heappush(heap, (until, address))
+        # Extensions and unbans leave stale items; rebuild before they dominate.
+        if len(heap) > 2 * len(self.entries) + 64:
+            heap[:] = [(e.until, a) for a, e in self.entries.items()]
+            heapq.heapify(heap)
+
+    def _make_room(self, now: float) -> None:
+        heap = self.heap
+        while heap:
+            until, address = heapq.heappop(heap)
+            entry = self.entries.get(address)
+            if entry is None or entry.until != until:
+                continue
+            del self.entries[address]
+            if until <= now:
+                self.lapsed.append(entry.snapshot())
+            else:
+                self.evictions += 1
+            return
+
+
 class MemoryStateStore:
     """:class:`StateStore` in this process's memory, bounded in size.
 
@@ -220,15 +306,13 @@ class MemoryStateStore:
         "_buckets",
         "_windows",
         "_bans",
-        "_ban_heap",
-        "_lapsed",
+        "_table",
         "_nonces",
         "max_buckets",
         "max_windows",
         "max_bans",
         "bucket_evictions",
         "window_evictions",
-        "ban_evictions",
     )
 
     def __init__(
@@ -252,15 +336,10 @@ class MemoryStateStore:
         self.max_bans = max_bans
         self.bucket_evictions = 0
         self.window_evictions = 0
-        self.ban_evictions = 0
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._windows: OrderedDict[str, _Window] = OrderedDict()
-        self._bans: dict[str, _BanEntry] = {}
-        # (until, address), lazily pruned: an extended or lifted ban leaves a
-        # stale item behind, recognised by its ``until`` no longer matching.
-        self._ban_heap: list[tuple[float, str]] = []
-        # Bans that ended and were removed before expire() saw them.
-        self._lapsed: deque[Ban] = deque(maxlen=max_bans)
+        self._table = BanTable(max_bans)
+        self._bans = self._table.entries  # banned(): one dict lookup
         self._nonces = MemoryNonceCountStore(ttl=nonce_ttl, max_entries=max_nonces)
 
     # ------------------------------------------------------------ buckets
@@ -327,72 +406,27 @@ class MemoryStateStore:
         _check_time("until", until)
         if until <= now:
             raise ValueError("a ban must end after now")
-        entry = self._bans.get(address)
-        if entry is not None:
-            if now < entry.until:
-                if until > entry.until:
-                    entry.until = until
-                    self._push(until, address)
-                return False
-            # Ended but not yet collected: report it, then ban afresh.
-            del self._bans[address]
-            self._lapsed.append(entry.snapshot())
-        if len(self._bans) >= self.max_bans:
-            self._make_room(now)
-        self._bans[address] = _BanEntry(address, now, until, reason)
-        self._push(until, address)
-        return True
+        return self._table.add(address, until, reason, now)
 
     def banned(self, address: str, now: float) -> bool:
         entry = self._bans.get(address)
         return entry is not None and now < entry.until
 
     def bans(self, now: float) -> list[Ban]:
-        live = [e.snapshot() for e in self._bans.values() if now < e.until]
-        live.sort(key=lambda b: (b.since, b.address))
-        return live
+        return self._table.live(now)
 
     def unban(self, address: str) -> bool:
-        return self._bans.pop(address, None) is not None
+        return self._table.remove(address)
 
     def expire(self, now: float) -> list[Ban]:
-        ended = list(self._lapsed)
-        self._lapsed.clear()
-        heap = self._ban_heap
-        while heap and heap[0][0] <= now:
-            until, address = heapq.heappop(heap)
-            entry = self._bans.get(address)
-            if entry is not None and entry.until == until:
-                del self._bans[address]
-                ended.append(entry.snapshot())
-        return ended
+        return self._table.expire(now)
 
     def count_drop(self, address: str) -> None:
-        entry = self._bans.get(address)
-        if entry is not None:
-            entry.hits += 1
+        self._table.count_drop(address)
 
-    def _push(self, until: float, address: str) -> None:
-        heap = self._ban_heap
-        heapq.heappush(heap, (until, address))
-        # Extensions and unbans leave stale items; rebuild before they dominate.
-        if len(heap) > 2 * len(self._bans) + 64:
-            heap[:] = [(e.until, a) for a, e in self._bans.items()]
-            heapq.heapify(heap)
-
-    def _make_room(self, now: float) -> None:
-        heap = self._ban_heap
-        while heap:
-            until, address = heapq.heappop(heap)
-            entry = self._bans.get(address)
-            if entry is None or entry.until != until:
-                continue
-            del self._bans[address]
-            if until <= now:
-                self._lapsed.append(entry.snapshot())
-            else:
-                self.ban_evictions += 1
-            return
+    @property
+    def ban_evictions(self) -> int:
+        return self._table.evictions
 
     # ------------------------------------------------------------ nonce counts
 

@@ -74,7 +74,6 @@ expiries, which only collect garbage, are Redis's own.
 from __future__ import annotations
 
 import contextlib
-import heapq
 import math
 import secrets
 import threading
@@ -87,7 +86,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from edge.state import _EPSILON, Ban, _BanEntry, _Bucket, _check_time, _Window
+from edge.state import _EPSILON, Ban, BanTable, _Bucket, _check_time, _Window
 from sip.digest import MemoryNonceCountStore
 
 __all__ = ["RedisStateStore"]
@@ -308,7 +307,6 @@ class RedisStateStore:
         self.nonce_ttl = nonce_ttl
         self.bucket_evictions = 0
         self.window_evictions = 0
-        self.ban_evictions = 0
         # Failed Redis operations, and ban/unban/clear messages lost to a full queue.
         self.errors = 0
         self.ops_dropped = 0
@@ -324,9 +322,9 @@ class RedisStateStore:
         # of the others is never older than one round when it is asked again.
         self._dirty_buckets: dict[str, float] = {}
         self._dirty_windows: dict[str, float] = {}
-        self._bans: dict[str, _BanEntry] = {}
-        self._ban_heap: list[tuple[float, str]] = []
-        self._lapsed: deque[Ban] = deque(maxlen=max_bans)
+        self._table = BanTable(max_bans)
+        self._bans = self._table.entries  # banned(): one dict lookup, no lock
+        self._ban_heap = self._table.heap
         self._nonces = MemoryNonceCountStore(ttl=nonce_ttl, max_entries=max_nonces)
         # ("ban", address, until, reason, now) | ("unban", address) | ("clear", key)
         self._ops: deque[tuple[Any, ...]] = deque()
@@ -515,9 +513,7 @@ class RedisStateStore:
 
     def bans(self, now: float) -> list[Ban]:
         with self._lock:
-            live = [e.snapshot() for e in self._bans.values() if now < e.until]
-        live.sort(key=lambda b: (b.since, b.address))
-        return live
+            return self._table.live(now)
 
     def unban(self, address: str) -> bool:
         with self._lock:
@@ -529,63 +525,18 @@ class RedisStateStore:
 
     def expire(self, now: float) -> list[Ban]:
         with self._lock:
-            ended = list(self._lapsed)
-            self._lapsed.clear()
-            heap = self._ban_heap
-            while heap and heap[0][0] <= now:
-                until, address = heapq.heappop(heap)
-                entry = self._bans.get(address)
-                if entry is not None and entry.until == until:
-                    del self._bans[address]
-                    ended.append(entry.snapshot())
-        return ended
+            return self._table.expire(now)
 
     def count_drop(self, address: str) -> None:
-        entry = self._bans.get(address)
-        if entry is not None:
-            entry.hits += 1
+        self._table.count_drop(address)
+
+    @property
+    def ban_evictions(self) -> int:
+        return self._table.evictions
 
     def _ban_locally(self, address: str, until: float, reason: str, now: float) -> bool:
         """The memory store's ban(), on the local copy; the caller holds the lock."""
-        entry = self._bans.get(address)
-        if entry is not None:
-            if now < entry.until:
-                if until > entry.until:
-                    entry.until = until
-                    self._push(until, address)
-                return False
-            # Ended but not yet collected: report it, then ban afresh.
-            del self._bans[address]
-            self._lapsed.append(entry.snapshot())
-        if len(self._bans) >= self.max_bans:
-            self._make_room(now)
-        self._bans[address] = _BanEntry(address, now, until, reason)
-        self._push(until, address)
-        return True
-
-    def _push(self, until: float, address: str) -> None:
-        heap = self._ban_heap
-        heapq.heappush(heap, (until, address))
-        # Extensions and unbans leave stale items; rebuild before they dominate.
-        if len(heap) > 2 * len(self._bans) + 64:
-            heap[:] = [(e.until, a) for a, e in self._bans.items()]
-            heapq.heapify(heap)
-
-    def _make_room(self, now: float) -> None:
-        heap = self._ban_heap
-        while heap:
-            until, address = heapq.heappop(heap)
-            entry = self._bans.get(address)
-            if entry is None or entry.until != until:
-                continue
-            del self._bans[address]
-            if until <= now:
-                self._lapsed.append(entry.snapshot())
-            else:
-                self.ban_evictions += 1
-            return
-
-    # ------------------------------------------------------------ nonce counts
+        return self._table.add(address, until, reason, now)
 
     def check_and_record(self, nonce: str, nc: int, now: float) -> bool:
         # Locally a replay: a replay everywhere, no round trip.  Recorded here
@@ -737,7 +688,7 @@ class RedisStateStore:
         if entry is not None and since < entry.until:
             if until > entry.until:
                 entry.until = until
-                self._push(until, address)
+                self._table.push(until, address)
             return
         if until <= since:
             return

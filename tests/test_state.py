@@ -242,7 +242,7 @@ def test_many_extensions_keep_the_heap_small() -> None:
     store.ban("192.0.2.1", T0 + 1, "flood", T0)
     for i in range(10_000):
         store.ban("192.0.2.1", T0 + 2 + i, "flood", T0)
-    assert len(store._ban_heap) <= 2 * 1 + 64 + 1
+    assert len(store._table.heap) <= 2 * 1 + 64 + 1
     assert [b.until for b in store.expire(T0 + 20_000)] == [T0 + 10_001]
 
 
