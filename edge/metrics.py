@@ -164,6 +164,11 @@ METRIC_NAMES: Final = frozenset(
         "sipedge_media_ports",
         "sipedge_media_ports_exhausted_total",
         "sipedge_media_port_bind_failures_total",
+        # the C data plane (media/fastpath.py)
+        "sipedge_fastpath_loop_wakeups_total",
+        "sipedge_fastpath_loop_packets_total",
+        "sipedge_fastpath_loop_syscalls_total",
+        "sipedge_fastpath_loop_legs",
         # the built-in echo endpoint (edge/echo.py)
         "sipedge_echo_calls",
         "sipedge_echo_packets_total",
@@ -644,6 +649,40 @@ class _Collector:
             "Relay ports that something else on the host held",
             value=s["port_bind_failures"],
         )
+        yield from self._fast_path(getattr(media, "fast_path", None))
+
+    def _fast_path(self, fast: Any) -> Iterator[Metric]:
+        """The C data plane's loops: how busy each is (wake-ups against packets: the
+        batch size; packets per second against the loop's maximum: its utilisation)."""
+        if fast is None:
+            return
+        wakeups = CounterMetricFamily(
+            "sipedge_fastpath_loop_wakeups",
+            "Wake-ups of each C data-plane loop (epoll_wait returns with work)",
+            labels=["loop"],
+        )
+        packets = CounterMetricFamily(
+            "sipedge_fastpath_loop_packets",
+            "Datagrams each C loop read (in) and sent (out)",
+            labels=["loop", "direction"],
+        )
+        syscalls = CounterMetricFamily(
+            "sipedge_fastpath_loop_syscalls",
+            "recvmmsg and sendmmsg calls of each C loop",
+            labels=["loop", "call"],
+        )
+        legs = GaugeMetricFamily(
+            "sipedge_fastpath_loop_legs", "Relay legs each C loop owns", labels=["loop"]
+        )
+        for i, loop in enumerate(fast.loop_stats()):
+            n = str(i)
+            wakeups.add_metric([n], loop["wakeups"])
+            packets.add_metric([n, "in"], loop["packets"])
+            packets.add_metric([n, "out"], loop["sent"])
+            syscalls.add_metric([n, "recvmmsg"], loop["recv_calls"])
+            syscalls.add_metric([n, "sendmmsg"], loop["send_calls"])
+            legs.add_metric([n], loop["legs"])
+        yield from (wakeups, packets, syscalls, legs)
 
     def _echo(self) -> Iterator[Metric]:
         echo = self.parts.echo

@@ -120,3 +120,6 @@ def test_metrics_readiness_and_calls_follow_a_real_call(call: Call) -> None:
     inbound = total(values, "sipedge_media_packets_total", direction="in")
     outbound = total(values, "sipedge_media_packets_total", direction="out")
     assert inbound >= 200 and outbound >= 0.95 * inbound, (inbound, outbound)
+    # The C data plane (on by default) did the relaying: its loops read the packets.
+    assert total(values, "sipedge_fastpath_loop_packets_total", direction="in") >= 0.9 * inbound
+    assert total(values, "sipedge_fastpath_loop_wakeups_total") > 0
