@@ -168,7 +168,8 @@ class Proxy(MediaMixin):
         self.admission = admission or Admission(config, MemoryStateStore())
         self.audit = self.admission.audit  # media timeouts (edge/proxy_media.py)
         self.flows = FlowTokens()
-        self.registrar = Registrar()
+        # Bindings live in the state store, next to bans and buckets.
+        self.registrar = Registrar(table=getattr(self.admission.store, "registrations", None))
         self.metrics: Any = None  # edge.metrics.Metrics, set by the app
         self.draining = False
         self.counters: dict[str, int] = {}

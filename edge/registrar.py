@@ -13,9 +13,10 @@ AOR is.  Memory is bounded (bindings per AOR and in total).
 Who may register what: a trusted source (a trunk, an upstream) any AOR; a
 Digest user only its own username; a Bearer identity its ``agent_id`` (or its
 ``customer_id`` without one); an access key any AOR of its customer.  The
-state lives in this process (a flow is a socket of this process); the AOR
-index could move to the shared state store with the rest once instances
-share state.
+bindings live in the state store's registration table
+(``StateStore.registrations``), next to bans and buckets; it stays per process
+even with the Redis store, because a flow is a socket of this process: sharing
+it means routing a call to the instance that holds the WebSocket.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from edge.state import RegistrationTable
 from sip.errors import SipError
 from sip.headers import Contact
 from sip.message import Request
@@ -69,17 +71,17 @@ class Registrar:
         default_expires: int = DEFAULT_EXPIRES,
         min_expires: int = MIN_EXPIRES,
         max_expires: int = MAX_EXPIRES,
+        table: RegistrationTable | None = None,
     ) -> None:
+        """``table``: where the bindings live, the state store's (``store.registrations``)."""
         self.clock = clock
         self.default_expires = default_expires
         self.min_expires = min_expires
         self.max_expires = max_expires
-        self._by_aor: dict[str, list[Binding]] = {}
-        self._by_conn: dict[int, set[str]] = {}
-        self._total = 0
+        self._table = table if table is not None else RegistrationTable()
 
     def __len__(self) -> int:
-        return self._total
+        return len(self._table)
 
     # ------------------------------------------------------------ REGISTER
     def register(
@@ -97,7 +99,7 @@ class Registrar:
         except SipError as error:
             return Answer(400, [], error.reason)
         header_expires = req.expires
-        bindings = self._by_aor.get(aor, [])
+        bindings = self._table.of(aor)
         if contacts:
             if any(c.star for c in contacts):
                 # §10.3 step 6: "*" only alone and with Expires: 0.
@@ -127,7 +129,7 @@ class Registrar:
         expires = contact.expires
         if expires is None:
             expires = header_expires if header_expires is not None else self.default_expires
-        existing = next((b for b in self._by_aor.get(aor, []) if b.contact == uri), None)
+        existing = next((b for b in self._table.of(aor) if b.contact == uri), None)
         stale = existing is not None and existing.call_id == req.call_id
         if stale and existing is not None and req.cseq.number <= existing.cseq:
             return Answer(500, [("Retry-After", "1")], "Out Of Order")  # §10.3 step 7
@@ -140,22 +142,19 @@ class Registrar:
         expires = min(expires, self.max_expires)
         if existing is not None:
             self._remove(existing)
-        bindings = self._by_aor.setdefault(aor, [])
-        if len(bindings) >= MAX_PER_AOR or self._total >= MAX_TOTAL:
+        if len(self._table.of(aor)) >= MAX_PER_AOR or len(self._table) >= MAX_TOTAL:
             self.expire(now)
-            if len(bindings) >= MAX_PER_AOR or self._total >= MAX_TOTAL:
+            if len(self._table.of(aor)) >= MAX_PER_AOR or len(self._table) >= MAX_TOTAL:
                 return Answer(503, [("Retry-After", "60")], "Too Many Registrations")
         binding = Binding(aor, uri, conn_id, remote, now + expires, req.call_id,
                           req.cseq.number, now)  # fmt: skip
-        bindings.append(binding)
-        self._by_conn.setdefault(conn_id, set()).add(aor)
-        self._total += 1
+        self._table.add(binding)
         return None
 
     def _contact_headers(self, aor: str, now: float) -> list[tuple[str, str]]:
         return [
             ("Contact", f"<{b.contact}>;expires={max(0, int(b.expires_at - now))}")
-            for b in self._by_aor.get(aor, [])
+            for b in self._table.of(aor)
             if b.expires_at > now
         ]
 
@@ -166,45 +165,26 @@ class Registrar:
         if aor is None:
             return []
         now = self.clock()
-        live = [b for b in self._by_aor.get(aor, []) if b.expires_at > now]
+        live = [b for b in self._table.of(aor) if b.expires_at > now]
         return sorted(live, key=lambda b: -b.registered_at)
 
     def bindings(self) -> list[Binding]:
-        return [b for bs in self._by_aor.values() for b in bs]
+        return self._table.all()
 
     # ------------------------------------------------------------ going away
     def drop_connection(self, conn_id: int) -> int:
         """The connection closed: its bindings vanish.  Returns how many."""
-        dropped = 0
-        for aor in self._by_conn.pop(conn_id, set()):
-            for b in [b for b in self._by_aor.get(aor, []) if b.conn_id == conn_id]:
-                self._remove(b, forget_conn=False)
-                dropped += 1
-        return dropped
+        return self._table.drop_conn(conn_id)
 
     def expire(self, now: float | None = None) -> int:
         when = self.clock() if now is None else now
-        old = [b for bs in self._by_aor.values() for b in bs if b.expires_at <= when]
+        old = [b for b in self._table.all() if b.expires_at <= when]
         for b in old:
-            self._remove(b)
+            self._table.remove(b)
         return len(old)
 
-    def _remove(self, binding: Binding, forget_conn: bool = True) -> None:
-        bindings = self._by_aor.get(binding.aor)
-        if not bindings or binding not in bindings:
-            return
-        bindings.remove(binding)
-        self._total -= 1
-        if not bindings:
-            del self._by_aor[binding.aor]
-        if forget_conn:
-            aors = self._by_conn.get(binding.conn_id)
-            if aors is not None and not any(
-                b.conn_id == binding.conn_id for b in self._by_aor.get(binding.aor, [])
-            ):
-                aors.discard(binding.aor)
-                if not aors:
-                    del self._by_conn[binding.conn_id]
+    def _remove(self, binding: Binding) -> None:
+        self._table.remove(binding)
 
 
 def _may_register(identity: Any | None, aor: str) -> bool:

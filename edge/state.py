@@ -35,7 +35,7 @@ import heapq
 import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sip.digest import MemoryNonceCountStore
 
@@ -55,6 +55,9 @@ class Ban:
 
 class StateStore(Protocol):
     """Everything the security policy remembers, in one place it can be shared from."""
+
+    #: The registrar's bindings (browsers over WebSocket; per process, see there).
+    registrations: RegistrationTable
 
     def take(self, key: str, rate_per_minute: float, now: float, cost: float = 1.0) -> bool:
         """Take ``cost`` tokens from ``key``'s bucket; False, taking nothing, if too few.
@@ -268,6 +271,60 @@ class BanTable:
             return
 
 
+class RegistrationTable:
+    """Registrar bindings (edge/registrar.py keeps the rules, this the records), by
+    address-of-record and by the connection they arrived on.  Bindings are any
+    objects with ``aor`` and ``conn_id``.  Per process in every store: a binding
+    names a socket of this process."""
+
+    __slots__ = ("by_aor", "by_conn", "total")
+
+    def __init__(self) -> None:
+        self.by_aor: dict[str, list[Any]] = {}
+        self.by_conn: dict[int, set[str]] = {}
+        self.total = 0
+
+    def __len__(self) -> int:
+        return self.total
+
+    def of(self, aor: str) -> list[Any]:
+        return list(self.by_aor.get(aor, ()))
+
+    def all(self) -> list[Any]:
+        return [b for bindings in self.by_aor.values() for b in bindings]
+
+    def add(self, binding: Any) -> None:
+        self.by_aor.setdefault(binding.aor, []).append(binding)
+        self.by_conn.setdefault(binding.conn_id, set()).add(binding.aor)
+        self.total += 1
+
+    def remove(self, binding: Any) -> None:
+        bindings = self.by_aor.get(binding.aor)
+        if not bindings or binding not in bindings:
+            return
+        bindings.remove(binding)
+        self.total -= 1
+        if not bindings:
+            del self.by_aor[binding.aor]
+        if not any(b.conn_id == binding.conn_id for b in self.by_aor.get(binding.aor, ())):
+            aors = self.by_conn.get(binding.conn_id)
+            if aors is not None:
+                aors.discard(binding.aor)
+                if not aors:
+                    del self.by_conn[binding.conn_id]
+
+    def drop_conn(self, conn_id: int) -> int:
+        dropped = 0
+        for aor in self.by_conn.pop(conn_id, set()):
+            for b in [b for b in self.by_aor.get(aor, ()) if b.conn_id == conn_id]:
+                self.by_aor[aor].remove(b)
+                self.total -= 1
+                dropped += 1
+            if not self.by_aor.get(aor, True):
+                del self.by_aor[aor]
+        return dropped
+
+
 class MemoryStateStore:
     """:class:`StateStore` in this process's memory, bounded in size.
 
@@ -308,6 +365,7 @@ class MemoryStateStore:
         "_bans",
         "_table",
         "_nonces",
+        "registrations",
         "max_buckets",
         "max_windows",
         "max_bans",
@@ -340,6 +398,7 @@ class MemoryStateStore:
         self._windows: OrderedDict[str, _Window] = OrderedDict()
         self._table = BanTable(max_bans)
         self._bans = self._table.entries  # banned(): one dict lookup
+        self.registrations = RegistrationTable()
         self._nonces = MemoryNonceCountStore(ttl=nonce_ttl, max_entries=max_nonces)
 
     # ------------------------------------------------------------ buckets

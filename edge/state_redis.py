@@ -86,7 +86,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from edge.state import _EPSILON, Ban, BanTable, _Bucket, _check_time, _Window
+from edge.state import _EPSILON, Ban, BanTable, RegistrationTable, _Bucket, _check_time, _Window
 from sip.digest import MemoryNonceCountStore
 
 __all__ = ["RedisStateStore"]
@@ -322,6 +322,8 @@ class RedisStateStore:
         # of the others is never older than one round when it is asked again.
         self._dirty_buckets: dict[str, float] = {}
         self._dirty_windows: dict[str, float] = {}
+        # Registrations stay in this process: a binding names one of its sockets.
+        self.registrations = RegistrationTable()
         self._table = BanTable(max_bans)
         self._bans = self._table.entries  # banned(): one dict lookup, no lock
         self._ban_heap = self._table.heap

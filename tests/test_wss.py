@@ -371,3 +371,22 @@ async def test_websocket_without_sip_subprotocol_is_refused(
             ):
                 pass
         assert err.value.status == 400
+
+
+def test_registrations_live_in_the_state_store() -> None:
+    """Bindings sit behind the same store interface as bans and buckets."""
+    from edge.state import MemoryStateStore
+
+    store = MemoryStateStore()
+    reg = Registrar(clock=lambda: 1000.0, table=store.registrations)
+    contact = "<sip:x1@abc.invalid;transport=ws>"
+    assert (
+        reg.register(
+            register("alice", contact), 7, ("127.0.0.1", 5000), Who("digest", "alice")
+        ).status
+        == 200
+    )
+    assert len(store.registrations) == 1
+    (binding,) = store.registrations.of("alice")
+    assert binding.conn_id == 7
+    assert reg.drop_connection(7) == 1 and len(store.registrations) == 0
