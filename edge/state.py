@@ -325,6 +325,20 @@ class RegistrationTable:
         return dropped
 
 
+def table_stats(store: Any) -> dict[str, int]:
+    """The metrics both stores report of their (local) tables."""
+    return {
+        "buckets": len(store._buckets),
+        "windows": len(store._windows),
+        "bans": len(store._bans),
+        "nonces": len(store._nonces),
+        "bucket_evictions": store.bucket_evictions,
+        "window_evictions": store.window_evictions,
+        "ban_evictions": store.ban_evictions,
+        "nonce_evictions": store._nonces.evictions,
+    }
+
+
 class MemoryStateStore:
     """:class:`StateStore` in this process's memory, bounded in size.
 
@@ -496,16 +510,7 @@ class MemoryStateStore:
 
     def stats(self) -> dict[str, int]:
         """Table sizes and eviction counters, for metrics (evictions should stay at 0)."""
-        return {
-            "buckets": len(self._buckets),
-            "windows": len(self._windows),
-            "bans": len(self._bans),
-            "nonces": len(self._nonces),
-            "bucket_evictions": self.bucket_evictions,
-            "window_evictions": self.window_evictions,
-            "ban_evictions": self.ban_evictions,
-            "nonce_evictions": self._nonces.evictions,
-        }
+        return table_stats(self)
 
 
 if TYPE_CHECKING:

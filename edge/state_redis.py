@@ -86,7 +86,16 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from edge.state import _EPSILON, Ban, BanTable, RegistrationTable, _Bucket, _check_time, _Window
+from edge.state import (
+    _EPSILON,
+    Ban,
+    BanTable,
+    RegistrationTable,
+    _Bucket,
+    _check_time,
+    _Window,
+    table_stats,
+)
 from sip.digest import MemoryNonceCountStore
 
 __all__ = ["RedisStateStore"]
@@ -562,16 +571,7 @@ class RedisStateStore:
 
     def stats(self) -> dict[str, int]:
         """Table sizes and eviction counters of the local copies (as the memory store's)."""
-        return {
-            "buckets": len(self._buckets),
-            "windows": len(self._windows),
-            "bans": len(self._bans),
-            "nonces": len(self._nonces),
-            "bucket_evictions": self.bucket_evictions,
-            "window_evictions": self.window_evictions,
-            "ban_evictions": self.ban_evictions,
-            "nonce_evictions": self._nonces.evictions,
-        }
+        return table_stats(self)
 
     # ------------------------------------------------------------ Redis health
 

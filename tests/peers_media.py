@@ -798,3 +798,16 @@ class SettableClock:
 
     def __call__(self) -> float:
         return self._now
+
+
+class Logs:
+    """A component's ``log=`` that keeps every line: (level, event, fields)."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __call__(self, level: str, event: str, /, **fields: Any) -> None:
+        self.lines.append((level, event, fields))
+
+    def events(self, event: str) -> list[dict[str, Any]]:
+        return [f for _, e, f in self.lines if e == event]

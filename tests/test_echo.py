@@ -28,6 +28,7 @@ from sip.message import Request, Response, parse_message
 from sip.sdp import SessionDescription
 from sip.transaction import TimerConfig, new_branch
 from tests.peers import Sipp, SippResult, require_binary
+from tests.peers_media import Logs
 
 PCAP = Path("/usr/share/sip-tester/g711a.pcap")
 PCAP_PACKETS = 236  # RTP packets in Debian's g711a.pcap (shared/peers/README.md)
@@ -55,14 +56,6 @@ async def make_endpoint(request: pytest.FixtureRequest) -> AsyncIterator[Callabl
     yield make
     for endpoint in started:
         await endpoint.close()
-
-
-class Logs:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str, dict[str, Any]]] = []
-
-    def __call__(self, level: str, event: str, /, **fields: Any) -> None:
-        self.lines.append((level, event, fields))
 
 
 def logs_of(endpoint: EchoEndpoint) -> Logs:

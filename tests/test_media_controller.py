@@ -33,7 +33,7 @@ from media.fastpath import FastPath
 from media.relay import MediaRelay
 from sip.errors import SipError
 from sip.sdp import SessionDescription, parse_sdp
-from tests.peers_media import SettableClock
+from tests.peers_media import Logs, SettableClock
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -156,17 +156,6 @@ class Harness:
         for s in self.sockets:
             if s.transport is not None:
                 s.transport.close()
-
-
-class Logs:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str, dict[str, Any]]] = []
-
-    def __call__(self, level: str, event: str, /, **fields: Any) -> None:
-        self.lines.append((level, event, fields))
-
-    def events(self, event: str) -> list[dict[str, Any]]:
-        return [f for _, e, f in self.lines if e == event]
 
 
 class FakeClock(SettableClock):

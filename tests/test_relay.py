@@ -30,7 +30,7 @@ from media.latching import DropReason, Latch, LatchMode, Verdict
 from media.ports import PortsExhausted
 from media.relay import Leg, MediaRelay, MediaSession, crypto_drop_reason, route
 from media.rtp import PacketKind, RtpHeader
-from tests.peers_media import SettableClock
+from tests.peers_media import Logs, SettableClock
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -256,17 +256,6 @@ class Harness:
         for e in self.endpoints:
             if e.transport is not None:
                 e.transport.close()
-
-
-class Logs:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str, dict[str, Any]]] = []
-
-    def __call__(self, level: str, event: str, /, **fields: Any) -> None:
-        self.lines.append((level, event, fields))
-
-    def events(self, event: str) -> list[dict[str, Any]]:
-        return [f for _, e, f in self.lines if e == event]
 
 
 class FakeClock(SettableClock):

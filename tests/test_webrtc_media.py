@@ -28,6 +28,7 @@ import pytest
 from edge import config
 from edge.media import MediaController
 from sip.sdp import parse_sdp
+from tests.peers_media import Logs
 
 try:
     import aioice.ice
@@ -119,17 +120,6 @@ def loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
         aioice.ice, "get_host_addresses", lambda use_ipv4=True, use_ipv6=False: [RELAY]
     )
-
-
-class Logs:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str, dict[str, Any]]] = []
-
-    def __call__(self, level: str, event: str, /, **fields: Any) -> None:
-        self.lines.append((level, event, fields))
-
-    def events(self, event: str) -> list[dict[str, Any]]:
-        return [f for _, e, f in self.lines if e == event]
 
 
 class Audit:
