@@ -79,10 +79,9 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Collection, Mapping
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from edge.log import redact
+from edge.log import _timestamp, redact, redact_text
 
 __all__ = [
     "AUTH_FAILURE",
@@ -171,15 +170,30 @@ def new_request_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def _timestamp(now: float) -> str:
-    """ISO 8601 in UTC with milliseconds: ``2026-01-20T12:00:00.000Z``."""
-    return datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+_encode_str = json.encoder.encode_basestring_ascii  # C, what json.dumps uses by default
+_dumps = json.JSONEncoder(default=str, separators=(",", ":")).encode
+
+
+def _json(value: Any) -> str:
+    """``value`` as json.dumps(value, default=str, separators=(",", ":")) writes it."""
+    kind = type(value)
+    if kind is str:
+        return _encode_str(value)
+    if value is None:
+        return "null"
+    if kind is dict and all(type(k) is str for k in value):
+        return "{" + ",".join(f"{_encode_str(k)}:{_json(v)}" for k, v in value.items()) + "}"
+    if kind is int:
+        return int.__repr__(value)
+    return _dumps(value)  # floats, bools, lists, anything else: the encoder's rules
 
 
 def _clip(value: Any, limit: int) -> Any:
     # Redact first, clip second: clipping first could cut a secret short of
     # the length its pattern needs and leave its head in the log.
-    value = redact(value)
+    if value is None:
+        return None
+    value = redact_text(value) if type(value) is str else redact(value)
     if isinstance(value, str) and len(value) > limit:
         return value[:limit] + "..."
     return value
@@ -404,28 +418,27 @@ class AuditLog:
         request_id: str | None = None,
         details: Mapping[str, Any] | None = None,
     ) -> None:
-        # The reference document's order; json keeps insertion order.  Every field
-        # is redacted (short repeated values hit redact_text's cache).
-        record: dict[str, Any] = {
-            "timestamp": _timestamp(now),
-            "event_type": _clip(event_type, _FIELD_MAX),
-            "customer_id": _clip(customer_id, _FIELD_MAX),
-            "agent_id": _clip(agent_id, _FIELD_MAX),
-            "resource_type": _clip(resource_type, _FIELD_MAX),
-            "resource_id": _clip(resource_id, _FIELD_MAX),
-            "action": _clip(action, _FIELD_MAX),
-            "source_ip": _clip(source_ip, _FIELD_MAX),
-            "user_agent": _clip(user_agent, _USER_AGENT_MAX),
-            "request_id": _clip(request_id, _FIELD_MAX),
-            "details": {},
-        }
+        # The reference document's order.  Every field is redacted (short repeated
+        # values hit redact_text's cache) and the line is put together by hand: the
+        # same text json.dumps gives, at a fraction of its cost per line.
+        head = (
+            f'{{"timestamp":"{_timestamp(now)}"'
+            f',"event_type":{_json(_clip(event_type, _FIELD_MAX))}'
+            f',"customer_id":{_json(_clip(customer_id, _FIELD_MAX))}'
+            f',"agent_id":{_json(_clip(agent_id, _FIELD_MAX))}'
+            f',"resource_type":{_json(_clip(resource_type, _FIELD_MAX))}'
+            f',"resource_id":{_json(_clip(resource_id, _FIELD_MAX))}'
+            f',"action":{_json(_clip(action, _FIELD_MAX))}'
+            f',"source_ip":{_json(_clip(source_ip, _FIELD_MAX))}'
+            f',"user_agent":{_json(_clip(user_agent, _USER_AGENT_MAX))}'
+            f',"request_id":{_json(_clip(request_id, _FIELD_MAX))}'
+        )
         try:
-            record["details"] = _clip_all(redact(dict(details or {})))
-            line = json.dumps(record, default=str, separators=(",", ":"))
+            body = _json(_clip_all(redact(dict(details or {}))))
         except (RecursionError, TypeError, ValueError) as e:
             # Details that cannot be walked or encoded (a cycle): keep the event, say why.
-            record["details"] = {"audit_error": f"details not logged: {type(e).__name__}"}
-            line = json.dumps(record, default=str, separators=(",", ":"))
+            body = _json({"audit_error": f"details not logged: {type(e).__name__}"})
+        line = f'{head},"details":{body}}}'
         self._write(line)
 
     def _write(self, line: str) -> None:

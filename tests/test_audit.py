@@ -494,3 +494,48 @@ def test_resource_and_request_ids_are_real_uuids() -> None:
     for text in list(ids)[:20]:
         parsed = uuidlib.UUID(text)
         assert parsed.version == 4 and parsed.variant == uuidlib.RFC_4122 and str(parsed) == text
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "plain",
+        'quote " backslash \\ newline \n tab \t nul \x00 del \x7f',
+        "unicode é ☎ \U0001f4de \ud800",
+        "",
+        None,
+        True,
+        False,
+        0,
+        -7,
+        2**70,
+        1.5,
+        0.1 + 0.2,
+        float("nan"),
+        float("inf"),
+        [1, "a", None, {"k": [2.5]}],
+        {"a": 1, "b": {"c": None, "d": ["x", {"e": True}]}, "": "empty key"},
+        {1: "int key", "s": 2},
+        ("tuple", 1),
+        Path("/some/path"),
+        ValueError("boom"),
+    ],
+)
+def test_hand_built_json_is_what_json_dumps_writes(value: Any) -> None:
+    # The audit line is assembled by hand for speed; it must stay byte-for-byte
+    # what json.dumps(default=str, compact separators) produces.
+    want = json.dumps(value, default=str, separators=(",", ":"))
+    assert audit._json(value) == want
+
+
+def test_whole_line_is_what_json_dumps_writes() -> None:
+    stream = io.StringIO()
+    log = AuditLog(None, stream=stream, clock=lambda: 1_767_225_600.25)
+    details = {"number": "+4930\u00e91234", "n": 3, "ratio": 0.5, "nested": {"k": [1, None]}}
+    log.event("auth.failure", action="login", source_ip="192.0.2.1", user_agent='ua "x"',
+              request_id="r", customer_id="c", details=details)  # fmt: skip
+    line = stream.getvalue().rstrip("\n")
+    record = json.loads(line)
+    assert json.dumps(record, separators=(",", ":")) == line
+    assert record["timestamp"] == "2026-01-01T00:00:00.250Z"
+    assert record["details"] == details
