@@ -539,3 +539,24 @@ def test_whole_line_is_what_json_dumps_writes() -> None:
     assert json.dumps(record, separators=(",", ":")) == line
     assert record["timestamp"] == "2026-01-01T00:00:00.250Z"
     assert record["details"] == details
+
+
+@pytest.mark.parametrize(
+    "details",
+    [
+        {"source": "+4930123", "destination": "1000", "authenticated_by": "trunk", "identity": ""},
+        {"reason": "bye", "duration": 12.345, "count": 3, "none": None},
+        {"password": "hunter2", "token": "", "api_key": 0, "secret": None},
+        {"note": "Authorization: Digest response=abc", "long": "x" * 5000},
+        {"é": "ü ☎", "quote": 'a"b\\c'},
+    ],
+)
+def test_flat_details_fast_path_matches_the_general_path(details: dict[str, Any]) -> None:
+    general = audit._json(audit._clip_all(audit.redact(dict(details))))
+    assert audit._flat_details(details) == general
+
+
+def test_flat_details_leaves_nested_and_odd_values_to_the_general_path() -> None:
+    assert audit._flat_details({"nested": {"a": 1}}) is None
+    assert audit._flat_details({"flag": True}) is None
+    assert audit._flat_details({1: "int key"}) is None
