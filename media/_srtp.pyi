@@ -3,6 +3,7 @@
 The pure-Python twin ``media._srtp_py`` has the same API; ``media.srtp`` picks one.
 """
 
+from collections.abc import Set as AbstractSet
 from typing import Any, Final, Literal, final
 
 from _typeshed import ReadableBuffer, WriteableBuffer
@@ -144,3 +145,27 @@ class Plane:
     ) -> tuple[str, bool, int]: ...
     def drain(self, max: int = 1024, /) -> list[Punted]: ...
     def loop_stats(self) -> list[dict[str, Any]]: ...
+
+@final
+class SipScanner:
+    """The C twin of ``sip.message._scan`` (media/sipscan.c); sip.message makes one."""
+
+    def __init__(
+        self,
+        header_field: type,
+        sip_error: type[Exception],
+        compact_forms: dict[str, str],
+        single_headers: AbstractSet[str],
+        direct: bool = True,
+    ) -> None: ...
+    def scan(
+        self, data: ReadableBuffer, max_headers: int, max_line_length: int, /
+    ) -> tuple[str, list[Any], dict[str, list[str]], str | None, int]:
+        """(start line, HeaderFields, values by key, first repeated single header or
+        None, body offset) of one message, or ``sip_error``."""
+    @property
+    def direct(self) -> bool:
+        """True if fields are built by writing their slots instead of calling the type."""
+    @property
+    def cached_names(self) -> int:
+        """Header names in the name cache (at most 1024)."""

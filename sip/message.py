@@ -24,6 +24,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -644,6 +645,40 @@ def parse_message(
     """
     if len(data) > limits.max_message_size:
         raise SipError("message too large", 413)
+    scan = _scan_c if _scan_c is not None else _scan
+    start_line, fields, values, duplicate, body_start = scan(
+        data, limits.max_headers, limits.max_line_length
+    )
+    headers = Headers._from_fields(fields)
+    msg = _parse_start_line(start_line, headers, limits)
+    _check_headers(msg, values, duplicate)
+    if "content-length" in headers._typed:
+        length: int = headers._typed["content-length"]
+        available = len(data) - body_start
+        if available < length:
+            raise SipError("Content-Length larger than the message")
+        if stream and available > length:
+            raise SipError("bytes after the body")
+        msg._body = data[body_start : body_start + length]
+    elif stream:
+        raise SipError("missing Content-Length on a stream transport")
+    else:
+        msg._body = data[body_start:]
+    return msg
+
+
+# What tokenizing one message gives: start line, header fields, their values
+# grouped by key (list headers not yet split), the first repeated single
+# header (or None) and where the body starts.
+_Scan: TypeAlias = tuple[str, list[HeaderField], dict[str, list[str]], str | None, int]
+
+
+def _scan(data: bytes, max_headers: int, max_line_length: int) -> _Scan:
+    """Tokenize one message: the Python reference of ``media._srtp.SipScanner.scan``.
+
+    Both give equal results and raise the same SipError for the same input, their
+    checks in the same order (tests/test_sip_scan.py compares them).
+    """
     # §7.5: CRLFs before the start line are ignored (keep-alives, padding).
     start = 0
     while data.startswith(b"\r\n", start):
@@ -661,33 +696,30 @@ def parse_message(
         raise SipError("bare CR or LF in the headers")
     if _CTL_RE.search(text) is not None and _UNESCAPED_CTL_RE.search(text) is not None:
         raise SipError("control character in the headers")
-    if len(lines) - 1 > limits.max_headers:
+    if len(lines) - 1 > max_headers:
         raise SipError("too many header lines")
 
     first_end = text.find("\r\n")
     fields = None
     if first_end > 0:
-        fields = _parse_fields_fast(text[first_end + 2 :], len(lines) - 1, limits)
+        fields = _parse_fields_fast(text[first_end + 2 :], len(lines) - 1, max_line_length)
     if fields is None:
-        fields = _parse_fields(lines, limits)
-    headers = Headers._from_fields(fields)
-    msg = _parse_start_line(lines[0], headers, limits)
+        fields = _parse_fields(lines, max_line_length)
+    values, duplicate = _group(fields)
+    return lines[0], fields, values, duplicate, end + 4
 
-    _check_headers(msg, fields)
-    body_start = end + 4
-    if "content-length" in headers._typed:
-        length: int = headers._typed["content-length"]
-        available = len(data) - body_start
-        if available < length:
-            raise SipError("Content-Length larger than the message")
-        if stream and available > length:
-            raise SipError("bytes after the body")
-        msg._body = data[body_start : body_start + length]
-    elif stream:
-        raise SipError("missing Content-Length on a stream transport")
-    else:
-        msg._body = data[body_start:]
-    return msg
+
+def _group(fields: list[HeaderField]) -> tuple[dict[str, list[str]], str | None]:
+    """Values by key, and the first header that may appear once but did not."""
+    values: dict[str, list[str]] = {}
+    for f in fields:
+        if f.key in values:
+            if f.key in SINGLE_HEADERS:
+                return values, f.key
+            values[f.key].append(f.value)
+        else:
+            values[f.key] = [f.value]
+    return values, None
 
 
 # One header line and its CRLF: (line, name, value).  findall resumes where
@@ -697,13 +729,13 @@ def parse_message(
 _FIELD_RE = re.compile(rf"(({TOKEN})[ \t]*:[ \t]*([^\r\n]*))(?:\r\n|\Z)")
 
 
-def _parse_fields_fast(block: str, nlines: int, limits: Limits) -> list[HeaderField] | None:
+def _parse_fields_fast(block: str, nlines: int, max_line: int) -> list[HeaderField] | None:
     """All header lines in one regex pass, or None to take the line-by-line path.
 
     Only for blocks without folding; every line must match, which the count
     and total length of the matches prove.
     """
-    if "\r\n " in block or "\r\n\t" in block or len(block) > limits.max_line_length:
+    if "\r\n " in block or "\r\n\t" in block or len(block) > max_line:
         return None
     found = _FIELD_RE.findall(block)
     if len(found) != nlines or sum(len(raw) for raw, _, _ in found) + 2 * (nlines - 1) != len(
@@ -714,9 +746,8 @@ def _parse_fields_fast(block: str, nlines: int, limits: Limits) -> list[HeaderFi
     return [HeaderField(name, canon(name), value.rstrip(_WSP), raw) for raw, name, value in found]
 
 
-def _parse_fields(lines: list[str], limits: Limits) -> list[HeaderField]:
+def _parse_fields(lines: list[str], max_line: int) -> list[HeaderField]:
     fields: list[HeaderField] = []
-    max_line = limits.max_line_length
     canon = canonical_name
     token_match = _TOKEN_RE.fullmatch
     for line in lines[1:]:
@@ -777,15 +808,11 @@ def _parse_start_line(line: str, headers: Headers, limits: Limits) -> Request | 
     return request
 
 
-def _check_headers(msg: Request | Response, fields: list[HeaderField]) -> None:
-    values: dict[str, list[str]] = {}
-    for f in fields:
-        if f.key in values:
-            if f.key in SINGLE_HEADERS:
-                raise SipError(f"{f.key} must appear once")
-            values[f.key].append(f.value)
-        else:
-            values[f.key] = [f.value]
+def _check_headers(
+    msg: Request | Response, values: dict[str, list[str]], duplicate: str | None
+) -> None:
+    if duplicate is not None:
+        raise SipError(f"{duplicate} must appear once")
     for key in REQUIRED_HEADERS:
         if key not in values:
             raise SipError(f"missing {key} header")
@@ -798,6 +825,46 @@ def _check_headers(msg: Request | Response, fields: list[HeaderField]) -> None:
             typed[key] = parser(found)
     if isinstance(msg, Request) and typed["cseq"].method != msg.method:
         raise SipError("CSeq method does not match the request method")
+
+
+# ------------------------------------------------------------------ accelerator
+# The C twin of _scan (media/sipscan.c, in the media._srtp extension) does the
+# same for a fraction of the CPU.  sip/ must work without it: a missing
+# extension means the Python reference, and SIPEDGE_PURE_PYTHON=1 asks for it.
+ENV_PURE_PYTHON = "SIPEDGE_PURE_PYTHON"
+_ScanFn: TypeAlias = Callable[[bytes, int, int], _Scan]
+_scan_c: _ScanFn | None = None
+_scan_c_loaded: list[_ScanFn | None] = []
+
+
+def _load_scanner() -> _ScanFn | None:
+    if not _scan_c_loaded:
+        try:
+            from media._srtp import SipScanner
+        except ImportError:
+            _scan_c_loaded.append(None)
+        else:
+            scanner = SipScanner(HeaderField, SipError, COMPACT_FORMS, SINGLE_HEADERS)
+            _scan_c_loaded.append(scanner.scan)
+    return _scan_c_loaded[0]
+
+
+def use_accelerator(enabled: bool) -> bool:
+    """Tokenize with the C scanner (when it imports) or with the Python reference.
+
+    Returns whether the C scanner is in use now.
+    """
+    global _scan_c
+    _scan_c = _load_scanner() if enabled else None
+    return _scan_c is not None
+
+
+def accelerated() -> bool:
+    """True if parse_message tokenizes in C."""
+    return _scan_c is not None
+
+
+use_accelerator(os.environ.get(ENV_PURE_PYTHON, "").strip() != "1")
 
 
 # ------------------------------------------------------------------ building

@@ -1,0 +1,706 @@
+/*
+ * media/sipscan.c: media._srtp.SipScanner, the C twin of the tokenizing half of
+ * sip.message.parse_message (RFC 3261 §7, §7.3.1, §7.5, §25).
+ *
+ * One call takes the bytes of one message and gives back its start line, its
+ * header fields (sip.message.HeaderField objects), the values grouped by
+ * canonical name and the offset of the body.  The Python reference is
+ * sip.message._scan (with _group): same results, same SipError texts, in the
+ * same order of checks, which tests/test_sip_scan.py proves on the test corpus
+ * and on random mutations.  Everything past tokenizing (start line, typed
+ * headers, Content-Length) stays in Python.
+ *
+ * Why C: decode + split + regex findall + one HeaderField.__init__ per line was
+ * about half of a warm parse_message, and a proxy parses every message twice
+ * (in and, for responses, back).  Here one pass over the head does the CR/LF,
+ * CTL and UTF-8 checks; header names hit a small cache of (name, key) strings,
+ * so a known name costs no allocation; fields are written straight into their
+ * slots instead of running __init__.
+ *
+ * Rules of this file: no state outside the SipScanner object; the head is only
+ * read; every error the Python path can raise here is one of scan_reasons[].
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+
+#include <stdint.h>
+#include <string.h>
+
+#include "sipscan.h"
+
+/* The messages, in the order the Python path checks them (parse_message, _scan,
+ * _parse_fields). */
+enum {
+    R_NO_EMPTY_LINE,
+    R_NOT_UTF8,
+    R_BARE_CRLF,
+    R_CTL,
+    R_TOO_MANY,
+    R_TOO_LONG,
+    R_FOLD_FIRST,
+    R_NO_COLON,
+    R_BAD_NAME,
+    R_COUNT
+};
+static const char *const scan_reasons[R_COUNT] = {
+    "no empty line after the headers",
+    "headers are not UTF-8",
+    "bare CR or LF in the headers",
+    "control character in the headers",
+    "too many header lines",
+    "header line too long",
+    "folded line before the first header",
+    "header line without a colon",
+    "malformed header name",
+};
+
+/* token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~")
+ * (§25.1; sip._abnf.TOKEN_CHARS). */
+static int
+is_token_char(unsigned char c)
+{
+    if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'))
+        return 1;
+    return c != 0 && strchr("-.!%*_+`'~", c) != NULL;
+}
+
+/* CTL other than HT, CR and LF: legal only as the second half of a quoted-pair
+ * (the Python path's _UNESCAPED_CTL_RE). */
+static int
+is_ctl(unsigned char c)
+{
+    return (c < 0x20 && c != '\t' && c != '\r' && c != '\n') || c == 0x7f;
+}
+
+/* The cache of header names as written: a hit costs no allocation and no token
+ * check (only names that passed it get in).  Bounded like canonical_name's
+ * (entries are never evicted, so borrowed pointers stay valid), and a lookup
+ * probes at most NAME_PROBES slots, so names chosen to collide cost a miss,
+ * never a long walk. */
+#define NAME_SLOTS 2048
+#define NAME_MAX_ENTRIES 1024
+#define NAME_MAX_LEN 64
+#define NAME_PROBES 8
+
+typedef struct {
+    PyObject *name; /* str as written (ASCII: it is a token); NULL = empty slot */
+    PyObject *key;  /* its canonical_name() */
+    uint32_t hash;
+    int single; /* key in SINGLE_HEADERS */
+} name_slot;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *field_type; /* sip.message.HeaderField */
+    PyObject *error_type; /* sip.errors.SipError */
+    PyObject *single;     /* SINGLE_HEADERS */
+    PyObject *compact[26]; /* COMPACT_FORMS by letter, or NULL */
+    PyObject *reasons[R_COUNT];
+    /* Offsets of HeaderField's name, key, value, raw slots, or all 0 to call
+     * the type instead. */
+    Py_ssize_t off[4];
+    name_slot *names;
+    int n_names;
+} ScannerObject;
+
+/* One header field while the head is being scanned: offsets into the head. */
+typedef struct {
+    PyObject *name, *key; /* owned */
+    int single;
+    Py_ssize_t line, value, value_end, raw_end;
+    int folded;
+} field_span;
+
+static uint32_t
+fnv1a(const unsigned char *p, Py_ssize_t n)
+{
+    uint32_t h = 2166136261u;
+    for (Py_ssize_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 16777619u;
+    return h;
+}
+
+/* Index of the first CR in p[from:to], or to. */
+static Py_ssize_t
+find_cr(const unsigned char *p, Py_ssize_t from, Py_ssize_t to)
+{
+    const unsigned char *cr;
+    if (to <= from)
+        return to;
+    cr = memchr(p + from, '\r', (size_t)(to - from));
+    return cr != NULL ? cr - p : to;
+}
+
+static PyObject *
+scan_error(ScannerObject *self, int reason)
+{
+    PyObject *exc = PyObject_CallOneArg(self->error_type, self->reasons[reason]);
+    if (exc != NULL) {
+        PyErr_SetObject(self->error_type, exc);
+        Py_DECREF(exc);
+    }
+    return NULL;
+}
+
+/* A str from bytes of the head cut at ASCII boundaries (valid UTF-8: the whole
+ * head was checked). */
+static PyObject *
+make_str(const unsigned char *p, Py_ssize_t n, int ascii)
+{
+    PyObject *s;
+    if (!ascii)
+        return PyUnicode_DecodeUTF8((const char *)p, n, "strict");
+    s = PyUnicode_New(n, 127);
+    if (s != NULL && n > 0)
+        memcpy(PyUnicode_1BYTE_DATA(s), p, (size_t)n);
+    return s;
+}
+
+/* Name and key of a header name (already known to be a token), with its
+ * single flag; new references in *name and *key. */
+static int
+lookup_name(ScannerObject *self, const unsigned char *p, Py_ssize_t n, PyObject **name,
+            PyObject **key, int *single)
+{
+    char lower[NAME_MAX_LEN];
+    char *buf = lower;
+    uint32_t h = 0;
+    name_slot *free_slot = NULL;
+    int rc;
+
+    if (n <= NAME_MAX_LEN) {
+        h = fnv1a(p, n);
+        for (int i = 0; i < NAME_PROBES; i++) {
+            name_slot *s = &self->names[(h + (uint32_t)i) & (NAME_SLOTS - 1)];
+            if (s->name == NULL) {
+                free_slot = s;
+                break;
+            }
+            if (s->hash == h && PyUnicode_GET_LENGTH(s->name) == n
+                && memcmp(PyUnicode_1BYTE_DATA(s->name), p, (size_t)n) == 0) {
+                *name = Py_NewRef(s->name);
+                *key = Py_NewRef(s->key);
+                *single = s->single;
+                return 0;
+            }
+        }
+    }
+
+    *name = make_str(p, n, 1);
+    if (*name == NULL)
+        return -1;
+    if (n > NAME_MAX_LEN) {
+        buf = PyMem_Malloc((size_t)n);
+        if (buf == NULL) {
+            Py_CLEAR(*name);
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    for (Py_ssize_t i = 0; i < n; i++)
+        buf[i] = (char)(p[i] >= 'A' && p[i] <= 'Z' ? p[i] + ('a' - 'A') : p[i]);
+    if (n == 1 && buf[0] >= 'a' && buf[0] <= 'z' && self->compact[buf[0] - 'a'] != NULL)
+        *key = Py_NewRef(self->compact[buf[0] - 'a']);
+    else
+        *key = make_str((const unsigned char *)buf, n, 1);
+    if (buf != lower)
+        PyMem_Free(buf);
+    if (*key == NULL) {
+        Py_CLEAR(*name);
+        return -1;
+    }
+    rc = PySet_Contains(self->single, *key);
+    if (rc < 0) {
+        Py_CLEAR(*name);
+        Py_CLEAR(*key);
+        return -1;
+    }
+    *single = rc;
+    if (free_slot != NULL && self->n_names < NAME_MAX_ENTRIES) {
+        /* Interned: the dict lookups of the typed headers then compare by identity. */
+        PyUnicode_InternInPlace(key);
+        free_slot->name = Py_NewRef(*name);
+        free_slot->key = Py_NewRef(*key);
+        free_slot->hash = h;
+        free_slot->single = rc;
+        self->n_names++;
+    }
+    return 0;
+}
+
+static int
+is_wsp(unsigned char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+/* The value of a folded field as _parse_fields builds it: the pieces (first
+ * line's value, then each continuation line stripped of SP/HT), the non-empty
+ * ones joined by one space. */
+static PyObject *
+folded_value(const unsigned char *head, const field_span *f, int ascii)
+{
+    Py_ssize_t cap = f->raw_end - f->line, n = 0, i;
+    unsigned char *out = PyMem_Malloc((size_t)cap + 1);
+    PyObject *s;
+    if (out == NULL)
+        return PyErr_NoMemory();
+    memcpy(out, head + f->value, (size_t)(f->value_end - f->value));
+    n = f->value_end - f->value;
+    /* The first line's CRLF: the raw text from the value on has no other CR. */
+    i = f->value_end;
+    while (head[i] != '\r')
+        i++;
+    while (i < f->raw_end) {
+        Py_ssize_t a = i + 2, b, e = find_cr(head, a, f->raw_end);
+        b = e;
+        while (a < b && is_wsp(head[a]))
+            a++;
+        while (b > a && is_wsp(head[b - 1]))
+            b--;
+        if (b > a) {
+            if (n > 0)
+                out[n++] = ' ';
+            memcpy(out + n, head + a, (size_t)(b - a));
+            n += b - a;
+        }
+        i = e;
+    }
+    s = make_str(out, n, ascii);
+    PyMem_Free(out);
+    return s;
+}
+
+static PyObject *
+make_field(ScannerObject *self, PyObject *name, PyObject *key, PyObject *value, PyObject *raw)
+{
+    PyObject *obj;
+    PyObject *vals[4] = {name, key, value, raw};
+    if (self->off[0] == 0)
+        return PyObject_Vectorcall(self->field_type, vals, 4, NULL);
+    /* HeaderField.__init__ only stores its four arguments: write the slots. */
+    obj = ((PyTypeObject *)self->field_type)->tp_alloc((PyTypeObject *)self->field_type, 0);
+    if (obj == NULL)
+        return NULL;
+    for (int i = 0; i < 4; i++)
+        *(PyObject **)((char *)obj + self->off[i]) = Py_NewRef(vals[i]);
+    return obj;
+}
+
+#define STACK_FIELDS 48
+
+PyDoc_STRVAR(scan_doc,
+             "scan(data, max_headers, max_line_length, /)\n\n"
+             "(start_line, fields, values, duplicate, body_start) of one message, as\n"
+             "sip.message._scan and _group give them, or SipError.");
+
+static PyObject *
+Scanner_scan(ScannerObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    Py_buffer buf;
+    const unsigned char *data, *head;
+    Py_ssize_t size, start = 0, end, hlen, max_headers, max_line, crlfs = 0, nfields = 0;
+    Py_ssize_t line_end, i;
+    int ascii = 1, bare = 0, ctl = 0;
+    field_span stack_fields[STACK_FIELDS], *fields = stack_fields;
+    PyObject *start_line = NULL, *list = NULL, *values = NULL, *dup = Py_None, *result = NULL;
+
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "scan() takes 3 arguments");
+        return NULL;
+    }
+    max_headers = PyLong_AsSsize_t(args[1]);
+    if (max_headers == -1 && PyErr_Occurred())
+        return NULL;
+    max_line = PyLong_AsSsize_t(args[2]);
+    if (max_line == -1 && PyErr_Occurred())
+        return NULL;
+    if (PyObject_GetBuffer(args[0], &buf, PyBUF_SIMPLE) < 0)
+        return NULL;
+    data = buf.buf;
+    size = buf.len;
+
+    /* §7.5: CRLFs before the start line are ignored. */
+    while (start + 1 < size && data[start] == '\r' && data[start + 1] == '\n')
+        start += 2;
+    for (end = start;; end++) {
+        const unsigned char *cr = memchr(data + end, '\r', (size_t)(size - end));
+        if (cr == NULL || size - (cr - data) < 4) {
+            scan_error(self, R_NO_EMPTY_LINE);
+            goto done;
+        }
+        end = cr - data;
+        if (memcmp(cr, "\r\n\r\n", 4) == 0)
+            break;
+    }
+    head = data + start;
+    hlen = end - start;
+
+    /* One pass for what the Python path checks on the decoded text. */
+    for (i = 0; i < hlen; i++) {
+        unsigned char c = head[i];
+        if (c >= 0x80)
+            ascii = 0;
+        else if (c == '\r') {
+            if (i + 1 < hlen && head[i + 1] == '\n') {
+                crlfs++;
+                i++;
+            }
+            else
+                bare = 1;
+        }
+        else if (c == '\n')
+            bare = 1;
+        else if (is_ctl(c) && (i == 0 || head[i - 1] != '\\'))
+            ctl = 1;
+    }
+    if (!ascii) {
+        PyObject *text = PyUnicode_DecodeUTF8((const char *)head, hlen, "strict");
+        if (text == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+                goto done;
+            PyErr_Clear();
+            scan_error(self, R_NOT_UTF8);
+            goto done;
+        }
+        Py_DECREF(text);
+    }
+    if (bare || ctl || crlfs > max_headers) {
+        scan_error(self, bare ? R_BARE_CRLF : ctl ? R_CTL : R_TOO_MANY);
+        goto done;
+    }
+    if (crlfs > STACK_FIELDS) {
+        fields = PyMem_Malloc(sizeof(field_span) * (size_t)crlfs);
+        if (fields == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+
+    line_end = find_cr(head, 0, hlen);
+    start_line = make_str(head, line_end, ascii);
+    if (start_line == NULL)
+        goto done;
+
+    /* The header lines, as _parse_fields takes them. */
+    while (line_end < hlen) {
+        Py_ssize_t ls = line_end + 2, le, chars, colon, name_end, vs, ve;
+        field_span *f;
+        le = find_cr(head, ls, hlen);
+        line_end = le;
+        chars = le - ls;
+        if (!ascii) /* the limit counts characters: skip UTF-8 continuation bytes */
+            for (i = ls; i < le; i++)
+                chars -= (head[i] & 0xc0) == 0x80;
+        if (chars > max_line) {
+            scan_error(self, R_TOO_LONG);
+            goto done;
+        }
+        if (le > ls && is_wsp(head[ls])) {
+            /* Folding (§7.3.1): the continuation joins the field above. */
+            if (nfields == 0) {
+                scan_error(self, R_FOLD_FIRST);
+                goto done;
+            }
+            fields[nfields - 1].raw_end = le;
+            fields[nfields - 1].folded = 1;
+            continue;
+        }
+        {
+            const unsigned char *c = memchr(head + ls, ':', (size_t)(le - ls));
+            colon = c != NULL ? c - head : -1;
+        }
+        if (colon <= ls) {
+            scan_error(self, R_NO_COLON);
+            goto done;
+        }
+        name_end = colon;
+        while (name_end > ls && is_wsp(head[name_end - 1]))
+            name_end--;
+        f = &fields[nfields];
+        for (i = ls; i < name_end && is_token_char(head[i]); i++)
+            ;
+        if (i == ls || i < name_end) {
+            scan_error(self, R_BAD_NAME);
+            goto done;
+        }
+        if (lookup_name(self, head + ls, name_end - ls, &f->name, &f->key, &f->single) < 0)
+            goto done;
+        nfields++;
+        vs = colon + 1;
+        ve = le;
+        while (vs < ve && is_wsp(head[vs]))
+            vs++;
+        while (ve > vs && is_wsp(head[ve - 1]))
+            ve--;
+        f->line = ls;
+        f->value = vs;
+        f->value_end = ve;
+        f->raw_end = le;
+        f->folded = 0;
+    }
+
+    list = PyList_New(nfields);
+    values = PyDict_New();
+    if (list == NULL || values == NULL)
+        goto done;
+    for (i = 0; i < nfields; i++) {
+        field_span *f = &fields[i];
+        PyObject *value, *raw, *field, *group;
+        value = f->folded ? folded_value(head, f, ascii)
+                          : make_str(head + f->value, f->value_end - f->value, ascii);
+        if (value == NULL)
+            goto done;
+        raw = make_str(head + f->line, f->raw_end - f->line, ascii);
+        if (raw == NULL) {
+            Py_DECREF(value);
+            goto done;
+        }
+        field = make_field(self, f->name, f->key, value, raw);
+        Py_DECREF(raw);
+        if (field == NULL) {
+            Py_DECREF(value);
+            goto done;
+        }
+        PyList_SET_ITEM(list, i, field);
+        /* _group: values by key; the first repeat of a single header ends it. */
+        if (dup == Py_None) {
+            group = PyDict_GetItemWithError(values, f->key);
+            if (group == NULL) {
+                if (PyErr_Occurred())
+                    group = NULL;
+                else {
+                    group = PyList_New(1);
+                    if (group != NULL) {
+                        PyList_SET_ITEM(group, 0, Py_NewRef(value));
+                        if (PyDict_SetItem(values, f->key, group) < 0)
+                            Py_CLEAR(group);
+                        else
+                            Py_DECREF(group);
+                    }
+                }
+                if (group == NULL) {
+                    Py_DECREF(value);
+                    goto done;
+                }
+            }
+            else if (f->single)
+                dup = f->key;
+            else if (PyList_Append(group, value) < 0) {
+                Py_DECREF(value);
+                goto done;
+            }
+        }
+        Py_DECREF(value);
+    }
+    {
+        PyObject *body = PyLong_FromSsize_t(end + 4);
+        if (body != NULL) {
+            result = PyTuple_Pack(5, start_line, list, values, dup, body);
+            Py_DECREF(body);
+        }
+    }
+
+done:
+    for (i = 0; i < nfields; i++) {
+        Py_DECREF(fields[i].name);
+        Py_DECREF(fields[i].key);
+    }
+    if (fields != stack_fields)
+        PyMem_Free(fields);
+    Py_XDECREF(start_line);
+    Py_XDECREF(list);
+    Py_XDECREF(values);
+    PyBuffer_Release(&buf);
+    return result;
+}
+
+/* ---------------------------------------------------------------- the type */
+
+/* The offset of a plain __slots__ member of the HeaderField type, or 0. */
+static Py_ssize_t
+slot_offset(PyObject *type, const char *attr)
+{
+    PyObject *descr = PyObject_GetAttrString(type, attr);
+    Py_ssize_t off = 0;
+    if (descr == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+        PyMemberDef *m = ((PyMemberDescrObject *)descr)->d_member;
+        if (m->type == T_OBJECT_EX && !(m->flags & READONLY))
+            off = m->offset;
+    }
+    Py_DECREF(descr);
+    return off;
+}
+
+PyDoc_STRVAR(Scanner_doc,
+             "SipScanner(header_field, sip_error, compact_forms, single_headers, direct=True)\n\n"
+             "The C tokenizer of sip.message.parse_message; sip.message makes the one\n"
+             "instance.  direct=False calls header_field(name, key, value, raw) for each\n"
+             "field instead of writing its slots (a benchmark's comparison).");
+
+static int
+Scanner_init(ScannerObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"header_field", "sip_error", "compact_forms", "single_headers",
+                             "direct", NULL};
+    PyObject *field_type, *error_type, *compact, *single, *k, *v;
+    int direct = 1;
+    Py_ssize_t pos = 0;
+
+    if (self->names != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "SipScanner is already initialised");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O|p", kwlist, &PyType_Type, &field_type,
+                                     &PyType_Type, &error_type, &PyDict_Type, &compact, &single,
+                                     &direct))
+        return -1;
+    if (!PyAnySet_Check(single)) {
+        PyErr_SetString(PyExc_TypeError, "single_headers must be a set or frozenset");
+        return -1;
+    }
+    while (PyDict_Next(compact, &pos, &k, &v)) {
+        Py_UCS4 c;
+        if (!PyUnicode_Check(k) || PyUnicode_GET_LENGTH(k) != 1 || !PyUnicode_Check(v)) {
+            PyErr_SetString(PyExc_ValueError, "compact_forms maps one letter to a name");
+            return -1;
+        }
+        c = PyUnicode_READ_CHAR(k, 0);
+        if (c < 'a' || c > 'z') {
+            PyErr_SetString(PyExc_ValueError, "compact_forms keys are lower-case letters");
+            return -1;
+        }
+        Py_XSETREF(self->compact[c - 'a'], Py_NewRef(v));
+    }
+    for (int i = 0; i < R_COUNT; i++) {
+        self->reasons[i] = PyUnicode_InternFromString(scan_reasons[i]);
+        if (self->reasons[i] == NULL)
+            return -1;
+    }
+    self->field_type = Py_NewRef(field_type);
+    self->error_type = Py_NewRef(error_type);
+    self->single = Py_NewRef(single);
+    if (direct && ((PyTypeObject *)field_type)->tp_dictoffset == 0) {
+        static const char *const attrs[4] = {"name", "key", "value", "raw"};
+        for (int i = 0; i < 4; i++)
+            self->off[i] = slot_offset(field_type, attrs[i]);
+        if (!self->off[0] || !self->off[1] || !self->off[2] || !self->off[3])
+            memset(self->off, 0, sizeof(self->off));
+    }
+    self->names = PyMem_Calloc(NAME_SLOTS, sizeof(name_slot));
+    if (self->names == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static int
+Scanner_traverse(ScannerObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->field_type);
+    Py_VISIT(self->error_type);
+    Py_VISIT(self->single);
+    return 0;
+}
+
+static int
+Scanner_clear(ScannerObject *self)
+{
+    Py_CLEAR(self->field_type);
+    Py_CLEAR(self->error_type);
+    Py_CLEAR(self->single);
+    return 0;
+}
+
+static void
+Scanner_dealloc(ScannerObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    Scanner_clear(self);
+    for (int i = 0; i < 26; i++)
+        Py_CLEAR(self->compact[i]);
+    for (int i = 0; i < R_COUNT; i++)
+        Py_CLEAR(self->reasons[i]);
+    if (self->names != NULL) {
+        for (int i = 0; i < NAME_SLOTS; i++) {
+            Py_XDECREF(self->names[i].name);
+            Py_XDECREF(self->names[i].key);
+        }
+        PyMem_Free(self->names);
+    }
+    tp->tp_free((PyObject *)self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+Scanner_scan_checked(ScannerObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (self->names == NULL || self->field_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "SipScanner is not initialised");
+        return NULL;
+    }
+    return Scanner_scan(self, args, nargs);
+}
+
+static PyObject *
+Scanner_direct(ScannerObject *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->off[0] != 0);
+}
+
+static PyObject *
+Scanner_cached_names(ScannerObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLong(self->n_names);
+}
+
+static PyMethodDef Scanner_methods[] = {
+    {"scan", (PyCFunction)(void (*)(void))Scanner_scan_checked, METH_FASTCALL, scan_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Scanner_getset[] = {
+    {"direct", (getter)Scanner_direct, NULL, "True if fields are built by writing their slots",
+     NULL},
+    {"cached_names", (getter)Scanner_cached_names, NULL, "header names in the name cache", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot Scanner_slots[] = {
+    {Py_tp_doc, (void *)Scanner_doc},
+    {Py_tp_init, Scanner_init},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_dealloc, Scanner_dealloc},
+    {Py_tp_traverse, Scanner_traverse},
+    {Py_tp_clear, Scanner_clear},
+    {Py_tp_methods, Scanner_methods},
+    {Py_tp_getset, Scanner_getset},
+    {0, NULL},
+};
+
+static PyType_Spec Scanner_spec = {
+    .name = "media._srtp.SipScanner",
+    .basicsize = sizeof(ScannerObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = Scanner_slots,
+};
+
+int
+se_sipscan_register(PyObject *module)
+{
+    PyObject *type = PyType_FromModuleAndSpec(module, &Scanner_spec, NULL);
+    int rc;
+    if (type == NULL)
+        return -1;
+    rc = PyModule_AddObjectRef(module, "SipScanner", type);
+    Py_DECREF(type);
+    return rc;
+}
