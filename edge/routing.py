@@ -26,6 +26,7 @@ Rules of this file:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import math
@@ -104,8 +105,13 @@ def is_e164(user: str | None) -> bool:
     return user is not None and _E164.fullmatch(normalize_number(user)) is not None
 
 
+@functools.lru_cache(maxsize=4096)
 def _ip(text: str) -> IPAddress | None:
-    """An address from a source or a config host; IPv4-mapped IPv6 becomes IPv4."""
+    """An address from a source or a config host; IPv4-mapped IPv6 becomes IPv4.
+
+    Cached (bounded, least recently used out): every initial request asks for its
+    source's, and ipaddress parsing costs more than the rest of the routing decision.
+    """
     text = text.strip()
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
