@@ -22,6 +22,7 @@ BENCH_INSTALLED := $(VENV)/.sipedge-bench-installed
 FUZZ_DATAGRAMS ?= 200000
 FUZZ_SECONDS ?= 120
 FUZZ_SEED ?= 7
+FUZZ_SIP_CASES ?= 20000
 
 .PHONY: help deps venv install devcert run lint format test bench fuzz-asan clean distclean
 
@@ -34,8 +35,9 @@ help:
 	@echo "make format     ruff format + ruff check --fix (rewrites files)"
 	@echo "make test       install + devcert, lint, then the whole pytest suite"
 	@echo "make bench      run bench/bench_*.py (installs the bench extra: matplotlib)"
-	@echo "make fuzz-asan  fuzz the C data plane under AddressSanitizer + UBSan"
-	@echo "                (FUZZ_DATAGRAMS=$(FUZZ_DATAGRAMS) FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_SEED=$(FUZZ_SEED))"
+	@echo "make fuzz-asan  fuzz the C data plane and SIP tokenizer under AddressSanitizer + UBSan"
+	@echo "                (FUZZ_DATAGRAMS=$(FUZZ_DATAGRAMS) FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_SEED=$(FUZZ_SEED)"
+	@echo "                FUZZ_SIP_CASES=$(FUZZ_SIP_CASES))"
 	@echo "make clean      remove the venv, build output and caches (distclean: also $(CERT_DIR)/)"
 
 # Cheap (dpkg-query only) when nothing is missing, so it runs on every install.
@@ -86,11 +88,12 @@ bench: install $(BENCH_INSTALLED)
 	for f in "$${scripts[@]}"; do echo "== $$f"; $(BIN)/python "$$f"; done
 
 # media._srtp built with -fsanitize=address,undefined into build/asan/ (the in-place
-# build stays as it is), canaries first, then a bounded fuzz run of the C data plane:
-# fails on any sanitizer report, leak or broken invariant (fuzz/asan_run.py).
+# build stays as it is), canaries first, then bounded fuzz runs of the C data plane and
+# of the SIP tokenizer against its Python reference: fails on any sanitizer report,
+# leak or broken invariant (fuzz/asan_run.py).
 fuzz-asan: install
 	$(BIN)/python fuzz/asan_run.py --datagrams $(FUZZ_DATAGRAMS) --seconds $(FUZZ_SECONDS) \
-		--seed $(FUZZ_SEED)
+		--seed $(FUZZ_SEED) --sip-cases $(FUZZ_SIP_CASES)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,8 +1,9 @@
-"""``make fuzz-asan``: fuzz/fuzz_fastpath.py against media._srtp built with
-AddressSanitizer and UBSan, failing on any sanitizer report.
+"""``make fuzz-asan``: fuzz/fuzz_fastpath.py and fuzz/fuzz_sipscan.py against
+media._srtp built with AddressSanitizer and UBSan, failing on any sanitizer report.
 
     .venv/bin/python fuzz/asan_run.py                        # build, canaries, fuzz
     .venv/bin/python fuzz/asan_run.py --datagrams 200000 --seconds 120 --seed 3
+    .venv/bin/python fuzz/asan_run.py --no-canaries --datagrams 0 --sip-cases 20000
 
 1. Builds the extension with ``-fsanitize=address,undefined -fno-omit-frame-pointer -g``
    into build/asan/ (``setup.py build_ext --build-lib``): the in-place build the tests
@@ -21,7 +22,12 @@ AddressSanitizer and UBSan, failing on any sanitizer report.
    are listed as in the extension (a frame in media._srtp: its file, sources or
    ``se_*`` functions) or elsewhere.  The suppression list is empty: with
    ``PYTHONMALLOC=malloc`` CPython 3.11 leaves nothing unreachable at exit here.
-4. First, three canaries prove the judge sees what it is for: a use-after-free
+4. Then the SIP tokenizer (media/sipscan.c) the same way: fuzz/fuzz_sipscan.py
+   compares it with the Python reference on ``--sip-cases`` hostile messages
+   (its invariants: equal results and errors, no HeaderField left alive, the
+   name cache within bounds), judged as above.  ``--sip-cases 0`` skips it;
+   ``--datagrams 0`` skips the data plane's run.
+5. First, three canaries prove the judge sees what it is for: a use-after-free
    (through the runtime's memset interceptor), a lost malloc() (LSan at exit) and a
    lost reference to an SRTP Context must each fail their run.  ``--no-canaries``
    skips them.
@@ -131,9 +137,10 @@ def judge(proc: subprocess.CompletedProcess[str]) -> tuple[bool, dict[str, objec
 
 
 def run(
-    ext: Path, env: dict[str, str], extra: list[str], timeout: float
-) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, str(ROOT / "fuzz" / "fuzz_fastpath.py"), "--ext", str(ext), *extra]
+    ext: Path, env: dict[str, str], extra: list[str], timeout: float,
+    harness: str = "fuzz_fastpath.py",
+) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    argv = [sys.executable, str(ROOT / "fuzz" / harness), "--ext", str(ext), *extra]
     return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)  # fmt: skip
 
@@ -143,6 +150,7 @@ def main() -> int:
     ap.add_argument("--datagrams", type=int, default=100_000)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--sip-cases", type=int, default=20_000)
     ap.add_argument("--no-canaries", action="store_true")
     args = ap.parse_args()
     if shutil.which("gcc") is None:
@@ -162,15 +170,23 @@ def main() -> int:
                   f"leaks {verdict['leaks_in_extension']}+{verdict['leaks_elsewhere']}, "
                   f"objects left {left})", flush=True)  # fmt: skip
             ok &= caught
-    fuzz = ["--datagrams", str(args.datagrams), "--seconds", str(args.seconds),
-            "--seed", str(args.seed)]  # fmt: skip
-    proc = run(ext, env, fuzz, args.seconds * 3 + 120)
-    clean, verdict = judge(proc)
-    report = verdict.pop("report", None)
-    print("fuzz:", json.dumps(verdict, indent=1), flush=True)
-    if report:
-        print(report, file=sys.stderr)
-    ok &= clean
+    runs = []
+    if args.datagrams > 0:
+        fuzz = ["--datagrams", str(args.datagrams), "--seconds", str(args.seconds),
+                "--seed", str(args.seed)]  # fmt: skip
+        runs.append(("fuzz", "fuzz_fastpath.py", fuzz))
+    if args.sip_cases > 0:
+        sip = ["--cases", str(args.sip_cases), "--seconds", str(args.seconds),
+               "--seed", str(args.seed)]  # fmt: skip
+        runs.append(("fuzz sipscan", "fuzz_sipscan.py", sip))
+    for label, harness, extra in runs:
+        proc = run(ext, env, extra, args.seconds * 3 + 120, harness)
+        clean, verdict = judge(proc)
+        report = verdict.pop("report", None)
+        print(f"{label}:", json.dumps(verdict, indent=1), flush=True)
+        if report:
+            print(report, file=sys.stderr)
+        ok &= clean
     print(f"fuzz-asan: {'PASS' if ok else 'FAIL'}", flush=True)
     return 0 if ok else 1
 

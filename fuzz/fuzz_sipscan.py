@@ -1,0 +1,110 @@
+"""Fuzz run of the C SIP tokenizer (media/sipscan.c) against its Python reference.
+
+Invariant: for any bytes and limits, ``media._srtp.SipScanner.scan`` and
+``sip.message._scan`` give equal results or raise the same SipError (the
+comparison of tests/test_sip_scan.py), and the scanner keeps no reference it
+should not: after the run no HeaderField is left alive and the name cache is
+within its bound.  Under fuzz/asan_run.py the process must also end without an
+AddressSanitizer or UBSan report and without a leak of the extension's memory.
+
+Inputs, with a fixed ``--seed``: mutations of the test corpus (tests/test_sip_scan.py:
+byte flips, inserted CR/LF/NUL/CTL/backslash/SP/HT/colon/UTF-8 pieces, truncation,
+duplicated lines, long lines, many headers), random bytes with a CRLFCRLF, and
+messages with thousands of distinct header names (the name cache); random limits.
+
+    python fuzz/fuzz_sipscan.py --cases 20000 --seed 7
+    python fuzz/fuzz_sipscan.py --ext build/asan/lib/media/_srtp....so   # fuzz/asan_run.py
+
+Prints one JSON line with what it did; exits 1 if the invariant broke.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def load_ext(path: str) -> None:
+    """media._srtp from ``path`` (the sanitizer build), before sip.message imports it."""
+    import media
+
+    spec = importlib.util.spec_from_file_location("media._srtp", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["media._srtp"] = module
+    spec.loader.exec_module(module)
+    media._srtp = module  # type: ignore[attr-defined]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cases", type=int, default=20_000)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--ext", help="load media._srtp from this file")
+    args = ap.parse_args()
+    if args.ext:
+        load_ext(args.ext)
+
+    from sip import message
+    from sip.message import HeaderField, Limits
+    from tests.test_sip_scan import CORPUS, mutate, outcome
+
+    scan = message._load_scanner()
+    if scan is None:
+        print("media._srtp does not import: run `make install`", file=sys.stderr)
+        return 1
+    rng = random.Random(args.seed)
+    bases = [d for d in CORPUS if len(d) < 4000 and b"\r\n\r\n" in d]
+    deadline = time.monotonic() + args.seconds
+    done = ok = mismatches = 0
+    first_mismatch = None
+    for done in range(1, args.cases + 1):  # noqa: B007 (done is reported)
+        kind = rng.random()
+        if kind < 0.85:
+            data = mutate(rng, rng.choice(bases))
+        elif kind < 0.95:
+            data = rng.randbytes(rng.randint(0, 200)) + b"\r\n\r\n" + rng.randbytes(8)
+        else:  # distinct header names: fills the name cache, then misses it
+            names = "".join(f"X-{rng.getrandbits(40):x}: v\r\n" for _ in range(40))
+            data = b"OPTIONS sip:a@b SIP/2.0\r\n" + names.encode() + b"\r\n"
+        limits = Limits(
+            max_headers=rng.choice((0, 3, 64, 256, 10_000)),
+            max_line_length=rng.choice((0, 10, 60, 8192)),
+        )
+        expected = outcome(message._scan, data, limits)
+        got = outcome(scan, data, limits)
+        if got != expected:
+            mismatches += 1
+            first_mismatch = first_mismatch or repr(data[:300])
+        ok += expected[0] == "ok"
+        if time.monotonic() > deadline:
+            break
+    del scan, expected, got
+    message.use_accelerator(False)
+    gc.collect()
+    alive = sum(type(o) is HeaderField for o in gc.get_objects())
+    cached = message._scan_c_loaded[0].__self__.cached_names  # type: ignore[union-attr]
+    summary = {
+        "cases": done,
+        "tokenized": ok,
+        "mismatches": mismatches,
+        "first_mismatch": first_mismatch,
+        "header_fields_alive": alive,
+        "cached_names": cached,
+    }
+    print(json.dumps(summary))
+    return 0 if mismatches == 0 and alive == 0 and cached <= 1024 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
