@@ -20,6 +20,12 @@ Rules of this module:
 - Content-Length framing for datagrams follows RFC 3261 §18.3: bytes beyond
   Content-Length are discarded, fewer bytes than it says is an error.  Stream
   framing lives in :mod:`sip.framing`.
+- Tokenizing (finding the head, the CR/LF/CTL/UTF-8 checks, splitting the
+  header lines) has two implementations with equal results and equal errors:
+  :func:`_scan` here, the reference, and its C twin in the media._srtp
+  extension (media/sipscan.c), used when it imports unless
+  ``SIPEDGE_PURE_PYTHON=1`` (or :func:`use_accelerator`) says otherwise.
+  tests/test_sip_scan.py holds them to each other.
 """
 
 from __future__ import annotations
