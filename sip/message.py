@@ -182,9 +182,16 @@ def _clean_value(value: HeaderValue) -> str:
     return text.strip(" \t")
 
 
+_GOOD_NAMES: set[str] = set()
+
+
 def _check_name(name: str) -> None:
+    if name in _GOOD_NAMES:
+        return  # the proxy writes the same few names on every message
     if _TOKEN_RE.fullmatch(name) is None:
         raise SipError("malformed header name")
+    if len(_GOOD_NAMES) < 1024:  # bounded: names may come from the network
+        _GOOD_NAMES.add(name)
 
 
 class _Memo:
@@ -371,6 +378,10 @@ class Headers:
 
     def typed(self, name: str) -> Any:
         """The parsed view of a header known to :mod:`sip.headers` (cached)."""
+        try:
+            return self._typed[name]  # already parsed, asked for by its key
+        except KeyError:
+            pass
         key = canonical_name(name)
         try:
             return self._typed[key]
@@ -440,9 +451,8 @@ class Headers:
 
     def copy(self) -> Headers:
         """A copy whose edits do not touch this one (typed views are immutable)."""
-        other = Headers._from_fields(
-            [HeaderField(f.name, f.key, f.value, f.raw) for f in self._fields]
-        )
+        # Fields are shared: after parsing, edits replace a field, never change one.
+        other = Headers._from_fields(list(self._fields))
         other._typed = dict(self._typed)
         return other
 
@@ -923,6 +933,9 @@ REASON_PHRASES = {
 }
 
 
+_COPIED_TO_RESPONSES = frozenset({"via", "from", "call-id", "cseq"})
+
+
 def make_response(
     request: Request,
     status: int,
@@ -940,11 +953,7 @@ def make_response(
     """
     src = request.headers
     out = Headers()
-    out._fields = [
-        HeaderField(f.name, f.key, f.value, f.raw)
-        for f in src.fields
-        if f.key in ("via", "from", "call-id", "cseq")
-    ]
+    out._fields = [f for f in src.fields if f.key in _COPIED_TO_RESPONSES]
     to_value = src.get("to") or ""
     if to_tag is not None and status > 100 and request.to.tag is None:
         to_value = str(request.to.with_tag(to_tag))
