@@ -578,13 +578,13 @@ Scanner_init(ScannerObject *self, PyObject *args, PyObject *kwds)
         Py_XSETREF(self->compact[c - 'a'], Py_NewRef(v));
     }
     for (int i = 0; i < R_COUNT; i++) {
-        self->reasons[i] = PyUnicode_InternFromString(scan_reasons[i]);
+        Py_XSETREF(self->reasons[i], PyUnicode_InternFromString(scan_reasons[i]));
         if (self->reasons[i] == NULL)
             return -1;
     }
-    self->field_type = Py_NewRef(field_type);
-    self->error_type = Py_NewRef(error_type);
-    self->single = Py_NewRef(single);
+    Py_XSETREF(self->field_type, Py_NewRef(field_type));
+    Py_XSETREF(self->error_type, Py_NewRef(error_type));
+    Py_XSETREF(self->single, Py_NewRef(single));
     if (direct && ((PyTypeObject *)field_type)->tp_dictoffset == 0) {
         static const char *const attrs[4] = {"name", "key", "value", "raw"};
         for (int i = 0; i < 4; i++)
