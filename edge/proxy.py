@@ -886,7 +886,8 @@ class Proxy(MediaMixin):
             changed = changed.with_param("rport", str(source.remote[1]))
         if changed is not via:
             req.headers.remove_first("Via")
-            req.headers.prepend("Via", changed)
+            # own_via: the new text parses back (here and in the responses) from the memo.
+            req.headers.prepend("Via", own_via(changed))
         if source.conn_id is not None and has_param(via.params, "alias"):
             # RFC 5923: the peer offers this connection for requests to its sent-by.
             self.transport.register_alias(source.conn_id, via.host, via.port or 5060)
