@@ -185,6 +185,8 @@ def _json(value: Any) -> str:
         return "{" + ",".join(f"{_encode_str(k)}:{_json(v)}" for k, v in value.items()) + "}"
     if kind is int:
         return int.__repr__(value)
+    if kind is float and math.isfinite(value):
+        return float.__repr__(value)
     return _dumps(value)  # floats, bools, lists, anything else: the encoder's rules
 
 
@@ -225,8 +227,8 @@ def _flat_details(details: Mapping[str, Any]) -> str | None:
             text = _encode_str(value if len(value) <= _DETAIL_MAX else value[:_DETAIL_MAX] + "...")
         elif type(value) is int:
             text = int.__repr__(value)
-        elif type(value) is float:
-            text = _dumps(value)
+        elif type(value) is float and math.isfinite(value):
+            text = float.__repr__(value)  # what the encoder writes for a finite float
         else:
             return None
         parts.append(f"{_encode_str(key)}:{text}")
