@@ -33,12 +33,15 @@ setup(
                 # The SIP tokenizer (sip/message.py's accelerator) rides along: one
                 # extension to build, ship and fuzz.
                 "media/sipscan.c",
+                # ... and so do the fast paths of its typed header values.
+                "media/sipvalues.c",
             ],
             depends=[
                 "media/srtp_core.h",
                 "media/fastpath.h",
                 "media/fastpath_py.h",
                 "media/sipscan.h",
+                "media/sipvalues.h",
             ],
             libraries=["crypto"],
             extra_compile_args=extra_compile_args,

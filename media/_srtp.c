@@ -8,6 +8,8 @@
  *     (media/_srtp_py.py); media/srtp.py picks one of the two.
  *   - media._srtp.SipScanner is the C twin of the tokenizing half of
  *     sip.message.parse_message (sipscan.c); sip/message.py uses it when it imports.
+ *   - media._srtp.SipValueParser holds the C fast paths of the typed header values
+ *     (Via, URI, NameAddr, Contact, CSeq) that sip.message tries first (sipvalues.c).
  *   - The C API capsule media._srtp._C_API (se_srtp_capi) lets C code outside this
  *     module run the core without the GIL; the fast path, compiled into this
  *     module, calls the core directly.
@@ -31,6 +33,7 @@
 #include "srtp_core.h"
 #include "fastpath_py.h"
 #include "sipscan.h"
+#include "sipvalues.h"
 
 
 /*
@@ -1012,7 +1015,8 @@ srtp_exec(PyObject *module)
         return -1;
     }
     Py_DECREF(capsule);
-    if (se_fastpath_register(module) < 0 || se_sipscan_register(module) < 0)
+    if (se_fastpath_register(module) < 0 || se_sipscan_register(module) < 0
+        || se_sipvalues_register(module) < 0)
         return -1;
     if (PyModule_AddIntConstant(module, "REPLAY_WINDOW", SE_SRTP_WINDOW) < 0
         || PyModule_AddIntConstant(module, "MAX_SSRCS", SE_SRTP_MAX_SSRCS) < 0)

@@ -169,3 +169,27 @@ class SipScanner:
     @property
     def cached_names(self) -> int:
         """Header names in the name cache (at most 1024)."""
+
+@final
+class SipValueParser:
+    """C fast paths of the typed SIP header values (media/sipvalues.c); sip.message
+    makes one.  Each method returns what the Python parser returns for ``text``
+    (an object of the class passed in), or None: "not handled here, ask it"."""
+
+    def __init__(
+        self,
+        via: type,
+        uri: type,
+        name_addr: type,
+        contact: type,
+        cseq: type,
+        direct: bool = True,
+    ) -> None: ...
+    def via(self, text: str, /) -> Any: ...
+    def uri(self, text: str, /) -> Any: ...
+    def name_addr(self, text: str, /) -> Any: ...
+    def contact(self, text: str, /) -> Any: ...
+    def cseq(self, text: str, /) -> Any: ...
+    @property
+    def direct(self) -> dict[str, bool]:
+        """Per method: True if its objects are built by writing their slots."""

@@ -26,6 +26,13 @@ Rules of this module:
   extension (media/sipscan.c), used when it imports unless
   ``SIPEDGE_PURE_PYTHON=1`` (or :func:`use_accelerator`) says otherwise.
   tests/test_sip_scan.py holds them to each other.
+- The typed values of Via, From/To/Route/Record-Route, Contact, CSeq and the
+  Request-URI have a C fast path too (media/sipvalues.c): for their common
+  shapes it builds the very objects sip.headers / sip.uri build, for anything
+  else it answers None and the Python parser (the reference) decides.  It sits
+  behind the memos, so a memo hit costs what it did.  tests/test_sip_values.py
+  holds it to the Python parsers; SIPEDGE_PURE_PYTHON_VALUES=1 turns off this
+  half alone.
 """
 
 from __future__ import annotations
@@ -205,10 +212,12 @@ class _Memo:
     only costs misses.
     """
 
-    __slots__ = ("_parse", "_cache", "_limit")
+    __slots__ = ("_parse", "_fast", "_cache", "_limit")
 
     def __init__(self, parse: Callable[[str], Any], limit: int = 4096) -> None:
         self._parse = parse
+        # The C fast path (use_accelerator): the same value, or None for "ask _parse".
+        self._fast: Callable[[str], Any] | None = None
         self._cache: dict[str, Any] = {}
         self._limit = limit
 
@@ -217,7 +226,10 @@ class _Memo:
             return self._cache[text]
         except KeyError:
             pass
-        value = self._parse(text)
+        fast = self._fast
+        value = fast(text) if fast is not None else None
+        if value is None:
+            value = self._parse(text)
         if len(self._cache) >= self._limit:
             self._cache.clear()
         self._cache[text] = value
@@ -865,13 +877,40 @@ def _load_scanner() -> _ScanFn | None:
     return _scan_c_loaded[0]
 
 
-def use_accelerator(enabled: bool) -> bool:
-    """Tokenize with the C scanner (when it imports) or with the Python reference.
+ENV_PURE_PYTHON_VALUES = "SIPEDGE_PURE_PYTHON_VALUES"
+_values_loaded: list[Any] = []
+
+
+def _load_values() -> Any:
+    """The media._srtp.SipValueParser, or None without the extension."""
+    if not _values_loaded:
+        try:
+            from media._srtp import SipValueParser
+        except ImportError:
+            _values_loaded.append(None)
+        else:
+            _values_loaded.append(SipValueParser(Via, URI, NameAddr, Contact, CSeq))
+    return _values_loaded[0]
+
+
+def use_accelerator(enabled: bool, *, values: bool | None = None) -> bool:
+    """Tokenize with the C scanner (when it imports) or with the Python reference,
+    and parse typed values with their C fast paths or not (``values``, by default
+    as ``enabled``).
 
     Returns whether the C scanner is in use now.
     """
     global _scan_c
     _scan_c = _load_scanner() if enabled else None
+    parser = _load_values() if (enabled if values is None else values) else None
+    for memo, name in (
+        (_via, "via"),
+        (_name_addr, "name_addr"),
+        (_contact, "contact"),
+        (_cseq, "cseq"),
+        (_request_uri, "uri"),
+    ):
+        memo._fast = getattr(parser, name) if parser is not None else None
     return _scan_c is not None
 
 
@@ -880,7 +919,16 @@ def accelerated() -> bool:
     return _scan_c is not None
 
 
-use_accelerator(os.environ.get(ENV_PURE_PYTHON, "").strip() != "1")
+def values_accelerated() -> bool:
+    """True if typed header values try their C fast paths first."""
+    return _via._fast is not None
+
+
+use_accelerator(
+    os.environ.get(ENV_PURE_PYTHON, "").strip() != "1",
+    values=os.environ.get(ENV_PURE_PYTHON, "").strip() != "1"
+    and os.environ.get(ENV_PURE_PYTHON_VALUES, "").strip() != "1",
+)
 
 
 # ------------------------------------------------------------------ building
