@@ -1,4 +1,4 @@
-"""``make fuzz-asan``: fuzz/fuzz_fastpath.py and fuzz/fuzz_sipscan.py against
+"""``make fuzz-asan``: fuzz/fuzz_fastpath.py, fuzz_sipscan.py and fuzz_sipvalues.py against
 media._srtp built with AddressSanitizer and UBSan, failing on any sanitizer report.
 
     .venv/bin/python fuzz/asan_run.py                        # build, canaries, fuzz
@@ -25,8 +25,10 @@ media._srtp built with AddressSanitizer and UBSan, failing on any sanitizer repo
 4. Then the SIP tokenizer (media/sipscan.c) the same way: fuzz/fuzz_sipscan.py
    compares it with the Python reference on ``--sip-cases`` hostile messages
    (its invariants: equal results and errors, no HeaderField left alive, the
-   name cache within bounds), judged as above.  ``--sip-cases 0`` skips it;
-   ``--datagrams 0`` skips the data plane's run.
+   name cache within bounds), judged as above; and the fast paths of the typed
+   header values (media/sipvalues.c) with fuzz/fuzz_sipvalues.py (None or the
+   Python parser's very result, no value object left alive).  ``--sip-cases 0``
+   skips both; ``--datagrams 0`` skips the data plane's run.
 5. First, three canaries prove the judge sees what it is for: a use-after-free
    (through the runtime's memset interceptor), a lost malloc() (LSan at exit) and a
    lost reference to an SRTP Context must each fail their run.  ``--no-canaries``
@@ -179,6 +181,7 @@ def main() -> int:
         sip = ["--cases", str(args.sip_cases), "--seconds", str(args.seconds),
                "--seed", str(args.seed)]  # fmt: skip
         runs.append(("fuzz sipscan", "fuzz_sipscan.py", sip))
+        runs.append(("fuzz sipvalues", "fuzz_sipvalues.py", sip))
     for label, harness, extra in runs:
         proc = run(ext, env, extra, args.seconds * 3 + 120, harness)
         clean, verdict = judge(proc)
