@@ -14,7 +14,8 @@ G.711 at 20 ms), it measures:
   hide a backlog the SUT drains after a short step).  The rate doubles from 25k
   packets/s until a step loses more, then bisects; each step is a bounded run (1 s,
   0.5 s with --quick), and a step that fails is tried once more on a freshly started
-  system before it counts (every system alike: a stall of a shared VM is not a limit).  A step the generator could not send at its rate ends the search
+  system before it counts (every system alike: a stall of a shared VM is not a limit).
+  A step the generator could not send at its rate ends the search
   there: the row is then a lower bound, marked ">=" (the generator's limit, not the
   system's).
 - **CPU ns/packet**: utime+stime of the system under test (all its threads) over a run
@@ -582,7 +583,8 @@ def render(rows: list[Row], quick: bool, load_before: str, plot: str | None) -> 
         f"{platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; "
         f"SUT pinned to CPU {SUT_CPU}, load generator (bench/relay_load.c) to CPU {LOAD_CPU}; "
         f"{PACKET}-byte packets, one stream per call; max pps with < {100 * MAX_LOSS:g}% loss "
-        f"({'0.5' if quick else '1'} s steps, a failed step tried twice); CPU ns/packet of the SUT at {FIXED_RATE} pps. "
+        f"({'0.5' if quick else '1'} s steps, a failed step tried twice); "
+        f"CPU ns/packet of the SUT at {FIXED_RATE} pps. "
         "'>=': the generator could not offer more (its limit, not the system's). "
         f"Latency: at 50% of the row's max pps, the median-p99 run of {LATENCY_RUNS} x "
         f"{LATENCY_SECONDS:g} s, generator's sendmmsg to "
