@@ -15,7 +15,8 @@
  *   - via(): Via.parse's _FAST_VIA_RE branch, "SIP/2.0/UDP host:port;params"
  *     (a received= with an IPv6 address goes back to Python);
  *   - uri(): URI.parse's _FAST_SIP_RE branch, sip:/sips: with user, host, port
- *     and plain params (no password, escapes, IPv6 or ?headers);
+ *     and plain params, and the same with user:password (no escapes, IPv6 or
+ *     ?headers);
  *   - name_addr(): NameAddr.parse for ["display"|tokens] <fast uri>;params and
  *     the addr-spec form fast-uri;params, header params without LWS or IPv6
  *     references, at most MAX_PARAMS of them;
@@ -306,10 +307,11 @@ has_duplicate(const unsigned char *t, const params *ps)
 /* What URI.parse finds in the _FAST_SIP_RE branch:
  *   ([Ss][Ii][Pp][Ss]?):(?:(user-chars+)@)?(HOSTNAME)(?::([0-9]{1,5}))?
  *   ((?:;_FAST_PCHARS(?:=_FAST_PCHARS)?)*)
- */
+ * and in _parse_sip for the same shape with user:password@ (same user chars). */
 typedef struct {
     int sips;
     Py_ssize_t ua, ub; /* user, ua < 0: none */
+    Py_ssize_t pa, pb; /* password, pa < 0: none */
     Py_ssize_t ha, hb; /* host */
     long port;         /* -1: none */
     params ps;
@@ -334,11 +336,24 @@ scan_uri(const unsigned char *p, Py_ssize_t a, Py_ssize_t b, uri_spans *u)
     /* The user chars include every host char but none is "@": a run of them
      * followed by "@" can only be the userinfo. */
     r = run(p, i, b, K_USER);
-    u->ua = -1;
+    u->ua = u->pa = -1;
     if (r > i && r < b && p[r] == '@') {
         u->ua = i;
         u->ub = r;
         i = r + 1;
+    }
+    else if (r > i && r < b && p[r] == ':') {
+        /* user:password@ fails _FAST_SIP_RE; URI._parse_sip splits the userinfo
+         * (up to the only "@": no "@" can follow in this shape) at its first ":";
+         * _PASSWORD_RE's chars are the user chars here, and it may be empty. */
+        Py_ssize_t q = run(p, r + 1, b, K_USER);
+        if (q < b && p[q] == '@') {
+            u->ua = i;
+            u->ub = r;
+            u->pa = r + 1;
+            u->pb = q;
+            i = q + 1;
+        }
     }
     r = run(p, i, b, K_HOST);
     if (r == i || !host_ok(p + i, r - i))
@@ -521,14 +536,14 @@ port_obj(long port)
     return port < 0 ? Py_NewRef(Py_None) : PyLong_FromLong(port);
 }
 
-/* URI(scheme.lower(), user, None, host, port, params, (), None, text) */
+/* URI(scheme.lower(), user, password, host, port, params, (), None, text) */
 static PyObject *
 build_uri(ValuesObject *self, const unsigned char *p, const uri_spans *u, PyObject *text)
 {
     PyObject *vals[9];
     vals[0] = Py_NewRef(u->sips ? self->sips : self->sip);
     vals[1] = u->ua < 0 ? Py_NewRef(Py_None) : ascii_str(p + u->ua, u->ub - u->ua);
-    vals[2] = Py_NewRef(Py_None);
+    vals[2] = u->pa < 0 ? Py_NewRef(Py_None) : ascii_str(p + u->pa, u->pb - u->pa);
     vals[3] = ascii_str(p + u->ha, u->hb - u->ha);
     vals[4] = port_obj(u->port);
     vals[5] = params_tuple(p, &u->ps);
