@@ -82,6 +82,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any, TextIO
 
 from edge.log import REDACTED, _timestamp, is_secret_name, redact, redact_text
+from sip.random_tokens import token_bytes
 
 __all__ = [
     "AUTH_FAILURE",
@@ -163,7 +164,7 @@ def call_resource_id(call_id: str) -> str:
 
 def new_request_id() -> str:
     """A random (version 4) UUID as text, cheaper than ``str(uuid.uuid4())``."""
-    raw = bytearray(os.urandom(16))
+    raw = bytearray(token_bytes(16))
     raw[6] = (raw[6] & 0x0F) | 0x40
     raw[8] = (raw[8] & 0x3F) | 0x80
     h = raw.hex()

@@ -54,6 +54,7 @@ from sip.message import (
     salvage_response,
 )
 from sip.multipart import find_sdp, set_body
+from sip.random_tokens import token_hex
 from sip.transaction import (
     MAGIC_COOKIE,
     CancelTimer,
@@ -775,7 +776,7 @@ class Proxy(MediaMixin):
         extra = list(headers)
         if self.server_header:
             extra.append(("Server", self.server_header))
-        to_tag = secrets.token_hex(6) if status > 100 else None
+        to_tag = token_hex(6) if status > 100 else None
         resp = make_response(ctx.txn.request, status, reason, to_tag=to_tag, headers=extra)
         if ctx.forward is not None:
             ctx.forward.final_sent = True
@@ -791,7 +792,7 @@ class Proxy(MediaMixin):
         extra = list(headers)
         if self.server_header:
             extra.append(("Server", self.server_header))
-        resp = make_response(req, status, to_tag=secrets.token_hex(6), headers=extra)
+        resp = make_response(req, status, to_tag=token_hex(6), headers=extra)
         dest = self._source_destination(source, req.top_via)
         self._count(f"responses_{status // 100}xx_{dest.transport}")
         self.transport.send(bytes(resp), dest)

@@ -36,7 +36,6 @@ Matching (§17.1.3, §17.2.3) is :func:`client_key`, :func:`server_key` and
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -44,6 +43,7 @@ from typing import ClassVar, Final, Literal, cast
 
 from sip.errors import SipError
 from sip.message import Request, Response, make_response
+from sip.random_tokens import token_hex
 
 __all__ = [
     "MAGIC_COOKIE",
@@ -86,8 +86,8 @@ _RELIABLE_TRANSPORTS: Final = frozenset({"TCP", "TLS", "SCTP", "TLS-SCTP", "WS",
 
 
 def new_branch() -> str:
-    """A fresh Via branch: the magic cookie and 128 bits from :mod:`secrets` (§8.1.1.7)."""
-    return MAGIC_COOKIE + secrets.token_hex(16)
+    """A fresh Via branch: the magic cookie and 128 random bits (§8.1.1.7)."""
+    return MAGIC_COOKIE + token_hex(16)
 
 
 def is_reliable(transport: str) -> bool:
