@@ -86,8 +86,12 @@ def _bench_core(
 
 PLANE_DROPS: Final[tuple[str, ...]]
 """The data plane's drop reasons, by index (media.latching.DropReason names, plus
-``too_long`` and ``punt_overflow``)."""
+``too_long``, ``punt_overflow`` and ``punt_limited``)."""
 PLANE_MAX_DATAGRAM: Final[int]
+PLANE_PUNT_RATE: Final[float]
+"""The default per-leg punt budget: punts per second ..."""
+PLANE_PUNT_BURST: Final[float]
+"""... and at once (media/fastpath.h says why)."""
 
 Address = tuple[str, int]
 # (handle, kind (media.rtp.PacketKind), on the RTCP socket, datagram, source)
@@ -105,6 +109,8 @@ class Plane:
         max_legs: int = 65536,
         rtcp_rate: float = 100.0,
         rtcp_burst: float = 200.0,
+        punt_rate: float = ...,
+        punt_burst: float = ...,
         cpus: list[int] | tuple[int, ...] | None = None,
     ) -> None: ...
     @property

@@ -10,7 +10,9 @@
  *   2. check the fixed header (RTP: CSRCs and extension inside the datagram);
  *      a dtls-srtp leg without keys drops here (dtls_pending);
  *   3. the source must be the leg's accepted (latched) one, else punt: latching
- *      and its proofs are Python's (media/latching.py);
+ *      and its proofs are Python's (media/latching.py); every punt (STUN and DTLS
+ *      of step 1 too) within the leg's budget (a token bucket on the plane's clock,
+ *      SE_FP_PUNT_RATE in fastpath.h), past it dropped (punt_limited);
  *   4. RTCP only: the leg's token bucket (an RTCP flood is dropped), on the
  *      plane's clock (se_fp_now: CLOCK_MONOTONIC, as Python's time.monotonic);
  *   5. unprotect in place with the leg's inbound SRTP context;
@@ -45,6 +47,7 @@ const char *const se_fp_drop_names[SE_FP_N_DROPS] = {
     [SE_FP_DTLS_PENDING] = "dtls_pending",
     [SE_FP_TOO_LONG] = "too_long",
     [SE_FP_PUNT_OVERFLOW] = "punt_overflow",
+    [SE_FP_PUNT_LIMITED] = "punt_limited",
 };
 
 #define V_FORWARD SE_FP_FORWARDED
@@ -196,18 +199,27 @@ transform(se_fp_leg *leg, int rtcp, uint8_t *d, size_t n, size_t room, size_t *o
     return V_FORWARD;
 }
 
+/* A token bucket (the RTCP rate, the punt budget) brought to now: its tokens.  A
+ * clock Python set back in time (set_clock) adds nothing and takes nothing. */
+static double
+refill(double *tokens, double *stamp, double rate, double burst, double now)
+{
+    double t = *tokens;
+    if (now > *stamp)
+        t += (now - *stamp) * rate;
+    *stamp = now;
+    if (t > burst)
+        t = burst;
+    *tokens = t;
+    return t;
+}
+
 static int
 take_rtcp_token(const se_fp_plane *p, se_fp_leg *leg, double now)
 {
-    double tokens = leg->rtcp_tokens + (now - leg->rtcp_stamp) * p->rtcp_rate;
-    leg->rtcp_stamp = now;
-    if (tokens > p->rtcp_burst)
-        tokens = p->rtcp_burst;
-    if (tokens < 1.0) {
-        leg->rtcp_tokens = tokens;
+    if (refill(&leg->rtcp_tokens, &leg->rtcp_stamp, p->rtcp_rate, p->rtcp_burst, now) < 1.0)
         return 0;
-    }
-    leg->rtcp_tokens = tokens - 1.0;
+    leg->rtcp_tokens -= 1.0;
     return 1;
 }
 
@@ -219,19 +231,26 @@ drop(se_fp_leg *leg, int reason, const se_fp_addr *src)
     leg->drop_src[reason] = *src; /* read by Python under the loop mutexes */
 }
 
-/* Into this loop's ring for Python; 1 if queued. */
+/* Into this loop's ring for Python, within the leg's punt budget; 1 if queued.  A
+ * token is spent only on a datagram queued: a full ring costs the leg nothing. */
 static int
 punt(se_fp_loop *lp, se_fp_leg *leg, int kind, int on_rtcp_socket, const uint8_t *d, size_t n,
-     const se_fp_addr *src)
+     const se_fp_addr *src, double now)
 {
+    const se_fp_plane *p = lp->plane;
     uint64_t head = lp->ring_head;
     uint64_t tail = __atomic_load_n(&lp->ring_tail, __ATOMIC_ACQUIRE);
     se_fp_punt *e;
 
+    if (refill(&leg->punt_tokens, &leg->punt_stamp, p->punt_rate, p->punt_burst, now) < 1.0) {
+        drop(leg, SE_FP_PUNT_LIMITED, src);
+        return 0;
+    }
     if (head - tail >= SE_FP_RING) {
         drop(leg, SE_FP_PUNT_OVERFLOW, src);
         return 0;
     }
+    leg->punt_tokens -= 1.0;
     e = &lp->ring[head % SE_FP_RING];
     e->handle = leg->handle;
     e->kind = (uint8_t)kind;
@@ -262,7 +281,7 @@ step(se_fp_loop *lp, se_fp_leg *leg, int on_rtcp_socket, unsigned i, double now,
     }
     v = demux(leg->flags, on_rtcp_socket, d, n, &kind, &rtcp, &ssrc);
     if (v == V_PUNT)
-        return punt(lp, leg, kind, on_rtcp_socket, d, n, src);
+        return punt(lp, leg, kind, on_rtcp_socket, d, n, src, now);
     if (v != V_FORWARD) {
         drop(leg, v, src);
         return 0;
@@ -272,7 +291,7 @@ step(se_fp_loop *lp, se_fp_leg *leg, int on_rtcp_socket, unsigned i, double now,
         return 0;
     }
     if (!addr_eq(rtcp ? &leg->rtcp_src : &leg->rtp_src, src))
-        return punt(lp, leg, kind, on_rtcp_socket, d, n, src);
+        return punt(lp, leg, kind, on_rtcp_socket, d, n, src, now);
     if (rtcp && !take_rtcp_token(lp->plane, leg, now)) {
         drop(leg, SE_FP_RTCP_FLOOD, src);
         return 0;
@@ -422,7 +441,7 @@ loop_main(void *arg)
 
 se_fp_plane *
 se_fp_new(unsigned n_loops, uint32_t max_legs, double rtcp_rate, double rtcp_burst,
-          const int *cpus)
+          double punt_rate, double punt_burst, const int *cpus)
 {
     se_fp_plane *p;
 
@@ -436,6 +455,8 @@ se_fp_new(unsigned n_loops, uint32_t max_legs, double rtcp_rate, double rtcp_bur
     p->max_legs = max_legs;
     p->rtcp_rate = rtcp_rate;
     p->rtcp_burst = rtcp_burst;
+    p->punt_rate = punt_rate;
+    p->punt_burst = punt_burst;
     p->punt_fd = -1;
     p->slots = calloc(max_legs, sizeof *p->slots);
     p->gens = calloc(max_legs, sizeof *p->gens);
@@ -613,6 +634,8 @@ se_fp_add(se_fp_plane *p, int fd, int rtcp_fd, unsigned flags, int loop)
     memset(leg, 0, sizeof *leg);
     leg->rtcp_fd = -1;
     leg->flags = flags;
+    leg->punt_tokens = p->punt_burst; /* a new leg may punt its whole burst at once */
+    leg->punt_stamp = (double)se_fp_now(p) / 1e9;
     if ((leg->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0
         || (rtcp_fd >= 0 && (leg->rtcp_fd = fcntl(rtcp_fd, F_DUPFD_CLOEXEC, 0)) < 0)) {
         err = errno;

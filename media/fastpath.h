@@ -25,8 +25,11 @@
  * Punting.  What the table cannot decide (STUN, DTLS, RTP or RTCP from any
  * source but the accepted one, hence every first packet of a leg before Python
  * latched it) goes to Python whole: a single-producer single-consumer ring per
- * loop, and one eventfd for the plane that the asyncio side watches.  A full ring
- * drops and counts (punt_overflow).  Python forwards what it accepts through
+ * loop, and one eventfd for the plane that the asyncio side watches.  Each leg
+ * punts within a budget of its own (a token bucket, SE_FP_PUNT_RATE): past it the
+ * datagram is dropped and counted (punt_limited), so that one leg sprayed by a
+ * stranger cannot fill the ring its loop's other legs share.  A full ring drops and
+ * counts (punt_overflow).  Python forwards what it accepts through
  * se_fp_forward(), the same steps under the owning loop's mutex.
  *
  * Rules of this file and of fastpath.c: no Python object; no allocation per
@@ -49,6 +52,31 @@
 #define SE_FP_MAX_DATAGRAM 2048 /* larger datagrams are dropped as too_long */
 #define SE_FP_ROOM (SE_FP_MAX_DATAGRAM + SE_SRTP_SRTCP_INDEX + SE_SRTP_MAX_TAG + 4)
 #define SE_FP_RING 512     /* punted datagrams waiting for Python, per loop */
+
+/* The punt budget: a token bucket per leg, so that no one leg can fill the ring that
+ * every leg of its loop shares (a stranger spraying one relay port would otherwise
+ * starve the other calls' latching, ICE checks and DTLS handshakes).  What a leg
+ * legitimately punts:
+ *   - latching (media/latching.py) needs one packet (plain RTP from a signalled host,
+ *     or the first SRTP packet that authenticates), but every packet of that source
+ *     is punted until Python has written the latch into the table: a few of a 50 pps
+ *     audio stream; a video stream's first keyframe, which arrives in one burst
+ *     (~100 KB / 1200 B: about 100 packets, up to ~150);
+ *   - a leg that never latches in C (STRICT mode with an endpoint behind NAT, a
+ *     plain-RTP stranger Python drops) punts all its media: 50 pps of audio and its
+ *     RTCP must never be limited;
+ *   - ICE-lite: the browser paces its checks at Ta = 50 ms (RFC 8445 section 14.2),
+ *     20/s with retransmissions over a few candidate pairs, then a consent check
+ *     every ~5 s (RFC 7675);
+ *   - DTLS: a flight is a handful of datagrams (a certificate chain in fragments),
+ *     retransmitted after 1 s, 2 s, ... (RFC 6347 section 4.2.4).
+ * So R = 250/s is five times a 50 pps audio stream and leaves room for a ~200 pps
+ * video stream's first moments plus checks and flights at once; B = 400 holds a
+ * keyframe burst, a DTLS flight and a round of checks twice over, and stays under
+ * the ring (512): one leg's whole burst at once still leaves the others room.  Past
+ * the budget a datagram is dropped in C (punt_limited): Python never sees it. */
+#define SE_FP_PUNT_RATE 250.0  /* punts per second per leg */
+#define SE_FP_PUNT_BURST 400.0 /* bucket size */
 #define SE_FP_MAX_LOOPS 256
 
 /* Drop reasons, named as media.latching.DropReason where one exists. */
@@ -64,6 +92,7 @@ enum se_fp_drop {
     SE_FP_DTLS_PENDING,
     SE_FP_TOO_LONG,      /* over SE_FP_MAX_DATAGRAM: truncated by recvmmsg */
     SE_FP_PUNT_OVERFLOW, /* Python's ring was full */
+    SE_FP_PUNT_LIMITED,  /* past the leg's punt budget (SE_FP_PUNT_RATE, _BURST) */
     SE_FP_N_DROPS
 };
 extern const char *const se_fp_drop_names[SE_FP_N_DROPS];
@@ -113,6 +142,7 @@ typedef struct se_fp_leg {
     se_fp_addr rtp_src, rtcp_src; /* accepted sources (latched); none: punt all */
     se_fp_addr rtp_dst, rtcp_dst; /* where media for the endpoint goes */
     double rtcp_tokens, rtcp_stamp; /* RTCP token bucket (RFC 3550 section 6.2) */
+    double punt_tokens, punt_stamp; /* the punt budget: written by the leg's loop only */
     se_fp_addr drop_src[SE_FP_N_DROPS]; /* the source of the last drop, by reason */
     _Alignas(64) se_fp_counters c;
 } se_fp_leg;
@@ -158,6 +188,7 @@ typedef struct se_fp_plane {
     int stopping, started;
     uint64_t clock_ns; /* 0: CLOCK_MONOTONIC; else a time Python set (tests' clocks) */
     double rtcp_rate, rtcp_burst;
+    double punt_rate, punt_burst; /* the per-leg punt budget (SE_FP_PUNT_RATE, _BURST) */
     se_fp_leg **slots; /* handle -> leg */
     uint32_t *gens;    /* handle -> generation, bumped on removal */
     uint32_t *free_list, n_free;
@@ -168,7 +199,8 @@ typedef struct se_fp_plane {
 
 /* Lifecycle.  new: NULL with errno set.  start: 0 or -errno.  stop joins. */
 SE_HIDDEN se_fp_plane *se_fp_new(unsigned n_loops, uint32_t max_legs, double rtcp_rate,
-                                 double rtcp_burst, const int *cpus);
+                                 double rtcp_burst, double punt_rate, double punt_burst,
+                                 const int *cpus);
 SE_HIDDEN int se_fp_start(se_fp_plane *p);
 SE_HIDDEN void se_fp_stop(se_fp_plane *p);
 SE_HIDDEN void se_fp_free(se_fp_plane *p); /* stops, closes the legs' fds */

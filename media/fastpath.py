@@ -30,7 +30,10 @@ Modes follow from the crypto of the two legs of a pair: ``rtp`` (no context),
 ``srtp-in`` (the receiving leg has an inbound context: SRTP -> RTP), ``srtp-out``
 (the peer has an outbound one: RTP -> SRTP), both (SRTP -> SRTP with new keys).
 Counters: every datagram a loop reads is ``received`` (and forwarded or dropped by
-reason) or ``to_python``; ``auth_failed`` and ``replay`` are counted in C.
+reason) or ``to_python``; ``auth_failed`` and ``replay`` are counted in C.  Each leg
+punts within a budget (:data:`PUNT_RATE` per second, :data:`PUNT_BURST` at once);
+past it the plane drops (``punt_limited``), and a full ring drops too
+(``punt_overflow``).
 """
 
 from __future__ import annotations
@@ -50,6 +53,9 @@ Address = tuple[str, int]
 
 DROP_REASONS: Final[tuple[str, ...]] = _srtp.PLANE_DROPS
 MAX_DATAGRAM: Final[int] = _srtp.PLANE_MAX_DATAGRAM
+#: The per-leg punt budget (punts per second, burst): why these numbers, fastpath.h.
+PUNT_RATE: Final[float] = _srtp.PLANE_PUNT_RATE
+PUNT_BURST: Final[float] = _srtp.PLANE_PUNT_BURST
 
 
 class Mode(enum.StrEnum):
@@ -143,7 +149,11 @@ class FastPath:
     ``loops``: threads (default :func:`default_loops`); ``cpus``: pin loop *i* to
     ``cpus[i]`` (default: not pinned, the scheduler spreads them).  ``max_legs``
     bounds the table.  ``rtcp_rate``/``rtcp_burst``: the per-leg RTCP token bucket,
-    as :class:`media.relay.MediaRelay`'s.
+    as :class:`media.relay.MediaRelay`'s.  ``punt_rate``/``punt_burst``: the per-leg
+    punt budget (:data:`PUNT_RATE`, :data:`PUNT_BURST`): a leg hands Python at most
+    that many datagrams per second after a burst, the rest is dropped in C as
+    ``punt_limited``, so that a stranger spraying one leg cannot fill the punt ring
+    the other legs of its loop share (``punt_overflow``).
     """
 
     def __init__(
@@ -153,6 +163,8 @@ class FastPath:
         max_legs: int = 65536,
         rtcp_rate: float = 100.0,
         rtcp_burst: float = 200.0,
+        punt_rate: float = PUNT_RATE,
+        punt_burst: float = PUNT_BURST,
         cpus: Sequence[int] | None = None,
     ) -> None:
         n = default_loops() if loops is None else loops
@@ -161,6 +173,8 @@ class FastPath:
             max_legs=max_legs,
             rtcp_rate=rtcp_rate,
             rtcp_burst=rtcp_burst,
+            punt_rate=punt_rate,
+            punt_burst=punt_burst,
             cpus=list(cpus) if cpus is not None else None,
         )
         self._reader: asyncio.AbstractEventLoop | None = None
@@ -309,7 +323,7 @@ class FastPath:
         return self._plane.drop_sources(handle)
 
     def set_clock(self, now: float | None) -> None:
-        """Run the loops' clock (RTCP buckets, ``last_rx``) at ``now`` seconds until
+        """Run the loops' clock (RTCP buckets, punt budgets, ``last_rx``) at ``now`` seconds until
         the next call; ``None``: ``CLOCK_MONOTONIC`` again, as ``time.monotonic``.
         For tests whose relay runs on a fake clock."""
         self._plane.set_clock(now)

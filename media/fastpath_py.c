@@ -143,11 +143,13 @@ counters_to_py(const se_fp_counters *c)
 static int
 Plane_init(PyObject *op, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"loops", "max_legs", "rtcp_rate", "rtcp_burst", "cpus", NULL};
+    static char *kwlist[] = {"loops",      "max_legs",   "rtcp_rate", "rtcp_burst",
+                             "punt_rate", "punt_burst", "cpus",      NULL};
     PlaneObject *self = (PlaneObject *)op;
     int loops = 1;
     long max_legs = 65536;
     double rtcp_rate = 100.0, rtcp_burst = 200.0;
+    double punt_rate = SE_FP_PUNT_RATE, punt_burst = SE_FP_PUNT_BURST;
     PyObject *cpus_obj = Py_None;
     int *cpus = NULL;
 
@@ -155,9 +157,14 @@ Plane_init(PyObject *op, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_RuntimeError, "Plane is already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|$lddO:Plane", kwlist, &loops, &max_legs,
-                                     &rtcp_rate, &rtcp_burst, &cpus_obj))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|$lddddO:Plane", kwlist, &loops, &max_legs,
+                                     &rtcp_rate, &rtcp_burst, &punt_rate, &punt_burst,
+                                     &cpus_obj))
         return -1;
+    if (!(punt_rate >= 0.0 && punt_burst >= 0.0)) {
+        PyErr_SetString(PyExc_ValueError, "punt_rate and punt_burst must be >= 0");
+        return -1;
+    }
     if (loops < 1 || loops > SE_FP_MAX_LOOPS || max_legs < 1 || max_legs > (1L << 24)) {
         PyErr_Format(PyExc_ValueError, "need 1..%d loops and 1..2^24 legs", SE_FP_MAX_LOOPS);
         return -1;
@@ -194,7 +201,8 @@ Plane_init(PyObject *op, PyObject *args, PyObject *kwds)
         PyErr_NoMemory();
         return -1;
     }
-    self->plane = se_fp_new((unsigned)loops, (uint32_t)max_legs, rtcp_rate, rtcp_burst, cpus);
+    self->plane = se_fp_new((unsigned)loops, (uint32_t)max_legs, rtcp_rate, rtcp_burst,
+                            punt_rate, punt_burst, cpus);
     PyMem_Free(cpus);
     if (self->plane == NULL) {
         PyMem_Free(self->contexts);
@@ -704,7 +712,8 @@ static PyGetSetDef Plane_getset[] = {
 
 static PyType_Slot Plane_slots[] = {
     {Py_tp_doc, (void *)"Plane(loops, *, max_legs=65536, rtcp_rate=100.0, rtcp_burst=200.0, "
-                        "cpus=None): the relay's C data plane (see media/fastpath.py)."},
+                        "punt_rate=PLANE_PUNT_RATE, punt_burst=PLANE_PUNT_BURST, cpus=None): "
+                        "the relay's C data plane (see media/fastpath.py)."},
     {Py_tp_init, Plane_init},
     {Py_tp_new, PyType_GenericNew},
     {Py_tp_dealloc, Plane_dealloc},
@@ -719,6 +728,15 @@ static PyType_Spec Plane_spec = {
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = Plane_slots,
 };
+
+static int
+add_float(PyObject *module, const char *name, double value)
+{
+    PyObject *v = PyFloat_FromDouble(value);
+    int rc = v == NULL ? -1 : PyModule_AddObjectRef(module, name, v);
+    Py_XDECREF(v);
+    return rc;
+}
 
 int
 se_fastpath_register(PyObject *module)
@@ -748,5 +766,8 @@ se_fastpath_register(PyObject *module)
         return -1;
     }
     Py_DECREF(names);
+    if (add_float(module, "PLANE_PUNT_RATE", SE_FP_PUNT_RATE) < 0
+        || add_float(module, "PLANE_PUNT_BURST", SE_FP_PUNT_BURST) < 0)
+        return -1;
     return PyModule_AddIntConstant(module, "PLANE_MAX_DATAGRAM", SE_FP_MAX_DATAGRAM);
 }

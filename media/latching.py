@@ -40,6 +40,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from collections.abc import Iterable
+from typing import Final
 
 Address = tuple[str, int]
 
@@ -58,6 +59,12 @@ class DropReason(enum.StrEnum):
     PROTECT_FAILED = "protect_failed"  # outbound transform refused the packet
     DTLS_PENDING = "dtls_pending"  # a dtls-srtp leg without SRTP keys (yet, or any more)
     INTERNAL_ERROR = "internal_error"  # a bug: counted, logged, never raised
+
+
+#: Drop reasons only the C data plane has (media/fastpath.h), counted with the
+#: DropReasons in a leg's ``drops``: a datagram over 2048 bytes; a punt the loop's full
+#: ring refused; a punt past the leg's punt budget (a stranger spraying the port).
+PLANE_DROP_REASONS: Final[tuple[str, ...]] = ("too_long", "punt_overflow", "punt_limited")
 
 
 class LatchMode(enum.StrEnum):

@@ -149,7 +149,7 @@ class LegCounters:
         self.rtcp_out = 0
         self.punted = 0
         self.send_errors = 0
-        # By DropReason; the data plane adds its own two (too_long, punt_overflow).
+        # By DropReason; the data plane adds its own (latching.PLANE_DROP_REASONS).
         self.drops: dict[str, int] = dict.fromkeys(DropReason, 0)
 
     @property

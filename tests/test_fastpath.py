@@ -337,15 +337,26 @@ def test_forward_reports_a_failed_proof_and_dtls_pending() -> None:
 
 
 def test_a_full_punt_queue_drops_and_counts(fast: FastPath) -> None:
-    stranger, r = udp(STRANGER), udp(RELAY)
-    leg = fast.add_leg(r, mux=True)
-    r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
-    n = 700  # the ring holds 512 per loop
+    """Two legs of one loop, each within its punt budget (400 at once), together past
+    the loop's ring (512): the ring overflows, and nothing is punt_limited."""
+    stranger, r1, r2 = udp(STRANGER), udp(RELAY), udp(RELAY)
+    legs = [fast.add_leg(r, mux=True, loop=0) for r in (r1, r2)]
+    for r in (r1, r2):
+        r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+    n = 350
     for seq in range(n):
-        stranger.sendto(rtp(seq), addr(r))
-    until(lambda: fast.counters(leg).to_python + fast.counters(leg).received >= n - 20)
-    c = fast.counters(leg)
-    assert c.to_python == 512 and c.drops["punt_overflow"] == c.received > 0
+        stranger.sendto(rtp(seq), addr(r1))
+        stranger.sendto(rtp(seq), addr(r2))
+
+    def seen() -> int:
+        return sum(fast.counters(h).to_python + fast.counters(h).received for h in legs)
+
+    until(lambda: seen() >= 2 * n - 20)
+    cs = [fast.counters(h) for h in legs]
+    assert sum(c.to_python for c in cs) == 512
+    assert all(c.drops["punt_overflow"] == c.received for c in cs)
+    assert sum(c.received for c in cs) > 0
+    assert all(c.drops["punt_limited"] == 0 for c in cs)
     assert len(fast.drain(2000)) == 512
 
 

@@ -1,0 +1,222 @@
+"""media/fastpath: the per-leg punt budget (media/fastpath.h, SE_FP_PUNT_RATE).
+
+What the plane cannot decide (STUN, DTLS, media from a source not latched) goes to
+Python through one ring per loop.  A stranger spraying one relay port must not fill
+that ring for every other call of the loop: each leg punts within a token bucket on
+the plane's clock, the rest is dropped in C as ``punt_limited``.
+
+Cast as tests/test_fastpath.py: the relay's sockets on 127.0.0.1, the caller on
+127.0.0.2, the callee on 127.0.0.3, the stranger on 127.0.0.4, the attacker on
+127.0.0.5.  Every loop is bounded in count and in time.  No skip: without the C
+extension this file fails to import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import socket
+import threading
+import time
+
+import pytest
+
+from media import _srtp
+from media.fastpath import PUNT_BURST, PUNT_RATE, FastPath, Punted
+from media.latching import PLANE_DROP_REASONS, DropReason
+from media.rtp import PacketKind
+from tests.test_fastpath import (
+    CALLEE,
+    CALLER,
+    RELAY,
+    STRANGER,
+    STUN_REQUEST,
+    WAIT,
+    addr,
+    balanced,
+    rtp,
+    udp,
+    until,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+ATTACKER = "127.0.0.5"
+FLOOD = 20_000
+
+
+def test_the_budget_and_its_names() -> None:
+    assert hasattr(_srtp, "Plane"), "media._srtp was built without the data plane"
+    assert (PUNT_RATE, PUNT_BURST) == (250.0, 400.0)
+    assert PUNT_BURST < 512  # one leg's burst leaves room in its loop's ring
+    names = set(_srtp.PLANE_DROPS)
+    assert set(PLANE_DROP_REASONS) <= names
+    assert names - set(PLANE_DROP_REASONS) <= {str(r) for r in DropReason}
+    assert _srtp.PLANE_DROPS[-1] == "punt_limited"
+    with pytest.raises(ValueError):
+        FastPath(loops=1, punt_rate=-1.0)
+
+
+def test_a_leg_punts_its_burst_then_its_rate_on_the_planes_clock() -> None:
+    """The clock stands still: exactly the burst goes up, the rest is limited; half a
+    second later, exactly half a second's worth more."""
+    with FastPath(loops=1) as fp:
+        fp.set_clock(1000.0)
+        stranger, r = udp(STRANGER), udp(RELAY)
+        r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+        leg = fp.add_leg(r, mux=True)
+
+        def seen() -> int:
+            c = fp.counters(leg)
+            return c.to_python + c.received
+
+        for seq in range(450):
+            stranger.sendto(rtp(seq), addr(r))
+        until(lambda: seen() == 450, "450 datagrams decided")
+        c = fp.counters(leg)
+        assert c.to_python == 400 and c.drops["punt_limited"] == 50
+        assert len(fp.drain(1000)) == 400
+        fp.set_clock(1000.5)  # + 0.5 s * 250/s = 125 tokens
+        for seq in range(200):
+            stranger.sendto(STUN_REQUEST if seq % 2 else rtp(seq), addr(r))  # STUN too
+        until(lambda: seen() == 650, "650 datagrams decided")
+        c = fp.counters(leg)
+        assert c.to_python == 525 and c.drops["punt_limited"] == 125
+        assert c.drops["punt_overflow"] == 0 and balanced(c)
+        assert fp.drop_sources(leg)["punt_limited"] == addr(stranger)
+        assert len(fp.drain(1000)) == 125
+        stranger.close()
+        r.close()
+
+
+def test_a_leg_punting_audio_and_ice_checks_is_never_limited() -> None:
+    """A leg that never latches in C punts its whole stream: 50 RTP packets a second
+    and an ICE check every 50 ms (RFC 8445 section 14.2), for 20 seconds of the plane's
+    clock (past the burst, so the rate is what is tested), each second's packets at
+    once.  Nothing is limited."""
+    with FastPath(loops=1) as fp:
+        fp.set_clock(1000.0)
+        caller, r = udp(CALLER), udp(RELAY)
+        r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+        leg = fp.add_leg(r, mux=True)
+
+        def punted(n: int) -> bool:
+            return fp.counters(leg).to_python == n
+
+        sent = 0
+        for second in range(20):
+            fp.set_clock(1000.0 + second + 1)
+            for i in range(70):
+                caller.sendto(rtp(sent) if i < 50 else STUN_REQUEST, addr(r))
+                sent += 1
+            until(functools.partial(punted, sent), f"{sent} punts")
+            assert len(fp.drain(1000)) == 70
+        c = fp.counters(leg)
+        assert c.to_python == sent == 1400 and c.received == 0
+        assert c.drops["punt_limited"] == 0 and c.drops["punt_overflow"] == 0
+        caller.close()
+        r.close()
+
+
+def test_a_sprayed_leg_does_not_starve_the_other_calls_of_its_loop() -> None:
+    """An attacker sprays 20,000 junk RTP datagrams at one relay port from an address
+    nobody latched, as fast as it can; meanwhile, on the same loop, another call's
+    caller sends an ICE check and its first RTP packets.  Python gets every one of
+    that call's punts and latches it (its media then flows in C); the sprayed leg
+    punts at most its burst plus its rate, the rest is dropped in C, and the ring
+    does not overflow.
+
+    The spray starts while Python is busy elsewhere (it drains nothing): without the
+    budget the junk alone fills the ring and the ICE check is lost (punt_overflow)."""
+    fp = FastPath(loops=1)
+    attacker, caller, callee = udp(ATTACKER), udp(CALLER), udp(CALLEE)
+    r_target, r_offer, r_answer = udp(RELAY), udp(RELAY), udp(RELAY)
+    r_target.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    t0 = time.monotonic()
+    fp.start()
+    target = fp.add_leg(r_target, mux=True, loop=0)
+    offer = fp.add_leg(r_offer, mux=True, loop=0)
+    answer = fp.add_leg(r_answer, mux=True, loop=0)
+    fp.pair(offer, answer)
+    fp.latch(answer, addr(callee))
+    punted: dict[int, list[Punted]] = {target: [], offer: [], answer: []}
+    sent = [0, 0]  # junk, the caller's RTP
+    junk = rtp(0, ssrc=0xBADBAD, size=100)
+
+    def handler(batch: list[Punted]) -> None:
+        """The relay's part: latch the caller on its first RTP packet."""
+        for p in batch:
+            punted[p.leg].append(p)
+            if p.leg == offer and p.kind is PacketKind.RTP and fp.addresses(offer)[0] is None:
+                fp.latch(offer, p.source)
+
+    def flood() -> None:  # bounded in count and in time
+        deadline = time.monotonic() + 20.0
+        for i in range(sent[0], FLOOD):
+            if time.monotonic() > deadline:
+                break
+            attacker.sendto(junk, addr(r_target))
+            sent[0] += 1
+            if i % 500 == 250:
+                sent[1] += 1
+                caller.sendto(rtp(sent[1]), addr(r_offer))
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        fp.attach(loop, handler)
+        thread = threading.Thread(target=flood)
+        thread.start()
+        try:
+            while thread.is_alive() and time.monotonic() - t0 < 30:
+                await asyncio.sleep(0.005)
+        finally:
+            thread.join(30)
+        assert not thread.is_alive()
+        for _ in range(int(WAIT / 0.005)):  # what the kernel still holds, decided
+            c = fp.counters(target)
+            if c.to_python + c.received >= sent[0] and not fp.drain(0):
+                break
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.05)
+        fp.detach()
+        while batch := fp.drain():
+            handler(batch)
+
+    try:
+        # Python busy: the first 1,000 of the spray, then the other call's ICE check.
+        for _ in range(1000):
+            attacker.sendto(junk, addr(r_target))
+            sent[0] += 1
+        until(lambda: sum(fp.counters(target).drops.values()) > 0, "the spray limited")
+        caller.sendto(STUN_REQUEST, addr(r_offer))
+        until(lambda: fp.counters(offer).to_python + fp.counters(offer).received == 1)
+        assert fp.counters(offer).to_python == 1, "the ICE check was lost"
+        asyncio.run(scenario())
+        elapsed = time.monotonic() - t0
+        attacked, o = fp.counters(target), fp.counters(offer)
+        # The other call: its ICE check and first RTP reached Python, it latched, and
+        # once latched its media stayed in C, to the callee.
+        kinds = [p.kind for p in punted[offer]]
+        assert PacketKind.STUN in kinds and PacketKind.RTP in kinds
+        assert fp.addresses(offer)[0] == addr(caller)
+        assert o.drops["punt_limited"] == 0 and o.drops["punt_overflow"] == 0
+        assert o.to_python + o.packets_in == sent[1] + 1  # every RTP packet and the check
+        during = [callee.recvfrom(4096)[0] for _ in range(o.packets_in)]  # in C, meanwhile
+        assert during == [rtp(seq) for seq in range(sent[1] - o.packets_in + 1, sent[1] + 1)]
+        caller.sendto(rtp(1000), addr(r_offer))
+        assert callee.recvfrom(4096)[0] == rtp(1000)  # forwarded in C
+        assert fp.counters(offer).packets_in == o.packets_in + 1
+        # The sprayed leg: at most its burst and its rate punted, the rest dropped in C.
+        assert sent[0] == FLOOD
+        decided = attacked.to_python + attacked.received
+        assert decided > FLOOD // 2  # the kernel may drop some, not most
+        assert attacked.to_python <= PUNT_BURST + PUNT_RATE * elapsed + 1
+        assert attacked.to_python == len(punted[target])
+        assert attacked.drops["punt_limited"] >= decided - attacked.to_python - 50
+        assert attacked.drops["punt_limited"] > 10_000
+        assert attacked.drops["punt_overflow"] <= 10
+        assert balanced(attacked) and balanced(o)
+    finally:
+        fp.close()
+        for s in (attacker, caller, callee, r_target, r_offer, r_answer):
+            s.close()
