@@ -51,7 +51,7 @@ from prometheus_client.utils import floatToGoString
 from edge import __version__
 from edge.health import HttpEndpoint, Parts, not_ready
 from edge.log import LogFn
-from media.latching import DropReason
+from media.latching import PLANE_DROP_REASONS, DropReason
 
 __all__ = ["METRIC_NAMES", "Metrics", "Parts"]
 
@@ -95,8 +95,9 @@ _TRANSPORT_ERRORS: Final = {
     "udp_send_dropped": "udp_send_dropped",
     "write_buffer_overflows": "write_buffer_overflow",
 }
-# Every reason the relay counts (media/latching.py), so a new one shows up by itself.
-_DROP_REASONS: Final = tuple(str(reason) for reason in DropReason)
+# Every reason the relay counts (media/latching.py), so a new one shows up by itself,
+# and the C data plane's own (too_long, punt_overflow, punt_limited).
+_DROP_REASONS: Final = (*(str(reason) for reason in DropReason), *PLANE_DROP_REASONS)
 # Leg.profile (media/relay.py) -> label value: the key exchange of each leg.
 _PROFILES: Final = {"rtp": "rtp", "srtp": "sdes", "dtls-srtp": "dtls"}
 # MediaController counters of WebRTC legs, once it keeps them.

@@ -192,6 +192,7 @@ async def test_a_scrape_shows_the_parts_counters(proxy: Proxy, endpoint: Metrics
     offer.counters.packets_in, offer.counters.bytes_in = 10, 1720
     answer_leg.counters.packets_out, answer_leg.counters.bytes_out = 10, 1720
     answer_leg.counters.drops[DropReason.AUTH_FAILED] = 6
+    answer_leg.counters.drops["punt_limited"] = 9  # a reason of the C data plane's
     answer_leg.set_crypto(object(), object())  # type: ignore[arg-type]  # an SDES leg
 
     fams = await scrape(endpoint)
@@ -231,6 +232,8 @@ async def test_a_scrape_shows_the_parts_counters(proxy: Proxy, endpoint: Metrics
     assert value(fams, "sipedge_media_packets", direction="in") == 10
     assert value(fams, "sipedge_media_bytes", direction="out") == 1720
     assert value(fams, "sipedge_media_drops", reason="auth_failed") == 6
+    assert value(fams, "sipedge_media_drops", reason="punt_limited") == 9
+    assert value(fams, "sipedge_media_drops", reason="punt_overflow") == 0
     assert value(fams, "sipedge_media_ports", state="in_use") == 4
     assert value(fams, "sipedge_media_ports", state="free") == 4
     assert not samples(fams, "sipedge_metrics_errors")  # every part was read
