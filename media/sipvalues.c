@@ -491,6 +491,11 @@ build(ValuesObject *self, int t, PyObject **vals)
             for (int i = 0; i < n; i++)
                 *(PyObject **)((char *)obj + self->off[t][i]) = Py_NewRef(vals[i]);
     }
+    /* A value holds strings, numbers, None, tuples of those and other values: no
+     * reference cycle can pass through it, so the cyclic GC need not visit it (a
+     * proxy keeps a call's parsed values for the 32 s of its transactions). */
+    if (obj != NULL)
+        PyObject_GC_UnTrack(obj);
 done:
     for (int i = 0; i < n; i++)
         Py_XDECREF(vals[i]);
@@ -522,8 +527,10 @@ params_tuple(const unsigned char *t, const params *ps)
         }
         PyTuple_SET_ITEM(pair, 0, name);
         PyTuple_SET_ITEM(pair, 1, value);
+        PyObject_GC_UnTrack(pair); /* strings only: what the GC would untrack on its first pass */
         PyTuple_SET_ITEM(tuple, i, pair);
     }
+    PyObject_GC_UnTrack(tuple);
     return tuple;
 fail:
     Py_DECREF(tuple);

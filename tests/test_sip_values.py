@@ -467,3 +467,19 @@ def test_switches() -> None:
     assert _run(code, SIPEDGE_PURE_PYTHON="", SIPEDGE_PURE_PYTHON_VALUES="") == "True True"
     assert _run(code, SIPEDGE_PURE_PYTHON="1", SIPEDGE_PURE_PYTHON_VALUES="") == "False False"
     assert _run(code, SIPEDGE_PURE_PYTHON="", SIPEDGE_PURE_PYTHON_VALUES="1") == "True False"
+
+
+def test_c_built_fields_and_values_are_not_tracked_by_the_cyclic_gc() -> None:
+    # A proxy keeps a call's parsed messages for the 32 s of its transactions; fields and
+    # values hold only strings, numbers, None and tuples of them (no cycle can pass
+    # through one), so the C paths untrack them and GC passes do not revisit them.
+    import gc
+
+    from tests.sipdata import INVITE
+
+    msg = parse_message(INVITE)
+    assert msg.headers.fields and not any(gc.is_tracked(f) for f in msg.headers.fields)
+    for value in (msg.top_via, msg.top_via.params, msg.from_, msg.from_.uri, msg.to, msg.cseq):
+        assert not gc.is_tracked(value), value
+    for field in msg.headers.fields:
+        assert all(type(getattr(field, a)) in (str, type(None)) for a in field.__slots__)
