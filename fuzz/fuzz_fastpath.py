@@ -29,7 +29,8 @@ a fixed ``--seed``:
   forwarded, mutated and sent back in;
 - meanwhile: legs removed and added, re-keyed, re-flagged, re-paired (echo, unpaired),
   re-latched to a stranger, the plane's clock moved; punts drained in bursts (some left
-  to overflow the ring) and fed back through ``forward()``, sometimes to a removed leg;
+  to overflow the ring, some past a leg's punt budget) and fed back through
+  ``forward()``, sometimes to a removed leg;
 - at the end half the legs are removed and the plane is closed with the rest in it;
   then a second, running plane with legs and keys is dropped without ``close()``.
 
@@ -409,12 +410,17 @@ class Fuzz:
             fp.loop_stats()
 
     def flood(self) -> None:
-        """STUN into one leg, undrained, until its loop's punt ring (512) overflows."""
-        leg = self.legs[self.rng.choice(list(self.legs))]
-        for _ in range(20):
-            for _ in range(100):
-                self.send(leg.endpoint, stun_packet(self.rng), self.addr(leg.sock))
-            time.sleep(0.002)  # the loop reads: the socket buffer is not what overflows
+        """STUN, undrained, into one leg past its punt budget (400 at once:
+        punt_limited), then into every leg, together past their loop's punt ring (512:
+        punt_overflow)."""
+        legs = list(self.legs.values())
+        while batch := self.fp.drain(1024):  # an empty ring: the budget is what limits
+            self.stats["drained"] += len(batch)
+        for round_ in range(10):
+            for leg in legs[:1] if round_ < 7 else legs:
+                for _ in range(100):
+                    self.send(leg.endpoint, stun_packet(self.rng), self.addr(leg.sock))
+                time.sleep(0.002)  # the loop reads: the socket buffer is not what overflows
         time.sleep(0.05)
 
     # -- the run
