@@ -35,6 +35,8 @@ setup(
                 "media/sipscan.c",
                 # ... and so do the fast paths of its typed header values.
                 "media/sipvalues.c",
+                # ... and the header checks around them (sip.message._check_headers).
+                "media/sipcheck.c",
             ],
             depends=[
                 "media/srtp_core.h",
@@ -42,6 +44,7 @@ setup(
                 "media/fastpath_py.h",
                 "media/sipscan.h",
                 "media/sipvalues.h",
+                "media/sipcheck.h",
             ],
             libraries=["crypto"],
             extra_compile_args=extra_compile_args,

@@ -10,6 +10,8 @@
  *     sip.message.parse_message (sipscan.c); sip/message.py uses it when it imports.
  *   - media._srtp.SipValueParser holds the C fast paths of the typed header values
  *     (Via, URI, NameAddr, Contact, CSeq) that sip.message tries first (sipvalues.c).
+ *   - media._srtp.SipHeaderChecker is the C twin of sip.message._check_headers, the
+ *     header checks and typed values after tokenizing (sipcheck.c).
  *   - The C API capsule media._srtp._C_API (se_srtp_capi) lets C code outside this
  *     module run the core without the GIL; the fast path, compiled into this
  *     module, calls the core directly.
@@ -34,6 +36,7 @@
 #include "fastpath_py.h"
 #include "sipscan.h"
 #include "sipvalues.h"
+#include "sipcheck.h"
 
 
 /*
@@ -1016,7 +1019,7 @@ srtp_exec(PyObject *module)
     }
     Py_DECREF(capsule);
     if (se_fastpath_register(module) < 0 || se_sipscan_register(module) < 0
-        || se_sipvalues_register(module) < 0)
+        || se_sipvalues_register(module) < 0 || se_sipcheck_register(module) < 0)
         return -1;
     if (PyModule_AddIntConstant(module, "REPLAY_WINDOW", SE_SRTP_WINDOW) < 0
         || PyModule_AddIntConstant(module, "MAX_SSRCS", SE_SRTP_MAX_SSRCS) < 0)

@@ -3,6 +3,7 @@
 The pure-Python twin ``media._srtp_py`` has the same API; ``media.srtp`` picks one.
 """
 
+from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from typing import Any, Final, Literal, final
 
@@ -199,3 +200,29 @@ class SipValueParser:
     @property
     def direct(self) -> dict[str, bool]:
         """Per method: True if its objects are built by writing their slots."""
+
+@final
+class SipHeaderChecker:
+    """The C twin of ``sip.message._check_headers`` (media/sipcheck.c); sip.message
+    makes one on its tables and memos."""
+
+    def __init__(
+        self,
+        sip_error: type[Exception],
+        request: type,
+        typed: dict[str, Callable[[list[str]], Any]],
+        list_headers: frozenset[str],
+        required: tuple[str, ...],
+        via: Any,
+        name_addr: Any,
+        contact: Any,
+        cseq: Any,
+        content_type: Any,
+    ) -> None: ...
+    def check(self, msg: Any, values: dict[str, list[str]], duplicate: str | None, /) -> None:
+        """Fill ``msg.headers._typed`` as _check_headers does, or raise its SipError."""
+    def split(self, value: str, /) -> list[str]:
+        """``sip._abnf.split_list(value)``, the split check() applies to list headers."""
+    @property
+    def handled(self) -> list[str]:
+        """Keys whose typed value C makes (their _TYPED parser is the one it was made with)."""

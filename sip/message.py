@@ -33,6 +33,12 @@ Rules of this module:
   behind the memos, so a memo hit costs what it did.  tests/test_sip_values.py
   holds it to the Python parsers; SIPEDGE_PURE_PYTHON_VALUES=1 turns off this
   half alone.
+- What follows tokenizing (repeated single and missing required headers, the
+  comma split of list headers, the typed values through the same memos, the
+  CSeq method) is :func:`_check_headers`, the reference, and its C twin
+  (media/sipcheck.c), which calls back into the _TYPED parsers it does not
+  mirror.  tests/test_sip_check.py holds them to each other;
+  SIPEDGE_PURE_PYTHON_CHECK=1 turns off this part alone.
 """
 
 from __future__ import annotations
@@ -679,7 +685,8 @@ def parse_message(
     )
     headers = Headers._from_fields(fields)
     msg = _parse_start_line(start_line, headers, limits)
-    _check_headers(msg, values, duplicate)
+    check = _check_c if _check_c is not None else _check_headers
+    check(msg, values, duplicate)
     if "content-length" in headers._typed:
         length: int = headers._typed["content-length"]
         available = len(data) - body_start
@@ -839,6 +846,10 @@ def _parse_start_line(line: str, headers: Headers, limits: Limits) -> Request | 
 def _check_headers(
     msg: Request | Response, values: dict[str, list[str]], duplicate: str | None
 ) -> None:
+    """Refuse repeated single and missing required headers, parse the typed ones
+    into ``msg.headers._typed``: the Python reference of
+    ``media._srtp.SipHeaderChecker.check`` (tests/test_sip_check.py compares them).
+    """
     if duplicate is not None:
         raise SipError(f"{duplicate} must appear once")
     for key in REQUIRED_HEADERS:
@@ -893,15 +904,49 @@ def _load_values() -> Any:
     return _values_loaded[0]
 
 
-def use_accelerator(enabled: bool, *, values: bool | None = None) -> bool:
+ENV_PURE_PYTHON_CHECK = "SIPEDGE_PURE_PYTHON_CHECK"
+_CheckFn: TypeAlias = Callable[[Request | Response, dict[str, list[str]], str | None], None]
+_check_c: _CheckFn | None = None
+_check_loaded: list[_CheckFn | None] = []
+
+
+def _load_checker() -> _CheckFn | None:
+    """media._srtp.SipHeaderChecker.check on this module's tables and memos, or None."""
+    if not _check_loaded:
+        try:
+            from media._srtp import SipHeaderChecker
+        except ImportError:
+            _check_loaded.append(None)
+        else:
+            checker = SipHeaderChecker(
+                SipError,
+                Request,
+                _TYPED,
+                LIST_HEADERS,
+                REQUIRED_HEADERS,
+                _via,
+                _name_addr,
+                _contact,
+                _cseq,
+                _content_type,
+            )
+            _check_loaded.append(checker.check)
+    return _check_loaded[0]
+
+
+def use_accelerator(
+    enabled: bool, *, values: bool | None = None, check: bool | None = None
+) -> bool:
     """Tokenize with the C scanner (when it imports) or with the Python reference,
-    and parse typed values with their C fast paths or not (``values``, by default
-    as ``enabled``).
+    parse typed values with their C fast paths or not (``values``), and run the
+    header checks after tokenizing in C or not (``check``); both by default as
+    ``enabled``.
 
     Returns whether the C scanner is in use now.
     """
-    global _scan_c
+    global _scan_c, _check_c
     _scan_c = _load_scanner() if enabled else None
+    _check_c = _load_checker() if (enabled if check is None else check) else None
     parser = _load_values() if (enabled if values is None else values) else None
     for memo, name in (
         (_via, "via"),
@@ -924,10 +969,19 @@ def values_accelerated() -> bool:
     return _via._fast is not None
 
 
+def check_accelerated() -> bool:
+    """True if the header checks after tokenizing run in C."""
+    return _check_c is not None
+
+
+def _env_on(name: str) -> bool:
+    return os.environ.get(name, "").strip() == "1"
+
+
 use_accelerator(
-    os.environ.get(ENV_PURE_PYTHON, "").strip() != "1",
-    values=os.environ.get(ENV_PURE_PYTHON, "").strip() != "1"
-    and os.environ.get(ENV_PURE_PYTHON_VALUES, "").strip() != "1",
+    not _env_on(ENV_PURE_PYTHON),
+    values=not _env_on(ENV_PURE_PYTHON) and not _env_on(ENV_PURE_PYTHON_VALUES),
+    check=not _env_on(ENV_PURE_PYTHON) and not _env_on(ENV_PURE_PYTHON_CHECK),
 )
 
 
