@@ -35,7 +35,7 @@ help:
 	@echo "make format     ruff format + ruff check --fix (rewrites files)"
 	@echo "make test       install + devcert, lint, then the whole pytest suite"
 	@echo "make bench      run bench/bench_*.py (installs the bench extra: matplotlib)"
-	@echo "make fuzz-asan  fuzz the C data plane, SIP tokenizer and SIP value parsers under ASan + UBSan"
+	@echo "make fuzz-asan  fuzz the C data plane, SIP tokenizer, value parsers and header checks under ASan + UBSan"
 	@echo "                (FUZZ_DATAGRAMS=$(FUZZ_DATAGRAMS) FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_SEED=$(FUZZ_SEED)"
 	@echo "                FUZZ_SIP_CASES=$(FUZZ_SIP_CASES))"
 	@echo "make clean      remove the venv, build output and caches (distclean: also $(CERT_DIR)/)"

@@ -1,5 +1,6 @@
-"""``make fuzz-asan``: fuzz/fuzz_fastpath.py, fuzz_sipscan.py and fuzz_sipvalues.py against
-media._srtp built with AddressSanitizer and UBSan, failing on any sanitizer report.
+"""``make fuzz-asan``: fuzz/fuzz_fastpath.py, fuzz_sipscan.py, fuzz_sipvalues.py and
+fuzz_sipcheck.py against media._srtp built with AddressSanitizer and UBSan, failing
+on any sanitizer report.
 
     .venv/bin/python fuzz/asan_run.py                        # build, canaries, fuzz
     .venv/bin/python fuzz/asan_run.py --datagrams 200000 --seconds 120 --seed 3
@@ -27,8 +28,10 @@ media._srtp built with AddressSanitizer and UBSan, failing on any sanitizer repo
    (its invariants: equal results and errors, no HeaderField left alive, the
    name cache within bounds), judged as above; and the fast paths of the typed
    header values (media/sipvalues.c) with fuzz/fuzz_sipvalues.py (None or the
-   Python parser's very result, no value object left alive).  ``--sip-cases 0``
-   skips both; ``--datagrams 0`` skips the data plane's run.
+   Python parser's very result, no value object left alive); and the header
+   checks after tokenizing (media/sipcheck.c) with fuzz/fuzz_sipcheck.py (the
+   reference's typed values, errors and memo contents, no object left alive).
+   ``--sip-cases 0`` skips the three; ``--datagrams 0`` skips the data plane's run.
 5. First, three canaries prove the judge sees what it is for: a use-after-free
    (through the runtime's memset interceptor), a lost malloc() (LSan at exit) and a
    lost reference to an SRTP Context must each fail their run.  ``--no-canaries``
@@ -182,6 +185,7 @@ def main() -> int:
                "--seed", str(args.seed)]  # fmt: skip
         runs.append(("fuzz sipscan", "fuzz_sipscan.py", sip))
         runs.append(("fuzz sipvalues", "fuzz_sipvalues.py", sip))
+        runs.append(("fuzz sipcheck", "fuzz_sipcheck.py", sip))
     for label, harness, extra in runs:
         proc = run(ext, env, extra, args.seconds * 3 + 120, harness)
         clean, verdict = judge(proc)
