@@ -11,13 +11,13 @@ Measures, in one process and on one core:
 The ratio to the floor says how much the checks cost on top of touching
 the bytes at all.
 
-Each message is measured three ways: all pure Python (``python``, what
-SIPEDGE_PURE_PYTHON=1 selects); the C scanner of media._srtp with the typed
-header values parsed in Python (``C scan``, SIPEDGE_PURE_PYTHON_VALUES=1); and
-the C scanner plus the C fast paths of the typed values (``C``, the default
-when the extension is built).  The cold parse is where the value fast paths
-show: warm, the memos answer.  ``tok µs`` is the tokenizing step alone
-(sip.message._scan or the scanner).
+Each message is measured four ways: all pure Python (``python``, what
+SIPEDGE_PURE_PYTHON=1 selects); the C scanner of media._srtp with the rest in
+Python (``C scan``); the C scanner plus the C fast paths of the typed values
+(``C vals``, SIPEDGE_PURE_PYTHON_CHECK=1); and that plus the header checks in
+C (``C``, media/sipcheck.c: the default when the extension is built).  The
+cold parse is where the value fast paths show: warm, the memos answer.
+``tok µs`` is the tokenizing step alone (sip.message._scan or the scanner).
 
     python bench/bench_sip_parse.py [--seconds 1.0] [--json]
 """
@@ -77,11 +77,13 @@ def main() -> None:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
     rows = []
-    paths = ["python", "C scan", "C"] if message.use_accelerator(True) else ["python"]
+    paths = ["python", "C scan", "C vals", "C"] if message.use_accelerator(True) else ["python"]
     for name, data in (("INVITE+SDP", INVITE), ("200 OK", OK_200)):
         floor_ns = measure(lambda d=data: floor(d), args.seconds)
         for path in paths:
-            message.use_accelerator(path != "python", values=path == "C")
+            message.use_accelerator(
+                path != "python", values=path in ("C vals", "C"), check=path == "C"
+            )
             scan = message._scan_c or message._scan
 
             def cold(d: bytes = data) -> object:
