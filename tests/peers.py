@@ -46,6 +46,22 @@ REPO = Path(__file__).resolve().parent.parent
 SIPP_SCENARIOS = REPO / "tests" / "sipp"
 KAMAILIO_CFG = REPO / "bench" / "kamailio" / "proxy.cfg"
 
+
+def python_output(code: str, **env: str) -> str:
+    """What ``python -c code`` prints, run from the repository with ``env`` added (the
+    accelerator switches are read at import, so checking them needs a fresh process)."""
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return out.stdout.strip()
+
+
 PortKind = Literal["udp", "tcp", "both"]
 SippTransport = Literal["udp", "tcp"]
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import os
 import random
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,6 +31,7 @@ from sip import message
 from sip._abnf import split_list
 from sip.errors import SipError
 from sip.message import Headers, Limits, parse_message
+from tests.peers import python_output
 from tests.test_sip_scan import CORPUS
 from tests.test_sip_scan import mutate as mutate_bytes
 
@@ -452,18 +451,6 @@ def test_whole_parse_agrees_on_random_mutations() -> None:
 
 
 # ------------------------------------------------------------------ switches
-def _run(code: str, **env: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout.strip()
-
-
 def test_environment_switches() -> None:
     code = (
         "from sip import message as m; "
@@ -474,7 +461,7 @@ def test_environment_switches() -> None:
         "SIPEDGE_PURE_PYTHON_VALUES": "",
         "SIPEDGE_PURE_PYTHON_CHECK": "",
     }
-    assert _run(code, **clean) == "True True True"
-    assert _run(code, **{**clean, "SIPEDGE_PURE_PYTHON": "1"}) == "False False False"
-    assert _run(code, **{**clean, "SIPEDGE_PURE_PYTHON_CHECK": "1"}) == "True True False"
-    assert _run(code, **{**clean, "SIPEDGE_PURE_PYTHON_VALUES": "1"}) == "True False True"
+    assert python_output(code, **clean) == "True True True"
+    assert python_output(code, **{**clean, "SIPEDGE_PURE_PYTHON": "1"}) == "False False False"
+    assert python_output(code, **{**clean, "SIPEDGE_PURE_PYTHON_CHECK": "1"}) == "True True False"
+    assert python_output(code, **{**clean, "SIPEDGE_PURE_PYTHON_VALUES": "1"}) == "True False True"

@@ -15,8 +15,6 @@ from __future__ import annotations
 import ast
 import os
 import random
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ import tests.sipdata as sipdata
 from sip import message
 from sip.errors import SipError
 from sip.message import COMPACT_FORMS, SINGLE_HEADERS, HeaderField, Limits, parse_message
+from tests.peers import python_output
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -388,22 +387,10 @@ def test_whole_parse_agrees_on_random_mutations() -> None:
 
 
 # ------------------------------------------------------------------ switches
-def _run(code: str, **env: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout.strip()
-
-
 def test_pure_python_switch() -> None:
     code = "from sip import message; print(message.accelerated())"
-    assert _run(code, SIPEDGE_PURE_PYTHON="1") == "False"
-    assert _run(code, SIPEDGE_PURE_PYTHON="") == "True"
+    assert python_output(code, SIPEDGE_PURE_PYTHON="1") == "False"
+    assert python_output(code, SIPEDGE_PURE_PYTHON="") == "True"
 
 
 def test_sip_works_without_the_extension() -> None:
@@ -418,4 +405,4 @@ def test_sip_works_without_the_extension() -> None:
         "assert not message.use_accelerator(True)\n"
         "print(message.accelerated(), message.parse_message(INVITE).method)\n"
     )
-    assert _run(code) == "False INVITE"
+    assert python_output(code) == "False INVITE"

@@ -20,8 +20,6 @@ import ast
 import dataclasses
 import os
 import random
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -35,6 +33,7 @@ from sip.errors import SipError
 from sip.headers import Contact, CSeq, NameAddr, Via
 from sip.message import LIST_HEADERS, clear_parse_caches, parse_message
 from sip.uri import URI
+from tests.peers import python_output
 from tests.test_sip_scan import CORPUS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -450,23 +449,15 @@ def test_random_mutations_agree() -> None:
 
 
 # ------------------------------------------------------------------ switches
-def _run(code: str, **env: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return out.stdout.strip()
-
-
 def test_switches() -> None:
     code = "from sip import message; print(message.accelerated(), message.values_accelerated())"
-    assert _run(code, SIPEDGE_PURE_PYTHON="", SIPEDGE_PURE_PYTHON_VALUES="") == "True True"
-    assert _run(code, SIPEDGE_PURE_PYTHON="1", SIPEDGE_PURE_PYTHON_VALUES="") == "False False"
-    assert _run(code, SIPEDGE_PURE_PYTHON="", SIPEDGE_PURE_PYTHON_VALUES="1") == "True False"
+
+    def run(pure: str, values: str) -> str:
+        return python_output(code, SIPEDGE_PURE_PYTHON=pure, SIPEDGE_PURE_PYTHON_VALUES=values)
+
+    assert run("", "") == "True True"
+    assert run("1", "") == "False False"
+    assert run("", "1") == "True False"
 
 
 def test_c_built_fields_and_values_are_not_tracked_by_the_cyclic_gc() -> None:
