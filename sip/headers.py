@@ -70,14 +70,18 @@ def format_params(params: tuple[Param, ...]) -> str:
 def get_param(params: tuple[Param, ...], name: str) -> str | None:
     name = name.lower()
     for key, value in params:
-        if key.lower() == name:
+        # Most keys are written in lower case: the equality spares their lower().
+        if key == name or key.lower() == name:
             return value
     return None
 
 
 def has_param(params: tuple[Param, ...], name: str) -> bool:
     name = name.lower()
-    return any(key.lower() == name for key, _ in params)
+    for key, _ in params:  # noqa: SIM110 (a plain loop is cheaper than any() here)
+        if key == name or key.lower() == name:
+            return True
+    return False
 
 
 def set_param(params: tuple[Param, ...], name: str, value: str | None) -> tuple[Param, ...]:
