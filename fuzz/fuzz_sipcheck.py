@@ -22,8 +22,6 @@ Prints one JSON line with what it did; exits 1 if the invariant broke.
 
 from __future__ import annotations
 
-import argparse
-import gc
 import json
 import random
 import sys
@@ -34,31 +32,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "fuzz"))
 
-from fuzz_sipscan import load_ext  # noqa: E402
+from fuzz_sipscan import sip_fuzz_args, type_refs  # noqa: E402
 
 
 def alive() -> int:
-    """References to the types of what a check builds or touches: every instance
-    holds one to its (heap) type, so this counts the instances the cyclic GC does
-    not track too."""
+    """References to the types of what this fuzzer builds (see type_refs)."""
     from sip.headers import Contact, ContentType, CSeq, NameAddr, Via
     from sip.message import HeaderField, Headers, Request, Response
     from sip.uri import URI
 
-    gc.collect()
     types = (Via, URI, NameAddr, Contact, CSeq, ContentType, HeaderField, Headers)
-    return sum(sys.getrefcount(t) for t in (*types, Request, Response))
+    return type_refs(*types, Request, Response)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cases", type=int, default=20_000)
-    ap.add_argument("--seconds", type=float, default=60.0)
-    ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--ext", help="load media._srtp from this file")
-    args = ap.parse_args()
-    if args.ext:
-        load_ext(args.ext)
+    args = sip_fuzz_args(__doc__)
 
     from sip import message
     from sip._abnf import split_list

@@ -45,8 +45,10 @@ def load_ext(path: str) -> None:
     media._srtp = module  # type: ignore[attr-defined]
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def sip_fuzz_args(description: str) -> argparse.Namespace:
+    """The SIP fuzzers' arguments (--cases, --seconds, --seed, --ext); with --ext the
+    sanitizer build of media._srtp is loaded before anything imports it."""
+    ap = argparse.ArgumentParser(description=description.split("\n")[0])
     ap.add_argument("--cases", type=int, default=20_000)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--seed", type=int, default=7)
@@ -54,6 +56,19 @@ def main() -> int:
     args = ap.parse_args()
     if args.ext:
         load_ext(args.ext)
+    return args
+
+
+def type_refs(*types: type) -> int:
+    """References to these (heap) types after a collection.  Every instance holds one
+    to its type, so this counts live instances the cyclic GC does not track too (the C
+    paths untrack theirs; gc.get_objects() cannot see them)."""
+    gc.collect()
+    return sum(sys.getrefcount(t) for t in types)
+
+
+def main() -> int:
+    args = sip_fuzz_args(__doc__)
 
     from sip import message
     from sip.message import HeaderField, Limits
@@ -63,10 +78,7 @@ def main() -> int:
     if scan is None:
         print("media._srtp does not import: run `make install`", file=sys.stderr)
         return 1
-    # Every HeaderField holds a reference to its (heap) type: the type's count minus
-    # this is the fields left alive, the ones the C scanner untracks from the GC too.
-    gc.collect()
-    field_refs = sys.getrefcount(HeaderField)
+    field_refs = type_refs(HeaderField)
     rng = random.Random(args.seed)
     bases = [d for d in CORPUS if len(d) < 4000 and b"\r\n\r\n" in d]
     deadline = time.monotonic() + args.seconds
@@ -96,7 +108,7 @@ def main() -> int:
     del scan, expected, got
     message.use_accelerator(False)
     gc.collect()
-    alive = sys.getrefcount(HeaderField) - field_refs
+    alive = type_refs(HeaderField) - field_refs
     cached = message._scan_c_loaded[0].__self__.cached_names  # type: ignore[union-attr]
     summary = {
         "cases": done,
