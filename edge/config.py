@@ -59,12 +59,14 @@ from edge.config_values import (
     _bool,
     _check_readable_file,
     _choice,
+    _count,
     _host,
     _host_port,
     _int,
     _kind,
     _name,
     _no_unknown_keys,
+    _rate,
     _seconds,
     _sip_address,
     _str,
@@ -264,7 +266,10 @@ class MediaConfig:
     controller calls it at start-up).  ``caller`` is the media policy of a calling
     side that is not a trunk (a trunk's is its own ``media``).  ``fast_path``: the C
     data plane forwards the media (media/fastpath.py); where it cannot run, or with
-    false, every packet goes through Python (the reference path).
+    false, every packet goes through Python (the reference path).  ``punt_rate`` and
+    ``punt_burst``: what each of the plane's legs may hand Python (datagrams per second
+    after a burst), past which it drops them in C; the defaults are the plane's own
+    (SE_FP_PUNT_RATE, SE_FP_PUNT_BURST in media/fastpath.h, where their reasons are).
     """
 
     enabled: bool = True
@@ -274,6 +279,8 @@ class MediaConfig:
     timeout: float = 60.0
     caller: str = "as-offered"
     fast_path: bool = True
+    punt_rate: float = 250.0
+    punt_burst: int = 400
 
     def resolved_address(self, listen: ListenConfig) -> str:
         """The IP the relay binds and writes into SDP."""
@@ -828,6 +835,10 @@ def _parse_media(t: Mapping[str, Any]) -> MediaConfig:
         timeout=_seconds(t, s, "timeout", d.timeout, allow_zero=True),
         caller=_media_policy(t, s, "caller", d.caller),
         fast_path=_bool(t, s, "fast_path", d.fast_path),
+        # A rate of 0 or a burst under one datagram would punt nothing: no leg could
+        # ever latch, answer ICE or finish DTLS.
+        punt_rate=_rate(t, s, "punt_rate", d.punt_rate),
+        punt_burst=_count(t, s, "punt_burst", d.punt_burst, 1),
     )
 
 

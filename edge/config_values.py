@@ -140,6 +140,29 @@ def _seconds(
     return seconds
 
 
+def _rate(t: Mapping[str, Any], section: str, name: str, default: float) -> float:
+    """A rate per second: a TOML integer or float, finite, > 0."""
+    value = t.get(name, default)
+    key = _key(section, name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(key, f"expected a number per second, got {_kind(value)}")
+    rate = float(value)
+    if not math.isfinite(rate) or rate <= 0:
+        raise ConfigError(key, f"{value} must be a finite number > 0")
+    return rate
+
+
+def _count(t: Mapping[str, Any], section: str, name: str, default: int, low: int) -> int:
+    """An integer >= ``low``, with no upper bound of its own."""
+    value = t.get(name, default)
+    key = _key(section, name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(key, f"expected an integer, got {_kind(value)}")
+    if value < low:
+        raise ConfigError(key, f"{value} must be >= {low}")
+    return value
+
+
 def _bool(t: Mapping[str, Any], section: str, name: str, default: bool) -> bool:
     value = t.get(name, default)
     if not isinstance(value, bool):

@@ -136,7 +136,9 @@ class MediaController:
         self.fast_path: FastPath | None = None  # made and owned here, with the relay
         if relay is None and self.enabled:
             address = media.resolved_address(config.listen)
-            self.fast_path = relay_plane.make_fast_path(media.fast_path)
+            self.fast_path = relay_plane.make_fast_path(
+                media.fast_path, punt_rate=media.punt_rate, punt_burst=float(media.punt_burst)
+            )
             relay = MediaRelay(
                 address, media.port_range, media.quarantine, log=log, fast_path=self.fast_path
             )

@@ -74,7 +74,9 @@
  * video stream's first moments plus checks and flights at once; B = 400 holds a
  * keyframe burst, a DTLS flight and a round of checks twice over, and stays under
  * the ring (512): one leg's whole burst at once still leaves the others room.  Past
- * the budget a datagram is dropped in C (punt_limited): Python never sees it. */
+ * the budget a datagram is dropped in C (punt_limited): Python never sees it.  These
+ * are the defaults; an operator sets others with [media] punt_rate and punt_burst
+ * (edge/config.py), passed to se_fp_new. */
 #define SE_FP_PUNT_RATE 250.0  /* punts per second per leg */
 #define SE_FP_PUNT_BURST 400.0 /* bucket size */
 #define SE_FP_MAX_LOOPS 256

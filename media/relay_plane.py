@@ -20,10 +20,10 @@ Rules of this file:
   the pair in Python: its legs stay in the table with no source, no keys and no
   dtls-srtp flag, so every datagram is punted and :func:`media.relay.route` routes
   it whole, as on the Python path, sending from the leg's socket.  Such a pair is
-  bound by the plane's punt budget like any leg (``punt_limited`` past 250 datagrams a
-  second after a burst of 400, media/fastpath.h): enough for audio, not for video; on
-  the relay's own fast path it never happens (:meth:`MediaRelay.srtp_context` gives
-  C contexts).
+  bound by the plane's punt budget like any leg (``punt_limited`` past ``[media]
+  punt_rate`` datagrams a second after a burst of ``punt_burst``, by default 250 and
+  400, media/fastpath.h): enough for audio, not for video; on the relay's own fast
+  path it never happens (:meth:`MediaRelay.srtp_context` gives C contexts).
 - :func:`route_punted` is :func:`media.relay.route` for an offloaded leg: the same
   steps 1-3 (demultiplex, header, source check against the latch), then the plane's
   steps 4-8 through :meth:`FastPath.forward` (the RTCP bucket, decrypt, destination,

@@ -354,10 +354,40 @@ def _set(extra: str = "", target: str = 'uri = "sip:10.0.0.1"') -> str:
         (ECHO + '[[trunks]]\nname = "a"\nallow = ["10.0.0.0/8"]\nbogus = 1', "trunks[0].bogus"),
         # metrics
         ('[metrics]\naddress = "127.0.0.1:70000"\n' + ECHO, "metrics.address"),
+        # media: the plane's per-leg punt budget
+        ("[media]\npunt_rate = 0\n" + ECHO, "media.punt_rate"),
+        ("[media]\npunt_rate = -250.0\n" + ECHO, "media.punt_rate"),
+        ("[media]\npunt_rate = inf\n" + ECHO, "media.punt_rate"),
+        ("[media]\npunt_rate = nan\n" + ECHO, "media.punt_rate"),
+        ('[media]\npunt_rate = "250/s"\n' + ECHO, "media.punt_rate"),
+        ("[media]\npunt_rate = true\n" + ECHO, "media.punt_rate"),
+        ("[media]\npunt_burst = 0\n" + ECHO, "media.punt_burst"),
+        ("[media]\npunt_burst = -1\n" + ECHO, "media.punt_burst"),
+        ("[media]\npunt_burst = 400.0\n" + ECHO, "media.punt_burst"),
+        ('[media]\npunt_burst = "400"\n' + ECHO, "media.punt_burst"),
     ],
 )
 def test_parse_rejects(text: str, key: str) -> None:
     assert error_of(text).key == key
+
+
+def test_punt_budget() -> None:
+    """[media] punt_rate and punt_burst: defaults, values as written, errors that name
+    the key and say what it must be."""
+    assert (config.MediaConfig().punt_rate, config.MediaConfig().punt_burst) == (250.0, 400)
+    media = parse("[media]\npunt_rate = 40\npunt_burst = 1\n" + ECHO).media
+    assert (media.punt_rate, media.punt_burst) == (40.0, 1)
+    assert isinstance(media.punt_rate, float)
+    assert parse("[media]\npunt_rate = 0.5\n" + ECHO).media.punt_rate == 0.5
+    assert str(error_of("[media]\npunt_rate = 0\n" + ECHO)) == (
+        "media.punt_rate: 0 must be a finite number > 0"
+    )
+    assert str(error_of("[media]\npunt_burst = 0\n" + ECHO)) == "media.punt_burst: 0 must be >= 1"
+    assert str(error_of("[media]\npunt_burst = 2.5\n" + ECHO)) == (
+        "media.punt_burst: expected an integer, got a float"
+    )
+    effective = config.to_dict(parse("[media]\npunt_burst = 8\n" + ECHO))
+    assert (effective["media"]["punt_rate"], effective["media"]["punt_burst"]) == (250.0, 8)
 
 
 def test_outbound_only_trunk_needs_no_allow() -> None:

@@ -18,9 +18,12 @@ import functools
 import socket
 import threading
 import time
+import tomllib
 
 import pytest
 
+from edge import config
+from edge.media import MediaController
 from media import _srtp
 from media.fastpath import PUNT_BURST, PUNT_RATE, FastPath, Punted
 from media.latching import PLANE_DROP_REASONS, DropReason
@@ -48,6 +51,11 @@ FLOOD = 20_000
 def test_the_budget_and_its_names() -> None:
     assert hasattr(_srtp, "Plane"), "media._srtp was built without the data plane"
     assert (PUNT_RATE, PUNT_BURST) == (250.0, 400.0)
+    # [media] punt_rate and punt_burst default to the plane's own budget.
+    assert (config.MediaConfig().punt_rate, config.MediaConfig().punt_burst) == (
+        PUNT_RATE,
+        PUNT_BURST,
+    )
     assert PUNT_BURST < 512  # one leg's burst leaves room in its loop's ring
     names = set(_srtp.PLANE_DROPS)
     assert set(PLANE_DROP_REASONS) <= names
@@ -85,6 +93,48 @@ def test_a_leg_punts_its_burst_then_its_rate_on_the_planes_clock() -> None:
         assert c.drops["punt_overflow"] == 0 and balanced(c)
         assert fp.drop_sources(leg)["punt_limited"] == addr(stranger)
         assert len(fp.drain(1000)) == 125
+        stranger.close()
+        r.close()
+
+
+async def test_the_configured_budget_reaches_the_relays_plane() -> None:
+    """[media] punt_rate and punt_burst go into the plane the media controller makes:
+    with a budget of 5 at once and 10 a second, a stranger's 30 datagrams punt 5; 0.5 s
+    later on the plane's clock, 5 more."""
+    cfg = config.parse(
+        tomllib.loads(
+            f'[upstream]\necho = true\n[media]\naddress = "{RELAY}"\n'
+            'port_range = "40000-40099"\npunt_rate = 10\npunt_burst = 5\n'
+        ),
+        check_files=False,
+    )
+    controller = MediaController(cfg)
+    fp = controller.fast_path
+    assert fp is not None, "the media controller made no data plane"
+    stranger, r = udp(STRANGER), udp(RELAY)
+    try:
+        fp.set_clock(1000.0)
+        fp.start()
+        leg = fp.add_leg(r, mux=True)
+
+        def seen() -> int:
+            c = fp.counters(leg)
+            return c.to_python + c.received
+
+        for seq in range(30):
+            stranger.sendto(rtp(seq), addr(r))
+        until(lambda: seen() == 30, "30 datagrams decided")
+        c = fp.counters(leg)
+        assert c.to_python == 5 and c.drops["punt_limited"] == 25
+        fp.set_clock(1000.5)  # + 0.5 s * 10/s = 5 tokens
+        for seq in range(10):
+            stranger.sendto(rtp(30 + seq), addr(r))
+        until(lambda: seen() == 40, "40 datagrams decided")
+        c = fp.counters(leg)
+        assert c.to_python == 10 and c.drops["punt_limited"] == 30 and balanced(c)
+        assert len(fp.drain(100)) == 10
+    finally:
+        await controller.close()
         stranger.close()
         r.close()
 
