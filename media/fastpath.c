@@ -12,7 +12,8 @@
  *   3. the source must be the leg's accepted (latched) one, else punt: latching
  *      and its proofs are Python's (media/latching.py); every punt (STUN and DTLS
  *      of step 1 too) within the leg's budget (a token bucket on the plane's clock,
- *      SE_FP_PUNT_RATE in fastpath.h), past it dropped (punt_limited);
+ *      SE_FP_PUNT_RATE in fastpath.h; one for the endpoint's own host, one for any
+ *      other source), past it dropped (punt_limited);
  *   4. RTCP only: the leg's token bucket (an RTCP flood is dropped), on the
  *      plane's clock (se_fp_now: CLOCK_MONOTONIC, as Python's time.monotonic);
  *   5. unprotect in place with the leg's inbound SRTP context;
@@ -96,6 +97,21 @@ addr_eq(const se_fp_addr *a, const se_fp_addr *b)
     if (a->u.sa.sa_family == AF_INET6)
         return a->u.in6.sin6_port == b->u.in6.sin6_port
                && memcmp(&a->u.in6.sin6_addr, &b->u.in6.sin6_addr, 16) == 0;
+    return 0;
+}
+
+/* The same host, ports aside: a source against the endpoint's address (the punt
+ * budget's test, fastpath.h).  Only the IP: an endpoint's checks, RTCP and first
+ * packets may come from ports other than the one it signalled. */
+static int
+host_eq(const se_fp_addr *a, const se_fp_addr *b)
+{
+    if (a->len == 0 || b->len == 0 || a->u.sa.sa_family != b->u.sa.sa_family)
+        return 0;
+    if (a->u.sa.sa_family == AF_INET)
+        return a->u.in4.sin_addr.s_addr == b->u.in4.sin_addr.s_addr;
+    if (a->u.sa.sa_family == AF_INET6)
+        return memcmp(&a->u.in6.sin6_addr, &b->u.in6.sin6_addr, 16) == 0;
     return 0;
 }
 
@@ -231,8 +247,10 @@ drop(se_fp_leg *leg, int reason, const se_fp_addr *src)
     leg->drop_src[reason] = *src; /* read by Python under the loop mutexes */
 }
 
-/* Into this loop's ring for Python, within the leg's punt budget; 1 if queued.  A
- * token is spent only on a datagram queued: a full ring costs the leg nothing. */
+/* Into this loop's ring for Python, within the leg's punt budget; 1 if queued.  The
+ * budget is one of two buckets: the endpoint's own, for a source on the host media
+ * for the endpoint goes to, or the strangers' for any other (fastpath.h).  A token
+ * is spent only on a datagram queued: a full ring costs the leg nothing. */
 static int
 punt(se_fp_loop *lp, se_fp_leg *leg, int kind, int on_rtcp_socket, const uint8_t *d, size_t n,
      const se_fp_addr *src, double now)
@@ -240,9 +258,12 @@ punt(se_fp_loop *lp, se_fp_leg *leg, int kind, int on_rtcp_socket, const uint8_t
     const se_fp_plane *p = lp->plane;
     uint64_t head = lp->ring_head;
     uint64_t tail = __atomic_load_n(&lp->ring_tail, __ATOMIC_ACQUIRE);
+    int own = host_eq(src, &leg->rtp_dst) || host_eq(src, &leg->rtcp_dst);
+    double *tokens = own ? &leg->own_tokens : &leg->punt_tokens;
+    double *stamp = own ? &leg->own_stamp : &leg->punt_stamp;
     se_fp_punt *e;
 
-    if (refill(&leg->punt_tokens, &leg->punt_stamp, p->punt_rate, p->punt_burst, now) < 1.0) {
+    if (refill(tokens, stamp, p->punt_rate, p->punt_burst, now) < 1.0) {
         drop(leg, SE_FP_PUNT_LIMITED, src);
         return 0;
     }
@@ -250,7 +271,7 @@ punt(se_fp_loop *lp, se_fp_leg *leg, int kind, int on_rtcp_socket, const uint8_t
         drop(leg, SE_FP_PUNT_OVERFLOW, src);
         return 0;
     }
-    leg->punt_tokens -= 1.0;
+    *tokens -= 1.0;
     e = &lp->ring[head % SE_FP_RING];
     e->handle = leg->handle;
     e->kind = (uint8_t)kind;
@@ -634,8 +655,9 @@ se_fp_add(se_fp_plane *p, int fd, int rtcp_fd, unsigned flags, int loop)
     memset(leg, 0, sizeof *leg);
     leg->rtcp_fd = -1;
     leg->flags = flags;
-    leg->punt_tokens = p->punt_burst; /* a new leg may punt its whole burst at once */
-    leg->punt_stamp = (double)se_fp_now(p) / 1e9;
+    /* a new leg may punt its whole burst at once, from either side */
+    leg->punt_tokens = leg->own_tokens = p->punt_burst;
+    leg->punt_stamp = leg->own_stamp = (double)se_fp_now(p) / 1e9;
     if ((leg->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0
         || (rtcp_fd >= 0 && (leg->rtcp_fd = fcntl(rtcp_fd, F_DUPFD_CLOEXEC, 0)) < 0)) {
         err = errno;

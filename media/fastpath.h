@@ -26,9 +26,10 @@
  * source but the accepted one, hence every first packet of a leg before Python
  * latched it) goes to Python whole: a single-producer single-consumer ring per
  * loop, and one eventfd for the plane that the asyncio side watches.  Each leg
- * punts within a budget of its own (a token bucket, SE_FP_PUNT_RATE): past it the
- * datagram is dropped and counted (punt_limited), so that one leg sprayed by a
- * stranger cannot fill the ring its loop's other legs share.  A full ring drops and
+ * punts within a budget of its own (token buckets, SE_FP_PUNT_RATE: one for its
+ * endpoint's host, one for everyone else): past it the datagram is dropped and
+ * counted (punt_limited), so that one leg sprayed by a stranger cannot fill the ring
+ * its loop's other legs share, nor starve that leg's own endpoint.  A full ring drops and
  * counts (punt_overflow).  Python forwards what it accepts through
  * se_fp_forward(), the same steps under the owning loop's mutex.
  *
@@ -53,7 +54,7 @@
 #define SE_FP_ROOM (SE_FP_MAX_DATAGRAM + SE_SRTP_SRTCP_INDEX + SE_SRTP_MAX_TAG + 4)
 #define SE_FP_RING 512     /* punted datagrams waiting for Python, per loop */
 
-/* The punt budget: a token bucket per leg, so that no one leg can fill the ring that
+/* The punt budget: token buckets per leg (two: see below), so that no one leg can fill the ring that
  * every leg of its loop shares (a stranger spraying one relay port would otherwise
  * starve the other calls' latching, ICE checks and DTLS handshakes).  What a leg
  * legitimately punts:
@@ -76,8 +77,24 @@
  * the ring (512): one leg's whole burst at once still leaves the others room.  Past
  * the budget a datagram is dropped in C (punt_limited): Python never sees it.  These
  * are the defaults; an operator sets others with [media] punt_rate and punt_burst
- * (edge/config.py), passed to se_fp_new. */
-#define SE_FP_PUNT_RATE 250.0  /* punts per second per leg */
+ * (edge/config.py), passed to se_fp_new.
+ *
+ * Two buckets per leg, each of R and B.  With one, a stranger spraying a leg's port
+ * spends the whole budget, and for as long as the spray lasts the leg's own endpoint
+ * loses what it must punt: its first RTP (no latch: the call has no media), its ICE
+ * checks (the browser gives up), its DTLS flights (no keys).  So a datagram whose
+ * source IP is the IP media for the endpoint goes to (rtp_dst or rtcp_dst: the
+ * address signalled in SDP until Python latches, then the latched one) draws on the
+ * leg's own bucket (own_tokens); any other source on the strangers' (punt_tokens).
+ * The cost per punt is one or two address compares, no allocation.  Limits: an
+ * endpoint behind a NAT, whose packets come from an IP other than the one it
+ * signalled, shares the strangers' bucket until Python latches it (its destination
+ * is then the latched address), so a spray can still hold off its first latch; and
+ * so does a leg the plane knows no destination for; a spoofer who forges the endpoint's IP can still
+ * starve it, which is no worse than one bucket.  A leg may punt 2 B at once (its
+ * endpoint and a stranger together), more than the ring holds; any two sprayed legs
+ * of a loop could already: the budget bounds each leg, the ring drops the rest. */
+#define SE_FP_PUNT_RATE 250.0  /* punts per second per bucket */
 #define SE_FP_PUNT_BURST 400.0 /* bucket size */
 #define SE_FP_MAX_LOOPS 256
 
@@ -144,7 +161,9 @@ typedef struct se_fp_leg {
     se_fp_addr rtp_src, rtcp_src; /* accepted sources (latched); none: punt all */
     se_fp_addr rtp_dst, rtcp_dst; /* where media for the endpoint goes */
     double rtcp_tokens, rtcp_stamp; /* RTCP token bucket (RFC 3550 section 6.2) */
-    double punt_tokens, punt_stamp; /* the punt budget: written by the leg's loop only */
+    /* the punt budget, written by the leg's loop only: strangers' bucket, endpoint's */
+    double punt_tokens, punt_stamp;
+    double own_tokens, own_stamp;
     se_fp_addr drop_src[SE_FP_N_DROPS]; /* the source of the last drop, by reason */
     _Alignas(64) se_fp_counters c;
 } se_fp_leg;
@@ -190,7 +209,7 @@ typedef struct se_fp_plane {
     int stopping, started;
     uint64_t clock_ns; /* 0: CLOCK_MONOTONIC; else a time Python set (tests' clocks) */
     double rtcp_rate, rtcp_burst;
-    double punt_rate, punt_burst; /* the per-leg punt budget (SE_FP_PUNT_RATE, _BURST) */
+    double punt_rate, punt_burst; /* each punt bucket of a leg (SE_FP_PUNT_RATE, _BURST) */
     se_fp_leg **slots; /* handle -> leg */
     uint32_t *gens;    /* handle -> generation, bumped on removal */
     uint32_t *free_list, n_free;

@@ -31,9 +31,10 @@ Modes follow from the crypto of the two legs of a pair: ``rtp`` (no context),
 (the peer has an outbound one: RTP -> SRTP), both (SRTP -> SRTP with new keys).
 Counters: every datagram a loop reads is ``received`` (and forwarded or dropped by
 reason) or ``to_python``; ``auth_failed`` and ``replay`` are counted in C.  Each leg
-punts within a budget (:data:`PUNT_RATE` per second, :data:`PUNT_BURST` at once);
-past it the plane drops (``punt_limited``), and a full ring drops too
-(``punt_overflow``).
+punts within a budget (:data:`PUNT_RATE` per second, :data:`PUNT_BURST` at once), one
+for datagrams from the host its destination names (its endpoint) and one for any other
+source, so that a stranger's spray does not starve the endpoint's own punts; past it
+the plane drops (``punt_limited``), and a full ring drops too (``punt_overflow``).
 """
 
 from __future__ import annotations
@@ -153,7 +154,9 @@ class FastPath:
     punt budget (:data:`PUNT_RATE`, :data:`PUNT_BURST`): a leg hands Python at most
     that many datagrams per second after a burst, the rest is dropped in C as
     ``punt_limited``, so that a stranger spraying one leg cannot fill the punt ring
-    the other legs of its loop share (``punt_overflow``).
+    the other legs of its loop share (``punt_overflow``).  Twice over: once for its
+    endpoint's host (the IP of its ``rtp_destination`` or ``rtcp_destination``), once
+    for every other source, so that the spray does not starve the endpoint either.
     """
 
     def __init__(

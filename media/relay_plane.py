@@ -12,7 +12,9 @@ Rules of this file:
   pairing.  Per leg: its flags, its SRTP contexts, the sources it accepts media from
   (the latched ones, :mod:`media.latching`) and where media for its endpoint goes
   (:attr:`media.relay.Leg.rtp_destination`, ``rtcp_destination``).  Anything from
-  another source is punted to Python, hence every first packet and every proof.
+  another source is punted to Python, hence every first packet and every proof.  The
+  destination's host also tells the plane which punts are the endpoint's own: they
+  have a budget of their own that a stranger's spray cannot spend (fastpath.h).
 - A pair is *offloaded* when the crypto of both its legs is the C core's
   (:class:`media._srtp.Context`, or none).  A context handed to the plane belongs to
   it: Python reaches it only through :meth:`FastPath.forward`, never directly.  Any
@@ -22,8 +24,10 @@ Rules of this file:
   it whole, as on the Python path, sending from the leg's socket.  Such a pair is
   bound by the plane's punt budget like any leg (``punt_limited`` past ``[media]
   punt_rate`` datagrams a second after a burst of ``punt_burst``, by default 250 and
-  400, media/fastpath.h): enough for audio, not for video; on the relay's own fast
-  path it never happens (:meth:`MediaRelay.srtp_context` gives C contexts).
+  400, media/fastpath.h): enough for audio, not for video; and with no destination in
+  the table, its endpoint's punts share the strangers' budget.  On the relay's own
+  fast path no pair stays in Python (:meth:`MediaRelay.srtp_context` gives C
+  contexts).
 - :func:`route_punted` is :func:`media.relay.route` for an offloaded leg: the same
   steps 1-3 (demultiplex, header, source check against the latch), then the plane's
   steps 4-8 through :meth:`FastPath.forward` (the RTCP bucket, decrypt, destination,
