@@ -71,10 +71,12 @@ never interleave and a full disk never leaves half a line in a buffer.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
 import os
+import re
 import sys
 import time
 import uuid
@@ -172,6 +174,7 @@ def new_request_id() -> str:
 
 
 _encode_str = json.encoder.encode_basestring_ascii  # C, what json.dumps uses by default
+_REDACTED_JSON = _encode_str(REDACTED)
 _dumps = json.JSONEncoder(default=str, separators=(",", ":")).encode
 
 
@@ -207,9 +210,30 @@ def _field(value: Any, limit: int) -> str:
     if value is None:
         return "null"
     if type(value) is str:
-        value = redact_text(value)
-        return _encode_str(value if len(value) <= limit else value[:limit] + "...")
+        if len(value) <= _SHORT:
+            if len(value) == 36 and _is_uuid(value):
+                return f'"{value}"'  # request and resource ids: nothing to redact or escape
+            return _short_str(value, limit)
+        return _str(value, limit)
     return _json(_clip(value, limit))
+
+
+def _str(value: str, limit: int) -> str:
+    value = redact_text(value)
+    return _encode_str(value if len(value) <= limit else value[:limit] + "...")
+
+
+# Short values repeat (event types, actions, addresses, user agents, numbers): their
+# finished JSON text is remembered, redaction included (what redact_text caches too).
+_SHORT = 128
+_short_str = functools.lru_cache(maxsize=8192)(_str)
+_is_uuid = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
+
+
+@functools.lru_cache(maxsize=1024)
+def _detail_key(key: str) -> tuple[str, bool]:
+    """A details key's JSON text with its colon, and whether it names a secret."""
+    return _encode_str(key) + ":", is_secret_name(key)
 
 
 def _flat_details(details: Mapping[str, Any]) -> str | None:
@@ -219,20 +243,22 @@ def _flat_details(details: Mapping[str, Any]) -> str | None:
     for key, value in details.items():
         if type(key) is not str:
             return None
+        head, secret = _detail_key(key)
         if value is None:
             text = "null"
-        elif is_secret_name(key) and value not in ("", b""):
-            text = _encode_str(REDACTED)
+        elif secret and value not in ("", b""):
+            text = _REDACTED_JSON
         elif type(value) is str:
-            value = redact_text(value)
-            text = _encode_str(value if len(value) <= _DETAIL_MAX else value[:_DETAIL_MAX] + "...")
+            text = (
+                _short_str(value, _DETAIL_MAX) if len(value) <= _SHORT else _str(value, _DETAIL_MAX)
+            )
         elif type(value) is int:
             text = int.__repr__(value)
         elif type(value) is float and math.isfinite(value):
             text = float.__repr__(value)  # what the encoder writes for a finite float
         else:
             return None
-        parts.append(f"{_encode_str(key)}:{text}")
+        parts.append(head + text)
     return "{" + ",".join(parts) + "}"
 
 

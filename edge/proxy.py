@@ -463,7 +463,9 @@ class Proxy(MediaMixin):
         try:
             if fwd.record_route:
                 self._add_record_route(req, fwd.server.source, dest)
-            req.headers.prepend("Via", self._our_via(dest.transport, new_branch()))
+            via = self._new_via(dest.transport, new_branch())
+            # Parsed view kept: the client transaction reads this top Via at once.
+            req.headers.prepend_parsed("Via", own_via(via), via)
         except SipError:  # no listener for that transport: this hop cannot be used
             fwd.failures.append("transport")
             self._try_next(fwd)
@@ -890,7 +892,7 @@ class Proxy(MediaMixin):
         if changed is not via:
             req.headers.remove_first("Via")
             # own_via: the new text parses back (here and in the responses) from the memo.
-            req.headers.prepend("Via", own_via(changed))
+            req.headers.prepend_parsed("Via", own_via(changed), changed)
         if source.conn_id is not None and has_param(via.params, "alias"):
             # RFC 5923: the peer offers this connection for requests to its sent-by.
             self.transport.register_alias(source.conn_id, via.host, via.port or 5060)
@@ -916,9 +918,11 @@ class Proxy(MediaMixin):
         return host, port
 
     def _our_via(self, transport: str, branch: str) -> str:
+        return own_via(self._new_via(transport, branch))
+
+    def _new_via(self, transport: str, branch: str) -> Via:
         host, port = self._local(transport)
-        via = Via(transport.upper(), host, port, (("branch", branch), ("rport", None)))
-        return own_via(via)
+        return Via(transport.upper(), host, port, (("branch", branch), ("rport", None)))
 
     def _rr_value(self, transport: str, user: str | None = None) -> str:
         host, port = self._local(transport)

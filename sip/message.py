@@ -197,6 +197,11 @@ def _clean_value(value: HeaderValue) -> str:
 
 _GOOD_NAMES: set[str] = set()
 
+# List headers whose parsed view is one value per element, each parsed on its own:
+# adding or removing the first element adds or removes the first value (Contact is
+# not among them: its "*" is checked against the whole list).
+_INCREMENTAL = frozenset({"via", "route", "record-route"})
+
 
 def _check_name(name: str) -> None:
     if name in _GOOD_NAMES:
@@ -364,8 +369,8 @@ class Headers:
         if not isinstance(name, str):
             return False
         key = canonical_name(name)
-        if key in self._typed:
-            return True
+        # The fields decide, not the parsed views: reading .route of a message
+        # without one leaves an empty view behind.
         for f in self._fields:  # noqa: SIM110 (a plain loop is cheaper than any() here)
             if f.key == key:
                 return True
@@ -423,26 +428,55 @@ class Headers:
         Record-Route), or at the top if there is none."""
         _check_name(name)
         key = canonical_name(name)
-        index = next((i for i, f in enumerate(self._fields) if f.key == key), 0)
+        index = 0
+        for i, f in enumerate(self._fields):
+            if f.key == key:
+                index = i
+                break
         self._fields.insert(index, HeaderField(name, key, _clean_value(value), None))
         self._typed.pop(key, None)
+
+    def prepend_parsed(self, name: str, text: str, parsed: Any) -> None:
+        """:meth:`prepend` of ``text`` where ``parsed`` is what parsing ``text``
+        gives (one element): a parsed view of the header stays valid, so the next
+        reader (a proxy's new top Via) does not parse the whole list again."""
+        key = canonical_name(name)
+        cached = self._typed.get(key) if key in _INCREMENTAL else None
+        self.prepend(name, text)
+        if cached is not None:
+            self._typed[key] = [parsed, *cached]
 
     def set(self, name: str, value: HeaderValue) -> None:
         """Replace every header of this name by one, where the first one was."""
         _check_name(name)
         key = canonical_name(name)
         field = HeaderField(name, key, _clean_value(value), None)
-        index = next((i for i, f in enumerate(self._fields) if f.key == key), None)
-        self._fields = [f for f in self._fields if f.key != key]
-        if index is None:
-            self._fields.append(field)
+        fields = self._fields
+        index = -1
+        count = 0
+        for i, f in enumerate(fields):
+            if f.key == key:
+                if index < 0:
+                    index = i
+                count += 1
+        if index < 0:
+            fields.append(field)
+        elif count == 1:
+            fields[index] = field  # the usual case (Max-Forwards): no new list
         else:
+            self._fields = [f for f in fields if f.key != key]
             self._fields.insert(index, field)
         self._typed.pop(key, None)
 
     def remove(self, name: str) -> int:
         """Remove every header of this name; return how many lines went."""
         key = canonical_name(name)
+        for f in self._fields:
+            if f.key == key:
+                break
+        else:
+            self._typed.pop(key, None)
+            return 0  # the usual case (headers the edge strips): nothing to rebuild
         before = len(self._fields)
         self._fields = [f for f in self._fields if f.key != key]
         self._typed.pop(key, None)
@@ -457,7 +491,11 @@ class Headers:
         for i, f in enumerate(self._fields):
             if f.key != key:
                 continue
-            self._typed.pop(key, None)
+            cached = self._typed.pop(key, None)
+            if cached is not None and len(cached) > 1 and key in _INCREMENTAL:
+                # The parsed list is the elements in order: without the first, it is
+                # what parsing the rest gives.  (None left: no view, as "in" expects.)
+                self._typed[key] = cached[1:]
             parts = split_list(f.value) if key in LIST_HEADERS else [f.value]
             first = parts[0]
             if len(parts) > 1:
@@ -475,7 +513,8 @@ class Headers:
         return other
 
     def lines(self) -> list[str]:
-        return [f.line() for f in self._fields]
+        # HeaderField.line() inlined: this runs for every field of every message sent.
+        return [f.raw if f.raw is not None else f"{f.name}: {f.value}" for f in self._fields]
 
 
 class Message:

@@ -36,6 +36,8 @@ Matching (§17.1.3, §17.2.3) is :func:`client_key`, :func:`server_key` and
 
 from __future__ import annotations
 
+import functools
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -377,6 +379,19 @@ _NON_INVITE_SERVER: Final[_Table] = {
 
 # --------------------------------------------------------------------------- machinery
 
+# Looked up once: these are compared for every step of every transaction.
+_TERMINATED: Final = State.TERMINATED
+_CANCEL_OP: Final = _Op.CANCEL
+_START_OP: Final = _Op.START
+_TO_TU_OP: Final = _Op.TO_TU
+_TIMER_NAMES: Final[tuple[TimerName, ...]] = typing.get_args(TimerName)
+
+
+@functools.lru_cache(maxsize=64)
+def _initial_delays(config: TimerConfig, reliable: bool) -> dict[TimerName, float | None]:
+    """Every timer's first delay (TimerConfig.initial) for one config and transport kind."""
+    return {name: config.initial(name, reliable) for name in _TIMER_NAMES}
+
 
 class _Transaction:
     """What the four machines share: the table walk and the timer bookkeeping."""
@@ -390,6 +405,7 @@ class _Transaction:
         self._state = State.INIT
         self._running: set[TimerName] = set()
         self._interval: dict[TimerName, float] = {}
+        self._initial = _initial_delays(config, reliable)
 
     @property
     def state(self) -> State:
@@ -415,7 +431,7 @@ class _Transaction:
         zero: list[TimerName] = []
         for step in steps:
             self._do(step, message, out, zero)
-        if next_state is State.TERMINATED:
+        if next_state is _TERMINATED:
             out.extend(CancelTimer(name) for name in sorted(self._running))
             self._running.clear()
             out.append(Terminated())
@@ -439,13 +455,13 @@ class _Transaction:
     ) -> None:
         op, name = step.op, step.timer
         if name is not None:
-            if op is _Op.CANCEL:
+            if op is _CANCEL_OP:
                 if name in self._running:
                     self._running.discard(name)
                     out.append(CancelTimer(name))
                 return
-            if op is _Op.START:
-                delay = self.config.initial(name, self.reliable)
+            if op is _START_OP:
+                delay = self._initial[name]
             elif op is _Op.DOUBLE:
                 delay = 2 * self._interval[name]
                 if name != "A":
@@ -462,6 +478,10 @@ class _Transaction:
                 zero.append(name)
             else:
                 out.append(StartTimer(name, delay))
+            return
+        if op is _TO_TU_OP:  # the commonest step, answered before the _act chain
+            assert message is not None
+            out.append(DeliverToTU(message))
             return
         self._act(op, message, out)
 

@@ -127,6 +127,56 @@ def test_remove_first_takes_one_list_element() -> None:
     assert msg.route == []
 
 
+def _fresh(msg: Request | Response) -> Request | Response:
+    return parse_message(bytes(msg))
+
+
+def test_parsed_views_stay_true_through_proxy_edits() -> None:
+    """prepend_parsed and remove_first keep a parsed Via/Route list instead of
+    dropping it: after every edit it must equal parsing the message afresh."""
+    msg = parse_message(
+        build(
+            "BYE sip:a@example.com SIP/2.0",
+            "Via: SIP/2.0/UDP h1.example.com;branch=z9hG4bK1, SIP/2.0/TCP h2.example.com;branch=z9hG4bK2",  # noqa: E501
+            "Via: SIP/2.0/UDP h3.example.com;branch=z9hG4bK3",
+            "Route: <sip:p1.example.com;lr>, <sip:p2.example.com;lr>",
+            "Record-Route: <sip:r1.example.com;lr>",
+            "From: <sip:b@example.com>;tag=1",
+            "To: <sip:a@example.com>;tag=2",
+            "Call-ID: cid",
+            "CSeq: 2 BYE",
+            "Content-Length: 0",
+        )
+    )
+    assert isinstance(msg, Request)
+    ours = Via("UDP", "edge.example.com", 5060, (("branch", "z9hG4bKedge"), ("rport", None)))
+    assert len(msg.via) == 3  # parsed: the edits below keep this view
+    msg.headers.prepend_parsed("Via", str(ours), ours)
+    assert msg.top_via is ours
+    assert msg.via == _fresh(msg).via
+    assert msg.headers.remove_first("Via") == str(ours)
+    assert msg.via == _fresh(msg).via and msg.top_via.host == "h1.example.com"
+    assert msg.headers.remove_first("Via") is not None  # one element of a two-element line
+    assert [v.host for v in msg.via] == ["h2.example.com", "h3.example.com"]
+    assert msg.via == _fresh(msg).via
+    assert len(msg.route) == 2
+    msg.headers.remove_first("Route")
+    assert msg.route == _fresh(msg).route
+    assert [r.uri.host for r in msg.route] == ["p2.example.com"]
+    msg.headers.remove_first("Route")
+    assert msg.route == [] and "Route" not in msg.headers
+    assert "Route" not in msg.headers  # reading the empty view did not make one up
+    # A view nobody parsed yet is left unparsed (nothing to keep true).
+    rr = NameAddr.parse("<sip:edge.example.com;lr>")
+    msg.headers.prepend_parsed("Record-Route", "<sip:edge.example.com;lr>", rr)
+    assert msg.record_route == _fresh(msg).record_route
+    assert [r.uri.host for r in msg.record_route] == ["edge.example.com", "r1.example.com"]
+    # Copies share the old view; an edit to one never shows in the other.
+    copy = Request(msg.method, msg.uri, msg.headers.copy(), msg.body)
+    copy.headers.prepend_parsed("Via", str(ours), ours)
+    assert len(copy.via) == 3 and len(msg.via) == 2
+
+
 @pytest.mark.parametrize("value", ["a\r\nInjected: 1", "a\nb", "a\rb", "a\x00b"])
 def test_header_injection_is_refused(value: str) -> None:
     msg = parse_message(INVITE)
