@@ -258,7 +258,8 @@ punt(se_fp_loop *lp, se_fp_leg *leg, int kind, int on_rtcp_socket, const uint8_t
     const se_fp_plane *p = lp->plane;
     uint64_t head = lp->ring_head;
     uint64_t tail = __atomic_load_n(&lp->ring_tail, __ATOMIC_ACQUIRE);
-    int own = host_eq(src, &leg->rtp_dst) || host_eq(src, &leg->rtcp_dst);
+    int own = host_eq(src, &leg->rtp_dst) || host_eq(src, &leg->rtcp_dst)
+              || host_eq(src, &leg->sig_host);
     double *tokens = own ? &leg->own_tokens : &leg->punt_tokens;
     double *stamp = own ? &leg->own_stamp : &leg->punt_stamp;
     se_fp_punt *e;

@@ -86,12 +86,16 @@
  * source IP is the IP media for the endpoint goes to (rtp_dst or rtcp_dst: the
  * address signalled in SDP until Python latches, then the latched one) draws on the
  * leg's own bucket (own_tokens); any other source on the strangers' (punt_tokens).
- * The cost per punt is one or two address compares, no allocation.  Limits: an
- * endpoint behind a NAT, whose packets come from an IP other than the one it
- * signalled, shares the strangers' bucket until Python latches it (its destination
- * is then the latched address), so a spray can still hold off its first latch; and
- * so does a leg the plane knows no destination for; a spoofer who forges the endpoint's IP can still
- * starve it, which is no worse than one bucket.  A leg may punt 2 B at once (its
+ * An endpoint behind a NAT signals its private address, but its packets come from
+ * the NAT's public IP, which is where its SIP came from too: that IP (sig_host, the
+ * relay's sip_source) draws on the own bucket as well, so a NATed phone's first RTP
+ * and checks get through a spray before it is latched.
+ * The cost per punt is up to three address compares, no allocation.  Limits: an
+ * endpoint whose media leaves from an IP other than both its signalled address and
+ * its SIP source (a separate media gateway behind a trunk) shares the strangers'
+ * bucket until Python latches it, so a spray can still hold off its first latch;
+ * and so does a leg the plane knows no addresses for; a spoofer who forges the
+ * endpoint's IP can still starve it, which is no worse than one bucket.  A leg may punt 2 B at once (its
  * endpoint and a stranger together), more than the ring holds; any two sprayed legs
  * of a loop could already: the budget bounds each leg, the ring drops the rest. */
 #define SE_FP_PUNT_RATE 250.0  /* punts per second per bucket */
@@ -160,6 +164,7 @@ typedef struct se_fp_leg {
     se_srtp_ctx *outbound;  /* protects what goes to the endpoint; NULL: plain */
     se_fp_addr rtp_src, rtcp_src; /* accepted sources (latched); none: punt all */
     se_fp_addr rtp_dst, rtcp_dst; /* where media for the endpoint goes */
+    se_fp_addr sig_host; /* the IP its SIP came from (port 0); none: unknown */
     double rtcp_tokens, rtcp_stamp; /* RTCP token bucket (RFC 3550 section 6.2) */
     /* the punt budget, written by the leg's loop only: strangers' bucket, endpoint's */
     double punt_tokens, punt_stamp;

@@ -288,6 +288,12 @@ class FastPath:
             handle, rtp_source, rtcp_source, rtp_destination, rtcp_destination
         )
 
+    def set_endpoint_host(self, handle: int, host: str | None) -> None:
+        """The IP the leg's endpoint's SIP came from (None: unknown): its datagrams,
+        like those from the destination's IP, draw on the leg's own punt budget (an
+        endpoint behind a NAT signals a private address but sends from this one)."""
+        self._plane.set_endpoint_host(handle, host)
+
     def latch(self, handle: int, rtp: Address | None, rtcp: Address | None = None) -> None:
         """Accept from and send to ``rtp`` (and ``rtcp``, default: ``rtp``, rtcp-mux)."""
         rtcp = rtp if rtcp is None else rtcp

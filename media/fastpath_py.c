@@ -439,6 +439,34 @@ Plane_set_addresses(PyObject *op, PyObject *args, PyObject *kwds)
 }
 
 static PyObject *
+Plane_set_endpoint_host(PyObject *op, PyObject *args)
+{
+    PlaneObject *self = (PlaneObject *)op;
+    long handle;
+    PyObject *host;
+    se_fp_addr addr;
+    se_fp_leg *leg;
+
+    if (!PyArg_ParseTuple(args, "lO:set_endpoint_host", &handle, &host))
+        return NULL;
+    if ((leg = leg_of(self, handle)) == NULL)
+        return NULL;
+    if (host == Py_None) {
+        memset(&addr, 0, sizeof addr);
+    } else {
+        PyObject *pair = Py_BuildValue("(Oi)", host, 0);
+        int bad = pair == NULL || addr_from_py(pair, &addr) < 0;
+        Py_XDECREF(pair);
+        if (bad)
+            return NULL;
+    }
+    se_fp_lock_all(self->plane);
+    leg->sig_host = addr;
+    se_fp_unlock_all(self->plane);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 Plane_addresses(PyObject *op, PyObject *arg)
 {
     PlaneObject *self = (PlaneObject *)op;
@@ -687,6 +715,8 @@ static PyMethodDef Plane_methods[] = {
     {"set_addresses", (PyCFunction)(void (*)(void))Plane_set_addresses,
      METH_VARARGS | METH_KEYWORDS,
      "set_addresses(handle, rtp_source, rtcp_source, rtp_destination, rtcp_destination)"},
+    {"set_endpoint_host", Plane_set_endpoint_host, METH_VARARGS,
+     "set_endpoint_host(handle, ip | None): the IP the endpoint's SIP came from"},
     {"addresses", Plane_addresses, METH_O, "addresses(handle) -> the four addresses"},
     {"counters", Plane_counters, METH_O, "counters(handle) -> dict"},
     {"ssrcs", Plane_ssrcs, METH_O,

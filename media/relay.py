@@ -200,6 +200,7 @@ class Leg:
         "_last_packet",
         "handle",
         "offloaded",
+        "sip_source",
         "rtp_transport",
         "rtcp_transport",
         "rtcp_tokens",
@@ -225,6 +226,7 @@ class Leg:
         self._last_packet: float | None = None
         self.handle: int | None = None  # the fast path's table entry
         self.offloaded = False  # the plane forwards this leg's media (relay_plane)
+        self.sip_source: str | None = None  # the IP the endpoint's SIP came from
         # Set once the asyncio endpoints exist; with rtcp-mux both are the RTP one.
         self.rtp_transport: Sender | None = None
         self.rtcp_transport: Sender | None = None
@@ -348,6 +350,7 @@ class Leg:
             if port is not None and not 0 < port <= 65535:
                 raise ValueError(f"port {port} out of range")
         extra = (sip_source,) if sip_source else ()
+        self.sip_source = sip_source or None
         self.rtp_latch.set_signalled(ip, rtp_port, extra)
         if rtcp_port is None:
             rtcp_port = rtp_port if self.rtcp_mux else rtp_port + 1
@@ -357,6 +360,7 @@ class Leg:
         relay_plane.sync(self)
 
     def clear_remote(self) -> None:
+        self.sip_source = None
         self.rtp_latch.clear()
         self.rtcp_latch.clear()
         self._keep_nomination()

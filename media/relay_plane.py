@@ -140,6 +140,8 @@ def _write(fast: FastPath, leg: Leg, offload: bool) -> None:
         leg.pull_ssrcs()  # the last SSRCs C saw, before the plane forgets the sources
     leg.offloaded = offload
     fast.set_flags(handle, mux=leg.rtcp_mux, webrtc=offload and leg.webrtc is not None)
+    # Punts from the endpoint's SIP source use the leg's own budget (a NATed phone).
+    fast.set_endpoint_host(handle, leg.sip_source)
     if not offload:
         fast.set_crypto(handle, None, None)
         fast.set_addresses(handle)

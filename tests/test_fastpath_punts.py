@@ -348,6 +348,52 @@ def test_the_endpoints_own_punts_draw_on_a_bucket_of_their_own() -> None:
             s.close()
 
 
+def test_a_natted_endpoints_sip_source_draws_on_its_own_bucket() -> None:
+    """A phone behind a NAT signals its private address (here 127.0.0.9, which sends
+    nothing) but its media comes from the NAT's public IP, where its SIP came from:
+    with that IP set as the leg's endpoint host, its punts draw on the own bucket
+    while a stranger has spent the strangers'.  Without it, the phone is one more
+    stranger and is limited at once."""
+    with FastPath(loops=1) as fp:
+        fp.set_clock(2000.0)
+        phone, stranger = udp(CALLER), udp(STRANGER)
+        r = udp(RELAY)
+        r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+        leg = fp.add_leg(r, mux=True)
+        private = ("127.0.0.9", 4000)
+        fp.set_addresses(leg, rtp_destination=private, rtcp_destination=private)
+        fp.set_endpoint_host(leg, CALLER)
+
+        def seen() -> int:
+            c = fp.counters(leg)
+            return c.to_python + c.received
+
+        def limited() -> int:
+            return fp.counters(leg).drops["punt_limited"]
+
+        for seq in range(410):
+            stranger.sendto(rtp(seq), addr(r))
+        until(lambda: seen() == 410, "the stranger's 410 decided")
+        assert fp.counters(leg).to_python == 400 and limited() == 10
+        assert len(fp.drain(1000)) == 400
+        phone.sendto(STUN_REQUEST, addr(r))
+        for seq in range(20):
+            phone.sendto(rtp(1000 + seq), addr(r))
+        until(lambda: seen() == 431, "the phone's 21 decided")
+        punted = fp.drain(1000)
+        assert len(punted) == 21 and {p.source[0] for p in punted} == {CALLER}
+        assert punted[0].kind is PacketKind.STUN and limited() == 10
+        fp.set_endpoint_host(leg, None)  # unknown: the phone shares the spent bucket
+        for seq in range(5):
+            phone.sendto(rtp(2000 + seq), addr(r))
+        until(lambda: seen() == 436, "5 more decided")
+        assert limited() == 15 and fp.drain(1000) == []
+        with pytest.raises(ValueError):
+            fp.set_endpoint_host(leg, "not an ip")
+        for s in (phone, stranger, r):
+            s.close()
+
+
 def test_a_sprayed_legs_own_endpoint_still_gets_its_check_and_first_rtp_through() -> None:
     """An attacker sprays 20,000 junk RTP datagrams at one leg's port, as fast as it
     can, while that leg's endpoint (the caller, whose signalled address the leg holds

@@ -22,6 +22,7 @@ from media.fastpath import FastPath
 from media.latching import DropReason
 from media.relay import Leg, MediaRelay
 from tests.test_relay import (
+    CALLEE,
     CALLER,
     RELAY,
     STRANGER,
@@ -231,6 +232,38 @@ async def test_strangers_never_reach_the_plane_table(
     assert (await callee.rtp.recv())[0] == rtp(1)
     assert fast.addresses(offer.handle or 0)[0] == caller.rtp.address
     assert callee.rtp.pending() == [] and offer.rtp_latch.latched[0] == CALLER  # type: ignore[index]
+
+
+async def test_a_natted_phones_sip_source_keeps_its_punts_through_a_spray(
+    harness: Harness,
+) -> None:
+    """A phone behind a NAT names a private address in its SDP; its media comes from
+    the IP its SIP came from.  The relay writes that IP into the plane as the leg's
+    endpoint host, so while a stranger has spent the leg's strangers' punt budget,
+    the phone's first RTP still reaches Python, proves itself by that IP (NAT
+    latching) and is forwarded."""
+    fast = FastPath(1, punt_rate=1.0, punt_burst=20.0)
+    fast.start()
+    relay = MediaRelay(RELAY, log=Logs(), fast_path=fast, port_range=small_range(), quarantine=0)
+    try:
+        session = await relay.create_session("natted")
+        offer = await session.add_leg("offer")
+        answer = await session.add_leg("answer")
+        caller, callee = await harness.phone(CALLER), await harness.phone(CALLEE)
+        offer.set_remote("127.0.0.9", 4000, sip_source=CALLER)  # its private address
+        callee.signal(answer)
+        assert offer.offloaded and offer.handle is not None
+        stranger = await harness.endpoint(STRANGER)
+        for seq in range(60):
+            stranger.send(rtp(seq), to_rtp(offer))
+        handle = offer.handle
+        await until(lambda: fast.counters(handle).drops["punt_limited"] >= 40)
+        caller.rtp.send(rtp(1), to_rtp(offer))
+        assert (await callee.rtp.recv())[0] == rtp(1)
+        assert offer.rtp_latch.latched == caller.rtp.address
+    finally:
+        await relay.close()
+        fast.close()
 
 
 async def test_the_controller_makes_and_closes_the_plane_or_says_why_not(
