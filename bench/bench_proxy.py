@@ -1386,7 +1386,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short run (under a minute)")
     parser.add_argument("--systems", default="kamailio,sipedge")
-    parser.add_argument("--transports", default=None, help="default udp,tls (udp with --media)")
+    parser.add_argument("--transports", default="udp,tls", help="default udp,tls")
     parser.add_argument(
         "--media",
         action="store_true",
@@ -1403,8 +1403,6 @@ def main() -> int:
         media_plan = dataclasses.replace(media_plan, rate=args.media_rate)
     if args.media_calls:
         media_plan = dataclasses.replace(media_plan, calls=args.media_calls)
-    if args.transports is None:
-        args.transports = "udp" if args.media else "udp,tls"
     if len(os.sched_getaffinity(0)) < 2 or (os.cpu_count() or 1) < 2:
         print("bench_proxy: needs two CPUs (SUT on 0, load on 1)", file=sys.stderr)
         return 2
