@@ -54,10 +54,10 @@
 #define SE_FP_ROOM (SE_FP_MAX_DATAGRAM + SE_SRTP_SRTCP_INDEX + SE_SRTP_MAX_TAG + 4)
 #define SE_FP_RING 512     /* punted datagrams waiting for Python, per loop */
 
-/* The punt budget: token buckets per leg (two: see below), so that no one leg can fill the ring that
- * every leg of its loop shares (a stranger spraying one relay port would otherwise
- * starve the other calls' latching, ICE checks and DTLS handshakes).  What a leg
- * legitimately punts:
+/* The punt budget: token buckets per leg (two: see below), so that no one leg can
+ * fill the ring that every leg of its loop shares (a stranger spraying one relay port
+ * would otherwise starve the other calls' latching, ICE checks and DTLS handshakes).
+ * What a leg legitimately punts:
  *   - latching (media/latching.py) needs one packet (plain RTP from a signalled host,
  *     or the first SRTP packet that authenticates), but every packet of that source
  *     is punted until Python has written the latch into the table: a few of a 50 pps
@@ -95,9 +95,10 @@
  * its SIP source (a separate media gateway behind a trunk) shares the strangers'
  * bucket until Python latches it, so a spray can still hold off its first latch;
  * and so does a leg the plane knows no addresses for; a spoofer who forges the
- * endpoint's IP can still starve it, which is no worse than one bucket.  A leg may punt 2 B at once (its
- * endpoint and a stranger together), more than the ring holds; any two sprayed legs
- * of a loop could already: the budget bounds each leg, the ring drops the rest. */
+ * endpoint's IP can still starve it, which is no worse than one bucket.  A leg may
+ * punt 2 B at once (its endpoint and a stranger together), more than the ring holds;
+ * any two sprayed legs of a loop could already: the budget bounds each leg, the ring
+ * drops the rest. */
 #define SE_FP_PUNT_RATE 250.0  /* punts per second per bucket */
 #define SE_FP_PUNT_BURST 400.0 /* bucket size */
 #define SE_FP_MAX_LOOPS 256
