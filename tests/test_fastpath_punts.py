@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 import tomllib
+from collections.abc import Callable
 
 import pytest
 
@@ -76,11 +77,7 @@ def test_a_leg_punts_its_burst_then_its_rate_on_the_planes_clock() -> None:
         stranger, r = udp(STRANGER), udp(RELAY)
         r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
         leg = fp.add_leg(r, mux=True)
-
-        def seen() -> int:
-            c = fp.counters(leg)
-            return c.to_python + c.received
-
+        seen = functools.partial(decided, fp, leg)
         for seq in range(450):
             stranger.sendto(rtp(seq), addr(r))
         until(lambda: seen() == 450, "450 datagrams decided")
@@ -119,11 +116,7 @@ async def test_the_configured_budget_reaches_the_relays_plane() -> None:
         fp.set_clock(1000.0)
         fp.start()
         leg = fp.add_leg(r, mux=True)
-
-        def seen() -> int:
-            c = fp.counters(leg)
-            return c.to_python + c.received
-
+        seen = functools.partial(decided, fp, leg)
         for seq in range(30):
             stranger.sendto(rtp(seq), addr(r))
         until(lambda: seen() == 30, "30 datagrams decided")
@@ -214,26 +207,9 @@ def test_a_sprayed_leg_does_not_starve_the_other_calls_of_its_loop() -> None:
                 sent[1] += 1
                 caller.sendto(rtp(sent[1]), addr(r_offer))
 
-    async def scenario() -> None:
-        loop = asyncio.get_running_loop()
-        fp.attach(loop, handler)
-        thread = threading.Thread(target=flood)
-        thread.start()
-        try:
-            while thread.is_alive() and time.monotonic() - t0 < 30:
-                await asyncio.sleep(0.005)
-        finally:
-            thread.join(30)
-        assert not thread.is_alive()
-        for _ in range(int(WAIT / 0.005)):  # what the kernel still holds, decided
-            c = fp.counters(target)
-            if c.to_python + c.received >= sent[0] and not fp.drain(0):
-                break
-            await asyncio.sleep(0.005)
-        await asyncio.sleep(0.05)
-        fp.detach()
-        while batch := fp.drain():
-            handler(batch)
+    def settled() -> bool:
+        c = fp.counters(target)
+        return c.to_python + c.received >= sent[0]
 
     try:
         # Python busy: the first 1,000 of the spray, then the other call's ICE check.
@@ -244,7 +220,7 @@ def test_a_sprayed_leg_does_not_starve_the_other_calls_of_its_loop() -> None:
         caller.sendto(STUN_REQUEST, addr(r_offer))
         until(lambda: fp.counters(offer).to_python + fp.counters(offer).received == 1)
         assert fp.counters(offer).to_python == 1, "the ICE check was lost"
-        asyncio.run(scenario())
+        spray(fp, handler, flood, settled, t0)
         elapsed = time.monotonic() - t0
         attacked, o = fp.counters(target), fp.counters(offer)
         # The other call: its ICE check and first RTP reached Python, it latched, and
@@ -273,6 +249,61 @@ def test_a_sprayed_leg_does_not_starve_the_other_calls_of_its_loop() -> None:
         fp.close()
         for s in (attacker, caller, callee, r_target, r_offer, r_answer):
             s.close()
+
+
+def spray(
+    fp: FastPath,
+    handler: Callable[[list[Punted]], None],
+    flood: Callable[[], None],
+    settled: Callable[[], bool],
+    t0: float,
+) -> None:
+    """Run ``flood`` (bounded) in a thread while Python drains the punts into
+    ``handler`` on an event loop; then wait, bounded, until ``settled()`` says the
+    plane has decided what the kernel still held, and hand ``handler`` the rest."""
+
+    async def scenario() -> None:
+        fp.attach(asyncio.get_running_loop(), handler)
+        thread = threading.Thread(target=flood)
+        thread.start()
+        try:
+            while thread.is_alive() and time.monotonic() - t0 < 30:
+                await asyncio.sleep(0.005)
+        finally:
+            thread.join(30)
+        assert not thread.is_alive()
+        for _ in range(int(WAIT / 0.005)):
+            if settled() and not fp.drain(0):
+                break
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.05)
+        fp.detach()
+        while batch := fp.drain():
+            handler(batch)
+
+    asyncio.run(scenario())
+
+
+def decided(fp: FastPath, leg: int) -> int:
+    """Datagrams of ``leg`` the plane has decided: punted, forwarded or dropped in C."""
+    c = fp.counters(leg)
+    return c.to_python + c.received
+
+
+def limited_of(fp: FastPath, leg: int) -> int:
+    return fp.counters(leg).drops["punt_limited"]
+
+
+def spend_the_strangers_burst(
+    fp: FastPath, leg: int, stranger: socket.socket, r: socket.socket, n: int
+) -> None:
+    """``n`` (> the burst) RTP datagrams from a stranger on a still clock: the
+    default burst punted (and drained), the rest limited."""
+    for seq in range(n):
+        stranger.sendto(rtp(seq), addr(r))
+    until(lambda: decided(fp, leg) == n, f"the stranger's {n} decided")
+    assert fp.counters(leg).to_python == PUNT_BURST and limited_of(fp, leg) == n - PUNT_BURST
+    assert len(fp.drain(1000)) == PUNT_BURST
 
 
 def kernel_drops(sock: socket.socket) -> int:
@@ -304,18 +335,9 @@ def test_the_endpoints_own_punts_draw_on_a_bucket_of_their_own() -> None:
         signalled = {"rtp_destination": addr(caller), "rtcp_destination": addr(caller)}
         fp.set_addresses(leg, **signalled)  # nothing latched yet
 
-        def seen() -> int:
-            c = fp.counters(leg)
-            return c.to_python + c.received
-
-        def limited() -> int:
-            return fp.counters(leg).drops["punt_limited"]
-
-        for seq in range(450):
-            stranger.sendto(rtp(seq), addr(r))
-        until(lambda: seen() == 450, "the stranger's 450 decided")
-        assert fp.counters(leg).to_python == 400 and limited() == 50
-        assert len(fp.drain(1000)) == 400
+        seen = functools.partial(decided, fp, leg)
+        limited = functools.partial(limited_of, fp, leg)
+        spend_the_strangers_burst(fp, leg, stranger, r, 450)
         caller.sendto(STUN_REQUEST, addr(r))  # its ICE check and media, all still punted
         for seq in range(399):
             (caller if seq % 2 else caller_other).sendto(rtp(seq), addr(r))
@@ -364,18 +386,9 @@ def test_a_natted_endpoints_sip_source_draws_on_its_own_bucket() -> None:
         fp.set_addresses(leg, rtp_destination=private, rtcp_destination=private)
         fp.set_endpoint_host(leg, CALLER)
 
-        def seen() -> int:
-            c = fp.counters(leg)
-            return c.to_python + c.received
-
-        def limited() -> int:
-            return fp.counters(leg).drops["punt_limited"]
-
-        for seq in range(410):
-            stranger.sendto(rtp(seq), addr(r))
-        until(lambda: seen() == 410, "the stranger's 410 decided")
-        assert fp.counters(leg).to_python == 400 and limited() == 10
-        assert len(fp.drain(1000)) == 400
+        seen = functools.partial(decided, fp, leg)
+        limited = functools.partial(limited_of, fp, leg)
+        spend_the_strangers_burst(fp, leg, stranger, r, 410)
         phone.sendto(STUN_REQUEST, addr(r))
         for seq in range(20):
             phone.sendto(rtp(1000 + seq), addr(r))
@@ -450,27 +463,9 @@ def test_a_sprayed_legs_own_endpoint_still_gets_its_check_and_first_rtp_through(
                 caller.sendto(STUN_REQUEST if sent[1] == 0 else rtp(sent[1]), addr(r_offer))
                 sent[1] += 1
 
-    async def scenario() -> None:
-        loop = asyncio.get_running_loop()
-        fp.attach(loop, handler)
-        thread = threading.Thread(target=flood)
-        thread.start()
-        try:
-            while thread.is_alive() and time.monotonic() - t0 < 30:
-                await asyncio.sleep(0.005)
-        finally:
-            thread.join(30)
-        assert not thread.is_alive()
-        for _ in range(int(WAIT / 0.005)):  # what the kernel still holds, decided
-            c = fp.counters(offer)
-            decided = c.to_python + c.received >= sum(sent) - kernel_drops(r_offer)
-            if decided and not fp.drain(0):
-                break
-            await asyncio.sleep(0.005)
-        await asyncio.sleep(0.05)
-        fp.detach()
-        while batch := fp.drain():
-            handler(batch)
+    def settled() -> bool:
+        c = fp.counters(offer)
+        return c.to_python + c.received >= sum(sent) - kernel_drops(r_offer)
 
     try:
         # The spray is on before the caller's first datagram: the first 1,000 of it,
@@ -479,7 +474,7 @@ def test_a_sprayed_legs_own_endpoint_still_gets_its_check_and_first_rtp_through(
             attacker.sendto(junk, addr(r_offer))
             sent[0] += 1
         until(lambda: fp.counters(offer).drops["punt_limited"] > 0, "the spray limited")
-        asyncio.run(scenario())
+        spray(fp, handler, flood, settled, t0)
         elapsed = time.monotonic() - t0
         o, lost = fp.counters(offer), kernel_drops(r_offer)
         assert sent == [FLOOD, 38]  # one check, then 37 RTP packets
