@@ -196,16 +196,11 @@ def test_a_sprayed_leg_does_not_starve_the_other_calls_of_its_loop() -> None:
             if p.leg == offer and p.kind is PacketKind.RTP and fp.addresses(offer)[0] is None:
                 fp.latch(offer, p.source)
 
-    def flood() -> None:  # bounded in count and in time
-        deadline = time.monotonic() + 20.0
-        for i in range(sent[0], FLOOD):
-            if time.monotonic() > deadline:
-                break
-            attacker.sendto(junk, addr(r_target))
-            sent[0] += 1
-            if i % 500 == 250:
-                sent[1] += 1
-                caller.sendto(rtp(sent[1]), addr(r_offer))
+    def caller_sends() -> None:
+        sent[1] += 1
+        caller.sendto(rtp(sent[1]), addr(r_offer))
+
+    flood = functools.partial(bounded_flood, sent, attacker, junk, addr(r_target), caller_sends)
 
     def settled() -> bool:
         c = fp.counters(target)
@@ -249,6 +244,25 @@ def test_a_sprayed_leg_does_not_starve_the_other_calls_of_its_loop() -> None:
         fp.close()
         for s in (attacker, caller, callee, r_target, r_offer, r_answer):
             s.close()
+
+
+def bounded_flood(
+    sent: list[int],
+    attacker: socket.socket,
+    junk: bytes,
+    target: tuple[str, int],
+    now_and_then: Callable[[], None],
+) -> None:
+    """``junk`` to ``target`` until FLOOD datagrams are sent (``sent[0]`` counts) or
+    20 s pass, calling ``now_and_then`` (the caller's traffic) every 500."""
+    deadline = time.monotonic() + 20.0
+    for i in range(sent[0], FLOOD):
+        if time.monotonic() > deadline:
+            break
+        attacker.sendto(junk, target)
+        sent[0] += 1
+        if i % 500 == 250:
+            now_and_then()
 
 
 def spray(
@@ -452,16 +466,11 @@ def test_a_sprayed_legs_own_endpoint_still_gets_its_check_and_first_rtp_through(
                 fp.latch(offer, p.source)
                 latched_at.append(sent[0])
 
-    def flood() -> None:  # bounded in count and in time
-        deadline = time.monotonic() + 20.0
-        for i in range(sent[0], FLOOD):
-            if time.monotonic() > deadline:
-                break
-            attacker.sendto(junk, addr(r_offer))
-            sent[0] += 1
-            if i % 500 == 250:
-                caller.sendto(STUN_REQUEST if sent[1] == 0 else rtp(sent[1]), addr(r_offer))
-                sent[1] += 1
+    def caller_sends() -> None:
+        caller.sendto(STUN_REQUEST if sent[1] == 0 else rtp(sent[1]), addr(r_offer))
+        sent[1] += 1
+
+    flood = functools.partial(bounded_flood, sent, attacker, junk, addr(r_offer), caller_sends)
 
     def settled() -> bool:
         c = fp.counters(offer)
