@@ -9,9 +9,10 @@ For each system, mode (rtp->rtp, rtp->srtp: encrypt, srtp->rtp: decrypt) and num
 concurrent calls (1, 100, 1000), with 172-byte RTP packets (12-byte header + 160 bytes,
 G.711 at 20 ms), it measures:
 
-- **max pps**: the highest rate relayed with < 0.1% loss and the last packet out within
-  50 ms of the last packet in (kernel arrival timestamps: socket buffers could otherwise
-  hide a backlog the SUT drains after a short step).  The rate doubles from 25k
+- **max pps**: the highest rate relayed with < 0.1% loss, the last packet out within
+  50 ms of the last packet in, and no more than 1% of the packets delayed longer than
+  that (p99 under 50 ms; kernel arrival timestamps: socket buffers could otherwise hide
+  a backlog the SUT drains after a short step, or before its end).  The rate doubles from 25k
   packets/s until a step loses more, then bisects; each step is a bounded run (1 s,
   0.5 s with --quick), and a step that fails is tried once more on a freshly started
   system before it counts (every system alike: a stall of a shared VM is not a limit).
@@ -413,8 +414,15 @@ class Step:
     lat_p999_us: float | None = None
 
     @property
+    def backlog(self) -> bool:
+        """More than 1% of the packets waited longer than MAX_TAIL: the system was
+        not relaying at this rate, even if it drained its queues before the run
+        ended (which the tail check alone misses)."""
+        return self.lat_p99_us is not None and self.lat_p99_us > MAX_TAIL * 1e6
+
+    @property
     def ok(self) -> bool:
-        return self.loss < MAX_LOSS and not self.generator_bound
+        return self.loss < MAX_LOSS and not self.generator_bound and not self.backlog
 
 
 @dataclass
@@ -508,7 +516,7 @@ def measure(
             else:
                 bad = step
             time.sleep(0.3)
-        if bad is not None and bad.generator_bound and bad.loss < MAX_LOSS:
+        if bad is not None and bad.generator_bound and bad.loss < MAX_LOSS and not bad.backlog:
             row.lower_bound = True  # the generator's limit: do not bisect above it
             good = max(good, int(bad.sent / step_s))
         elif bad is not None:
@@ -523,7 +531,7 @@ def measure(
                     good = mid
                 else:
                     hi = mid
-                    if step.generator_bound and step.loss < MAX_LOSS:
+                    if step.generator_bound and step.loss < MAX_LOSS and not step.backlog:
                         row.lower_bound = True
                 time.sleep(0.3)
         row.max_pps = good or None
@@ -555,7 +563,8 @@ def progress(row: Row, step: Step) -> None:
         f"loss {100 * step.loss:6.3f}%, SUT {step.sut_cpu_s / max(step.received, 1) * 1e9:6.0f} "
         "ns/packet, "
         f"generator {100 * step.gen_cpu:3.0f}%"
-        + (" (generator-bound)" if step.generator_bound else ""),
+        + (" (generator-bound)" if step.generator_bound else "")
+        + (f" (backlog: p99 {(step.lat_p99_us or 0) / 1000:.0f} ms)" if step.backlog else ""),
         flush=True,
     )
 
@@ -585,6 +594,7 @@ def render(rows: list[Row], quick: bool, load_before: str, plot: str | None) -> 
         f"{platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; "
         f"SUT pinned to CPU {SUT_CPU}, load generator (bench/relay_load.c) to CPU {LOAD_CPU}; "
         f"{PACKET}-byte packets, one stream per call; max pps with < {100 * MAX_LOSS:g}% loss "
+        f"and p99 < {MAX_TAIL * 1000:g} ms "
         f"({'0.5' if quick else '1'} s steps, a failed step tried twice); "
         f"CPU ns/packet of the SUT at {FIXED_RATE} pps. "
         "'>=': the generator could not offer more (its limit, not the system's). "
