@@ -22,17 +22,15 @@ Prints one JSON line with what it did; exits 1 if the invariant broke.
 
 from __future__ import annotations
 
-import json
 import random
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "fuzz"))
 
-from fuzz_sipscan import sip_fuzz_args, type_refs  # noqa: E402
+from fuzz_sipscan import run_cases_and_text, sip_fuzz_args, type_refs  # noqa: E402
 
 
 def alive() -> int:
@@ -57,44 +55,23 @@ def main() -> int:
         print("media._srtp does not import: run `make install`", file=sys.stderr)
         return 1
     split = check.__self__.split  # type: ignore[attr-defined]
-    message.use_accelerator(True)
-    message.clear_parse_caches()
-    before = alive()
-    rng = random.Random(args.seed)
-    deadline = time.monotonic() + args.seconds
-    mismatches = 0
-    first_mismatch = None
-    # Most cases: whole checks on mutated messages (random_cases asserts the invariant).
-    mutated = int(args.cases * 0.8)
-    outcomes: dict[str, int] = {}
-    done = 0
-    try:
-        done, outcomes = random_cases(args.seed, mutated, args.seconds)
-    except AssertionError as exc:
-        mismatches, first_mismatch = 1, repr(exc)[:300]
-    extra = 0
-    for extra in range(1, args.cases - mutated + 1):  # noqa: B007 (extra is reported)
-        if rng.random() < 0.7:
-            text = "".join(rng.choice(' ,"<>\\a\t\u00a0\x85é') for _ in range(rng.randint(0, 40)))
-        else:
-            text = rng.randbytes(rng.randint(0, 60)).decode("latin-1")
-        if split(text) != split_list(text):
-            mismatches += 1
-            first_mismatch = first_mismatch or repr(text)[:300]
-        if time.monotonic() > deadline:
-            break
-    message.clear_parse_caches()
-    after = alive()
-    summary = {
-        "cases": done + extra,
-        "outcomes": dict(sorted(outcomes.items(), key=lambda kv: -kv[1])[:12]),
-        "mismatches": mismatches,
-        "first_mismatch": first_mismatch,
-        "type_refs_before": before,
-        "type_refs_after": after,
-    }
-    print(json.dumps(summary))
-    return 0 if mismatches == 0 and after <= before else 1
+
+    def random_text(rng: random.Random) -> str:
+        return "".join(rng.choice(' ,"<>\\a\t\u00a0\x85é') for _ in range(rng.randint(0, 40)))
+
+    def check_text(rng: random.Random, text: str) -> str | None:
+        return None if split(text) == split_list(text) else repr(text)
+
+    # Most cases: whole checks on mutated messages.
+    return run_cases_and_text(
+        args,
+        share=0.8,
+        random_cases=random_cases,
+        alive=alive,
+        random_text=random_text,
+        check_text=check_text,
+        top=12,
+    )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import json
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +66,67 @@ def type_refs(*types: type) -> int:
     paths untrack theirs; gc.get_objects() cannot see them)."""
     gc.collect()
     return sum(sys.getrefcount(t) for t in types)
+
+
+def run_cases_and_text(
+    args: argparse.Namespace,
+    *,
+    share: float,
+    random_cases: Callable[[int, int, float], tuple[int, dict[str, int]]],
+    alive: Callable[[], int],
+    random_text: Callable[[random.Random], str],
+    check_text: Callable[[random.Random, str], str | None],
+    refs_key: str = "type_refs",
+    top: int | None = None,
+) -> int:
+    """The value and header-check fuzzers' run: ``share`` of ``--cases`` through the
+    tests' ``random_cases`` (which assert the C/Python invariant), the rest random
+    text (``random_text``, or arbitrary bytes) given to ``check_text`` (None when C
+    and Python agree, else what differed); parse caches cleared around it and live
+    instances counted by ``alive`` before and after.  Prints one JSON line; 1 if the
+    invariant broke or instances leaked."""
+    from sip import message
+
+    message.use_accelerator(True)
+    message.clear_parse_caches()
+    before = alive()
+    rng = random.Random(args.seed)
+    deadline = time.monotonic() + args.seconds
+    mismatches = 0
+    first_mismatch = None
+    mutated = int(args.cases * share)
+    outcomes: dict[str, int] = {}
+    done = 0
+    try:
+        done, outcomes = random_cases(args.seed, mutated, args.seconds)
+    except AssertionError as exc:
+        mismatches, first_mismatch = 1, repr(exc)[:300]
+    extra = 0
+    for extra in range(1, args.cases - mutated + 1):  # noqa: B007 (extra is reported)
+        if rng.random() < 0.7:
+            text = random_text(rng)
+        else:
+            text = rng.randbytes(rng.randint(0, 60)).decode("latin-1")
+        problem = check_text(rng, text)
+        if problem is not None:
+            mismatches += 1
+            first_mismatch = first_mismatch or problem[:300]
+        if time.monotonic() > deadline:
+            break
+    message.clear_parse_caches()
+    after = alive()
+    if top is not None:
+        outcomes = dict(sorted(outcomes.items(), key=lambda kv: -kv[1])[:top])
+    summary = {
+        "cases": done + extra,
+        "outcomes": outcomes,
+        "mismatches": mismatches,
+        "first_mismatch": first_mismatch,
+        f"{refs_key}_before": before,
+        f"{refs_key}_after": after,
+    }
+    print(json.dumps(summary))
+    return 0 if mismatches == 0 and after <= before else 1
 
 
 def main() -> int:
@@ -109,7 +171,7 @@ def main() -> int:
     message.use_accelerator(False)
     gc.collect()
     alive = type_refs(HeaderField) - field_refs
-    cached = message._scan_c_loaded[0].__self__.cached_names  # type: ignore[union-attr]
+    cached = message._load_scanner().__self__.cached_names  # type: ignore[union-attr]
     summary = {
         "cases": done,
         "tokenized": ok,

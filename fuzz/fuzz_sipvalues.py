@@ -22,17 +22,15 @@ Prints one JSON line with what it did; exits 1 if the invariant broke.
 
 from __future__ import annotations
 
-import json
 import random
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "fuzz"))
 
-from fuzz_sipscan import sip_fuzz_args, type_refs  # noqa: E402
+from fuzz_sipscan import run_cases_and_text, sip_fuzz_args, type_refs  # noqa: E402
 
 
 def alive() -> int:
@@ -52,47 +50,28 @@ def main() -> int:
     if message._load_values() is None:
         print("media._srtp does not import: run `make install`", file=sys.stderr)
         return 1
-    message.use_accelerator(True)
-    message.clear_parse_caches()
-    before = alive()
-    rng = random.Random(args.seed)
-    deadline = time.monotonic() + args.seconds
-    mismatches = 0
-    first_mismatch = None
-    # Most cases: mutations of real values (random_cases asserts the invariant).
-    mutated = int(args.cases * 0.9)
-    outcomes: dict[str, int] = {}
-    try:
-        done, outcomes = random_cases(args.seed, mutated, args.seconds)
-    except AssertionError as exc:
-        done, mismatches, first_mismatch = 0, 1, repr(exc)[:300]
     kinds = list(PYTHON)
-    extra = 0
-    for extra in range(1, args.cases - mutated + 1):  # noqa: B007 (extra is reported)
-        if rng.random() < 0.7:
-            text = "".join(rng.choice('sip:@;=<>" \t.,0123456789abc/[]\\') for _ in range(40))
-        else:
-            text = rng.randbytes(rng.randint(0, 60)).decode("latin-1")
-        kind = rng.choice(kinds)
+
+    def random_text(rng: random.Random) -> str:
+        return "".join(rng.choice('sip:@;=<>" \t.,0123456789abc/[]\\') for _ in range(40))
+
+    def check_text(rng: random.Random, text: str) -> str | None:
         try:
-            check(kind, text)
+            check(rng.choice(kinds), text)
         except AssertionError as exc:
-            mismatches += 1
-            first_mismatch = first_mismatch or repr(exc)[:300]
-        if time.monotonic() > deadline:
-            break
-    message.clear_parse_caches()
-    after = alive()
-    summary = {
-        "cases": done + extra,
-        "outcomes": outcomes,
-        "mismatches": mismatches,
-        "first_mismatch": first_mismatch,
-        "value_type_refs_before": before,
-        "value_type_refs_after": after,
-    }
-    print(json.dumps(summary))
-    return 0 if mismatches == 0 and after <= before else 1
+            return repr(exc)
+        return None
+
+    # Most cases: mutations of real values.
+    return run_cases_and_text(
+        args,
+        share=0.9,
+        random_cases=random_cases,
+        alive=alive,
+        random_text=random_text,
+        check_text=check_text,
+        refs_key="value_type_refs",
+    )
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -428,23 +429,28 @@ class Headers:
         Record-Route), or at the top if there is none."""
         _check_name(name)
         key = canonical_name(name)
-        index = 0
-        for i, f in enumerate(self._fields):
-            if f.key == key:
-                index = i
-                break
-        self._fields.insert(index, HeaderField(name, key, _clean_value(value), None))
+        self._insert_first(HeaderField(name, key, _clean_value(value), None))
         self._typed.pop(key, None)
 
     def prepend_parsed(self, name: str, text: str, parsed: Any) -> None:
         """:meth:`prepend` of ``text`` where ``parsed`` is what parsing ``text``
         gives (one element): a parsed view of the header stays valid, so the next
         reader (a proxy's new top Via) does not parse the whole list again."""
+        _check_name(name)
         key = canonical_name(name)
-        cached = self._typed.get(key) if key in _INCREMENTAL else None
-        self.prepend(name, text)
-        if cached is not None:
+        self._insert_first(HeaderField(name, key, _clean_value(text), None))
+        cached = self._typed.pop(key, None)
+        if cached is not None and key in _INCREMENTAL:
             self._typed[key] = [parsed, *cached]
+
+    def _insert_first(self, field: HeaderField) -> None:
+        """Above the first field of its header, or at the top if there is none."""
+        index = 0
+        for i, f in enumerate(self._fields):
+            if f.key == field.key:
+                index = i
+                break
+        self._fields.insert(index, field)
 
     def set(self, name: str, value: HeaderValue) -> None:
         """Replace every header of this name by one, where the first one was."""
@@ -912,65 +918,57 @@ def _check_headers(
 ENV_PURE_PYTHON = "SIPEDGE_PURE_PYTHON"
 _ScanFn: TypeAlias = Callable[[bytes, int, int], _Scan]
 _scan_c: _ScanFn | None = None
-_scan_c_loaded: list[_ScanFn | None] = []
 
 
+@functools.cache  # one scanner per process: it holds the name caches
 def _load_scanner() -> _ScanFn | None:
-    if not _scan_c_loaded:
-        try:
-            from media._srtp import SipScanner
-        except ImportError:
-            _scan_c_loaded.append(None)
-        else:
-            scanner = SipScanner(HeaderField, SipError, COMPACT_FORMS, SINGLE_HEADERS)
-            _scan_c_loaded.append(scanner.scan)
-    return _scan_c_loaded[0]
+    try:
+        from media._srtp import SipScanner
+    except ImportError:
+        return None
+    scan: _ScanFn = SipScanner(HeaderField, SipError, COMPACT_FORMS, SINGLE_HEADERS).scan
+    return scan
 
 
 ENV_PURE_PYTHON_VALUES = "SIPEDGE_PURE_PYTHON_VALUES"
-_values_loaded: list[Any] = []
 
 
+@functools.cache
 def _load_values() -> Any:
     """The media._srtp.SipValueParser, or None without the extension."""
-    if not _values_loaded:
-        try:
-            from media._srtp import SipValueParser
-        except ImportError:
-            _values_loaded.append(None)
-        else:
-            _values_loaded.append(SipValueParser(Via, URI, NameAddr, Contact, CSeq))
-    return _values_loaded[0]
+    try:
+        from media._srtp import SipValueParser
+    except ImportError:
+        return None
+    return SipValueParser(Via, URI, NameAddr, Contact, CSeq)
 
 
 ENV_PURE_PYTHON_CHECK = "SIPEDGE_PURE_PYTHON_CHECK"
 _CheckFn: TypeAlias = Callable[[Request | Response, dict[str, list[str]], str | None], None]
 _check_c: _CheckFn | None = None
-_check_loaded: list[_CheckFn | None] = []
 
 
+@functools.cache
 def _load_checker() -> _CheckFn | None:
     """media._srtp.SipHeaderChecker.check on this module's tables and memos, or None."""
-    if not _check_loaded:
-        try:
-            from media._srtp import SipHeaderChecker
-        except ImportError:
-            _check_loaded.append(None)
-        else:
-            checker = SipHeaderChecker(
-                SipError,
-                Request,
-                _TYPED,
-                LIST_HEADERS,
-                REQUIRED_HEADERS,
-                _via,
-                _name_addr,
-                _contact,
-                _cseq,
-                _content_type,
-            )
-            _check_loaded.append(checker.check)
-    return _check_loaded[0]
+    try:
+        from media._srtp import SipHeaderChecker
+    except ImportError:
+        return None
+    checker = SipHeaderChecker(
+        SipError,
+        Request,
+        _TYPED,
+        LIST_HEADERS,
+        REQUIRED_HEADERS,
+        _via,
+        _name_addr,
+        _contact,
+        _cseq,
+        _content_type,
+    )
+    check: _CheckFn = checker.check
+    return check
 
 
 def use_accelerator(

@@ -37,7 +37,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -60,6 +60,22 @@ def python_output(code: str, **env: str) -> str:
         timeout=60,
     )
     return out.stdout.strip()
+
+
+def c_part(type_name: str, load: Callable[[], Any]) -> Any:
+    """What ``load`` (one of sip.message's ``_load_*``) gives: the part of the C
+    extension named ``type_name`` (or a bound method of it).  Fails the test, saying
+    what to run, when media._srtp does not import."""
+    try:
+        import media._srtp as srtp
+    except ImportError as exc:
+        import pytest  # here, as in require_binary: bench/ imports this module too
+
+        pytest.fail(f"the C extension media._srtp does not import ({exc}): run `make install`")
+    part = load()
+    assert part is not None
+    assert isinstance(getattr(part, "__self__", part), getattr(srtp, type_name))
+    return part
 
 
 PortKind = Literal["udp", "tcp", "both"]

@@ -31,7 +31,7 @@ from sip import message
 from sip._abnf import split_list
 from sip.errors import SipError
 from sip.message import Headers, Limits, parse_message
-from tests.peers import python_output
+from tests.peers import c_part, python_output
 from tests.test_sip_scan import CORPUS
 from tests.test_sip_scan import mutate as mutate_bytes
 
@@ -44,14 +44,7 @@ Check: Any = Callable[[Any, dict[str, list[str]], "str | None"], None]
 
 
 def c_check() -> Any:
-    try:
-        from media._srtp import SipHeaderChecker
-    except ImportError as exc:
-        pytest.fail(f"the C extension media._srtp does not import ({exc}): run `make install`")
-    check = message._load_checker()
-    assert check is not None
-    assert isinstance(check.__self__, SipHeaderChecker)  # type: ignore[attr-defined]
-    return check
+    return c_part("SipHeaderChecker", message._load_checker)
 
 
 @pytest.fixture(autouse=True)

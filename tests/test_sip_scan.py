@@ -25,7 +25,7 @@ import tests.sipdata as sipdata
 from sip import message
 from sip.errors import SipError
 from sip.message import COMPACT_FORMS, SINGLE_HEADERS, HeaderField, Limits, parse_message
-from tests.peers import python_output
+from tests.peers import c_part, python_output
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -48,14 +48,7 @@ RANDOM_CASES = 20_000
 
 
 def c_scan() -> Callable[..., Any]:
-    try:
-        from media._srtp import SipScanner
-    except ImportError as exc:
-        pytest.fail(f"the C extension media._srtp does not import ({exc}): run `make install`")
-    scan = message._load_scanner()
-    assert scan is not None
-    assert isinstance(scan.__self__, SipScanner)  # type: ignore[attr-defined]
-    return scan
+    return c_part("SipScanner", message._load_scanner)
 
 
 @pytest.fixture(autouse=True)

@@ -33,7 +33,7 @@ from sip.errors import SipError
 from sip.headers import Contact, CSeq, NameAddr, Via
 from sip.message import LIST_HEADERS, clear_parse_caches, parse_message
 from sip.uri import URI
-from tests.peers import python_output
+from tests.peers import c_part, python_output
 from tests.test_sip_scan import CORPUS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,13 +61,7 @@ KINDS = {
 
 
 def c_values() -> Any:
-    try:
-        from media._srtp import SipValueParser
-    except ImportError as exc:
-        pytest.fail(f"the C extension media._srtp does not import ({exc}): run `make install`")
-    parser = message._load_values()
-    assert isinstance(parser, SipValueParser)
-    return parser
+    return c_part("SipValueParser", message._load_values)
 
 
 @pytest.fixture(autouse=True)
