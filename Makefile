@@ -19,6 +19,11 @@ KEY := $(CERT_DIR)/dev-key.pem
 CONFIG ?= configs/dev.toml
 PYTEST_ARGS ?=
 BENCH_INSTALLED := $(VENV)/.sipedge-bench-installed
+# The mypyc-compiled signalling hot path (sip/_compiled.py: MODULES, the same list).
+COMPILED := build/compiled/manifest.json
+COMPILED_SOURCES := sip/errors.py sip/_abnf.py sip/uri.py sip/headers.py sip/message.py \
+	sip/transaction.py edge/audit.py edge/dialogs.py edge/routing.py edge/admission.py \
+	edge/proxy_state.py edge/proxy_media.py edge/proxy.py
 FUZZ_DATAGRAMS ?= 200000
 FUZZ_SECONDS ?= 120
 FUZZ_SEED ?= 7
@@ -27,7 +32,7 @@ FUZZ_SIP_CASES ?= 20000
 .PHONY: help deps venv install devcert run lint format test bench fuzz-asan clean distclean
 
 help:
-	@echo "make install    .venv with sipedge editable + test extras, C extension built"
+	@echo "make install    .venv with sipedge editable + test extras, C extension and compiled core built"
 	@echo "                (as root, apt-gets missing Debian packages first: scripts/debian-deps.sh)"
 	@echo "make devcert    self-signed dev certificate in $(CERT_DIR)/"
 	@echo "make run        install + devcert, then sipedge run --config $(CONFIG)"
@@ -54,7 +59,10 @@ $(INSTALLED): pyproject.toml setup.py $(wildcard media/*.c media/*.h) | $(BIN)/p
 	$(BIN)/python -c 'import media._srtp as s; print("media._srtp:", s.backend(), s.openssl_version())'
 	touch $@
 
-venv install: $(INSTALLED)
+$(COMPILED): $(COMPILED_SOURCES) sip/_compiled.py scripts/build_compiled.py | $(INSTALLED)
+	$(BIN)/python scripts/build_compiled.py
+
+venv install: $(INSTALLED) $(COMPILED)
 
 $(CERT) $(KEY) &:
 	scripts/devcert.sh $(CERT_DIR)

@@ -37,6 +37,7 @@ from typing import Any
 from edge import __version__
 from edge.config import Config, ConfigError, HostPort
 from edge.log import LogFn, Logger
+from sip import _compiled
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # a bug: logged with its traceback as a field
@@ -591,6 +592,9 @@ class _App:
             fields["echo"] = str(HostPort(host, port))
         if cfg.listen.tls or cfg.listen.wss:
             fields["tls_source"] = self._tls_source()
+        compiled, why = _compiled.status()
+        # "compiled": true, or why the signalling path runs as plain Python (slower).
+        fields["compiled"] = True if compiled else why
         self.log("info", "ready", **fields)
 
     def _warn_about_config(self) -> None:

@@ -236,7 +236,7 @@ def _detail_key(key: str) -> tuple[str, bool]:
     return _encode_str(key) + ":", is_secret_name(key)
 
 
-def _flat_details(details: Mapping[str, Any]) -> str | None:
+def _flat_details(details: Mapping[Any, Any]) -> str | None:
     """The JSON of a flat ``details`` mapping (what call events carry) in one pass,
     the same text as the general path; None for anything else (nested, odd types)."""
     parts = []
@@ -339,6 +339,7 @@ class AuditLog:
         self._swept = -1
         self.lines_written = 0
         self.write_errors = 0
+        self.full_table_sweeps = 0
 
     # ------------------------------------------------------------ events
 
@@ -426,6 +427,7 @@ class AuditLog:
                 # Once a second at most: a full table during a wide flood must
                 # not cost a scan per event.
                 self._swept = second
+                self.full_table_sweeps += 1
                 self.flush_suppressed()
             if len(self._windows) < self._max_keys:
                 window = self._windows[key] = _Window(second)

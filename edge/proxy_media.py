@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from edge.audit import AuditLog, call_resource_id
 from edge.dialogs import Dialog, DialogTable
@@ -82,16 +82,31 @@ class MediaMixin:
     _client: dict[TransactionKey, _ClientCtx]
     _late_answers: dict[str, tuple[bytes, bytes]]
 
-    if TYPE_CHECKING:
+    # Proxy's methods; declared here for the type checker and for mypyc, which
+    # compiles this mixin (sip/_compiled.py) and takes no TYPE_CHECKING block.
+    def _final(self, fwd: _Forward, status: int) -> None:
+        raise NotImplementedError
 
-        def _final(self, fwd: _Forward, status: int) -> None: ...
-        def _try_next(self, fwd: _Forward) -> None: ...
-        def _relay(self, fwd: _Forward, resp: Response) -> None: ...
-        def _spawn(self, coro: Any) -> asyncio.Task[None]: ...
-        def _end_call(self, dialog: Dialog, reason: str) -> None: ...
-        def _our_via(self, transport: str, branch: str) -> str: ...
-        def _run(self, ctx: Any, actions: list[Any]) -> None: ...
-        def _get_loop(self) -> asyncio.AbstractEventLoop: ...
+    def _try_next(self, fwd: _Forward) -> None:
+        raise NotImplementedError
+
+    def _relay(self, fwd: _Forward, resp: Response) -> None:
+        raise NotImplementedError
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        raise NotImplementedError
+
+    def _end_call(self, dialog: Dialog, reason: str) -> None:
+        raise NotImplementedError
+
+    def _our_via(self, transport: str, branch: str) -> str:
+        raise NotImplementedError
+
+    def _run(self, ctx: Any, actions: list[Any]) -> None:
+        raise NotImplementedError
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        raise NotImplementedError
 
     def _policy_of(self, decision: Any) -> str | None:
         """The media policy of the side a new call goes to (its set or trunk)."""
@@ -230,6 +245,8 @@ class MediaMixin:
     def _relay_with_media(self, fwd: _Forward, resp: Response) -> None:
         """Relay a response; SDP in it goes through the controller first (as an
         answer, an offer, or a repeat of either), responses kept in order."""
+        # Each branch names its own coroutine: mypyc compiles this module and
+        # takes one name for one nested function.
         rewrite: Callable[[bytes], Awaitable[bytes]] | None = None
         event = "media_answer_refused"
         found = None
@@ -243,15 +260,17 @@ class MediaMixin:
         elif role[0] == "answer":
             key, side = role[1], role[2]
 
-            async def rewrite(sdp: bytes) -> bytes:
+            async def answer(sdp: bytes) -> bytes:
                 result: bytes = await self.media.answer(key, side, sdp)
                 return result
+
+            rewrite = answer
 
         elif role[0] == "offer":
             key, side, from_policy, to_policy = role[1:]
             source_ip = fwd.client.dest.host if fwd.client is not None else ""
 
-            async def rewrite(sdp: bytes) -> bytes:
+            async def offer(sdp: bytes) -> bytes:
                 result: bytes = await self.media.offer(
                     key,
                     side,
@@ -262,15 +281,17 @@ class MediaMixin:
                 )
                 return result
 
+            rewrite = offer
             event = "media_offer_refused"
         else:
 
-            async def rewrite(sdp: bytes) -> bytes:
+            async def refuse(sdp: bytes) -> bytes:
                 # RFC 3261 §13.2.1, RFC 6337 §3.1: once the offer/answer of this
                 # transaction is complete, its responses may repeat the SDP (served
                 # from the cache) but carry no new one.
                 raise SipError("new SDP after the offer/answer was complete", 488)
 
+            rewrite = refuse
             event = "media_sdp_ignored"
         fwd.media_task = self._spawn(
             self._rewrite_then_relay(fwd.media_task, fwd, resp, rewrite, event)

@@ -354,9 +354,8 @@ class Headers:
 
     @classmethod
     def _from_fields(cls, fields: list[HeaderField]) -> Headers:
-        self = cls.__new__(cls)
+        self = cls()
         self._fields = fields
-        self._typed = {}
         return self
 
     # -- reading -----------------------------------------------------------
@@ -860,12 +859,8 @@ def _parse_start_line(line: str, headers: Headers, limits: Limits) -> Request | 
         if m.group(1).upper() != _VERSION:
             raise SipError("SIP version not supported", 505)
         status = int(m.group(2))
-        if status < 100:
-            raise SipError("status code out of range")
-        response = Response.__new__(Response)
-        response.headers = headers
-        response.status = status
-        response.reason = m.group(3)
+        response = Response(status, "", headers)  # 100-699 (§7.2), else SipError
+        response.reason = m.group(3)  # as received, even empty
         return response
     m = _REQUEST_LINE_RE.fullmatch(line)
     if m is None:
@@ -877,10 +872,7 @@ def _parse_start_line(line: str, headers: Headers, limits: Limits) -> Request | 
         raise SipError("Request-URI too long", 414)
     if uri_text.startswith("<"):
         raise SipError("Request-URI in <>")
-    request = Request.__new__(Request)
-    request.headers = headers
-    request.method = m.group(1)
-    request.uri = _request_uri(uri_text)
+    request = Request(m.group(1), _request_uri(uri_text), headers)
     if request.uri.headers:
         # RFC 4475 §3.1.2.11: headers in a Request-URI are refused, never
         # forwarded or turned into real headers.
