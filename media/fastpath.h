@@ -140,22 +140,31 @@ typedef struct {
 } se_fp_addr;
 
 typedef struct {
-    /* written by the leg's own loop */
+    /* written by the leg's own loop; what every forwarded packet writes first, on
+     * the struct's first line (one line per packet, not two) */
     uint64_t received; /* datagrams decided in C (not counting those punted) */
     uint64_t packets_in, bytes_in, rtcp_in;
-    uint64_t to_python; /* punted */
-    uint64_t drops[SE_FP_N_DROPS];
+    uint64_t to_python;  /* punted */
     uint64_t last_rx_ns; /* CLOCK_MONOTONIC of the last packet accepted */
     uint64_t last_ssrc;  /* SSRC of that packet */
     /* SSRC_SEEN | SSRC of the last RTP (RTCP) packet that passed the inbound step
      * from the accepted source; 0 since that source was set.  Python's latch
      * follows it (media.latching.Latch.follow). */
     uint64_t rtp_ssrc, rtcp_ssrc;
-    /* written by the peer's loop, on a line of their own */
-    _Alignas(64) uint64_t packets_out, bytes_out, rtcp_out, send_errors;
+    uint64_t drops[SE_FP_N_DROPS];
+    /* written by the peer's loop, on a line of their own (one line: an _Alignas on
+     * a list of declarators aligns each of them, which put these on four) */
+    _Alignas(64) uint64_t packets_out;
+    uint64_t bytes_out, rtcp_out, send_errors;
 } se_fp_counters;
 
+/* Laid out for the packet path (measured: these structs are cold when a wake-up
+ * reaches them, each line a miss): a forwarded RTP packet reads its leg's lines 0
+ * and 1 (ids, pointers; rtp_src) and the first line of its counters, and its peer's
+ * lines 0 and 1 (outbound, fd; rtp_dst) and out-counter line; fastpath.c
+ * prefetches them all before the recvmmsg that precedes their use. */
 typedef struct se_fp_leg {
+    /* line 0 */
     uint32_t handle, gen; /* slot in the table; generation of the slot */
     int loop;             /* owning loop */
     int fd, rtcp_fd;      /* the plane's own dup()s; rtcp_fd -1: RTCP on fd */
@@ -163,8 +172,11 @@ typedef struct se_fp_leg {
     struct se_fp_leg *peer; /* may be the leg itself: an echo leg */
     se_srtp_ctx *inbound;   /* unprotects what the endpoint sends; NULL: plain */
     se_srtp_ctx *outbound;  /* protects what goes to the endpoint; NULL: plain */
-    se_fp_addr rtp_src, rtcp_src; /* accepted sources (latched); none: punt all */
-    se_fp_addr rtp_dst, rtcp_dst; /* where media for the endpoint goes */
+    /* line 1: the RTP source accepted (latched; none: punt all) and where RTP for
+     * the endpoint goes */
+    _Alignas(64) se_fp_addr rtp_src;
+    se_fp_addr rtp_dst;
+    se_fp_addr rtcp_src, rtcp_dst; /* the same for RTCP */
     se_fp_addr sig_host; /* the IP its SIP came from (port 0); none: unknown */
     double rtcp_tokens, rtcp_stamp; /* RTCP token bucket (RFC 3550 section 6.2) */
     /* the punt budget, written by the leg's loop only: strangers' bucket, endpoint's */
