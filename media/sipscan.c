@@ -277,8 +277,14 @@ make_field(ScannerObject *self, PyObject *name, PyObject *key, PyObject *value, 
 {
     PyObject *obj;
     PyObject *vals[4] = {name, key, value, raw};
-    if (self->off[0] == 0)
-        return PyObject_Vectorcall(self->field_type, vals, 4, NULL);
+    if (self->off[0] == 0) {
+        /* No slots to write (the mypyc-compiled HeaderField, sip/_compiled.py): its
+         * constructor, and the field untracked all the same (see below). */
+        obj = PyObject_Vectorcall(self->field_type, vals, 4, NULL);
+        if (obj != NULL && PyObject_IS_GC(obj))
+            PyObject_GC_UnTrack(obj);
+        return obj;
+    }
     /* HeaderField.__init__ only stores its four arguments: write the slots. */
     obj = ((PyTypeObject *)self->field_type)->tp_alloc((PyTypeObject *)self->field_type, 0);
     if (obj == NULL)

@@ -34,6 +34,7 @@ MODULES = (
     "sip.headers",
     "sip.message",
     "sip.transaction",
+    "sip.framing",
     "edge.audit",
     "edge.dialogs",
     "edge.routing",
@@ -41,6 +42,8 @@ MODULES = (
     "edge.proxy_state",
     "edge.proxy_media",
     "edge.proxy",
+    "edge.flows",
+    "edge.transport",
 )
 
 #: The mypyc group: its shared library is the top-level module ``sipedge_core__mypyc``.
