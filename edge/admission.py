@@ -71,7 +71,7 @@ class Action(enum.Enum):
     DROP = "drop"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Identity:
     """Who sent a request: ``scheme`` says how we know."""
 
@@ -81,11 +81,26 @@ class Identity:
     agent_id: str | None = None
     permissions: frozenset[str] = frozenset()
 
+    # Written out: mypyc compiles it, the generated one would run interpreted.
+    def __init__(
+        self,
+        scheme: str,
+        name: str,
+        customer_id: str | None = None,
+        agent_id: str | None = None,
+        permissions: frozenset[str] = frozenset(),
+    ) -> None:
+        object.__setattr__(self, "scheme", scheme)
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "customer_id", customer_id)
+        object.__setattr__(self, "agent_id", agent_id)
+        object.__setattr__(self, "permissions", permissions)
+
     def may(self, permission: str) -> bool:
         return permission in self.permissions or CUSTOMER_ADMIN in self.permissions
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Decision:
     action: Action
     identity: Identity | None = None
@@ -95,6 +110,23 @@ class Decision:
     # The credential header (name, index among its fields) that was consumed:
     # removed before forwarding, so no token or key travels upstream.
     consumed: tuple[str, int] | None = None
+
+    # Written out: mypyc compiles it, the generated one would run interpreted.
+    def __init__(
+        self,
+        action: Action,
+        identity: Identity | None = None,
+        status: int = 0,
+        headers: list[tuple[str, str]] | None = None,
+        reason: str = "",
+        consumed: tuple[str, int] | None = None,
+    ) -> None:
+        self.action = action
+        self.identity = identity
+        self.status = status
+        self.headers = [] if headers is None else headers
+        self.reason = reason
+        self.consumed = consumed
 
 
 DROP = Decision(Action.DROP)

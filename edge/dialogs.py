@@ -22,7 +22,7 @@ class DialogState(enum.Enum):
     TERMINATED = "terminated"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Dialog:
     call_id: str
     from_tag: str
@@ -41,6 +41,41 @@ class Dialog:
     caller_hop: Any = None
     callee_hop: Any = None
     extra: dict[str, str] = field(default_factory=dict)
+
+    # Written out: mypyc compiles it, the generated one would run interpreted.
+    def __init__(
+        self,
+        call_id: str,
+        from_tag: str,
+        to_tag: str | None,
+        caller: str,
+        callee: str,
+        from_uri: str,
+        to_uri: str,
+        created: float,
+        state: DialogState = DialogState.EARLY,
+        answered: float | None = None,
+        ended: float | None = None,
+        end_reason: str = "",
+        caller_hop: Any = None,
+        callee_hop: Any = None,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        self.call_id = call_id
+        self.from_tag = from_tag
+        self.to_tag = to_tag
+        self.caller = caller
+        self.callee = callee
+        self.from_uri = from_uri
+        self.to_uri = to_uri
+        self.created = created
+        self.state = state
+        self.answered = answered
+        self.ended = ended
+        self.end_reason = end_reason
+        self.caller_hop = caller_hop
+        self.callee_hop = callee_hop
+        self.extra = {} if extra is None else extra
 
     def hop_for(self, from_tag: str | None) -> Any:
         """Where a request of this dialog goes: to the other party than its sender."""

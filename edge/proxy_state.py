@@ -26,7 +26,7 @@ from sip.transaction import (
 )
 
 
-@dataclass(eq=False, slots=True)
+@dataclass(eq=False, slots=True, init=False)
 class _ServerCtx:
     txn: InviteServerTransaction | NonInviteServerTransaction
     source: Source
@@ -35,8 +35,25 @@ class _ServerCtx:
     forward: _Forward | None = None
     identity: Identity | None = None  # who sent the request (edge/admission.py)
 
+    # Written out: mypyc compiles it, the generated one would run interpreted.
+    def __init__(
+        self,
+        txn: InviteServerTransaction | NonInviteServerTransaction,
+        source: Source,
+        reply: Destination,
+        timers: dict[str, asyncio.TimerHandle] | None = None,
+        forward: _Forward | None = None,
+        identity: Identity | None = None,
+    ) -> None:
+        self.txn = txn
+        self.source = source
+        self.reply = reply
+        self.timers = {} if timers is None else timers
+        self.forward = forward
+        self.identity = identity
 
-@dataclass(eq=False, slots=True)
+
+@dataclass(eq=False, slots=True, init=False)
 class _ClientCtx:
     txn: InviteClientTransaction | NonInviteClientTransaction
     dest: Destination
@@ -47,8 +64,29 @@ class _ClientCtx:
     provisional: bool = False
     cancelled: bool = False
 
+    # Written out: mypyc compiles it, the generated one would run interpreted.
+    def __init__(
+        self,
+        txn: InviteClientTransaction | NonInviteClientTransaction,
+        dest: Destination,
+        forward: _Forward | None,
+        target: Any = None,
+        on_final: Callable[[Response | None], None] | None = None,
+        timers: dict[str, asyncio.TimerHandle] | None = None,
+        provisional: bool = False,
+        cancelled: bool = False,
+    ) -> None:
+        self.txn = txn
+        self.dest = dest
+        self.forward = forward
+        self.target = target
+        self.on_final = on_final
+        self.timers = {} if timers is None else timers
+        self.provisional = provisional
+        self.cancelled = cancelled
 
-@dataclass(eq=False, slots=True)
+
+@dataclass(eq=False, slots=True, init=False)
 class _Forward:
     """One proxied request and the hops left to try for it (serial failover)."""
 
@@ -69,3 +107,38 @@ class _Forward:
     answer_from: str = "callee"
     answers: dict[bytes, bytes] = field(default_factory=dict)
     media_task: asyncio.Task[None] | None = None
+
+    # Written out: mypyc compiles it, the generated one would run interpreted.
+    def __init__(
+        self,
+        server: _ServerCtx,
+        request: Request,
+        hops: list[tuple[Destination, Any]],
+        record_route: bool,
+        client: _ClientCtx | None = None,
+        best: Response | None = None,
+        failures: list[str] | None = None,
+        final_sent: bool = False,
+        cancelled: bool = False,
+        timer_c: asyncio.TimerHandle | None = None,
+        dialog: Dialog | None = None,
+        media_key: str | None = None,
+        answer_from: str = "callee",
+        answers: dict[bytes, bytes] | None = None,
+        media_task: asyncio.Task[None] | None = None,
+    ) -> None:
+        self.server = server
+        self.request = request
+        self.hops = hops
+        self.record_route = record_route
+        self.client = client
+        self.best = best
+        self.failures = [] if failures is None else failures
+        self.final_sent = final_sent
+        self.cancelled = cancelled
+        self.timer_c = timer_c
+        self.dialog = dialog
+        self.media_key = media_key
+        self.answer_from = answer_from
+        self.answers = {} if answers is None else answers
+        self.media_task = media_task

@@ -70,13 +70,19 @@ class Target:
     set_name: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class RouteDecision:
     """``targets`` in the order to try them (first choice, then failover)."""
 
     targets: tuple[Target, ...]
     kind: str  # "upstream" | "trunk" | "none"
     name: str  # the set or trunk name ("" for "none")
+
+    # Written out: mypyc compiles it, the generated one would run interpreted.
+    def __init__(self, targets: tuple[Target, ...], kind: str, name: str) -> None:
+        object.__setattr__(self, "targets", targets)
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "name", name)
 
 
 _NO_ROUTE: Final = RouteDecision((), "none", "")

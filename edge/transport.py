@@ -87,7 +87,7 @@ COUNTERS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Source:
     """Where a message came from.
 
@@ -103,8 +103,23 @@ class Source:
     conn_id: int | None = None  # stream connection id; None for UDP
     peer_cert_der: bytes | None = None  # TLS peer certificate (DER) if one was presented
 
+    # Written out: mypyc compiles it, the generated one would run interpreted.
+    def __init__(
+        self,
+        transport: str,
+        remote: tuple[str, int],
+        local: tuple[str, int],
+        conn_id: int | None = None,
+        peer_cert_der: bytes | None = None,
+    ) -> None:
+        object.__setattr__(self, "transport", transport)
+        object.__setattr__(self, "remote", remote)
+        object.__setattr__(self, "local", local)
+        object.__setattr__(self, "conn_id", conn_id)
+        object.__setattr__(self, "peer_cert_der", peer_cert_der)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, init=False)
 class Destination:
     """Where to send.
 
@@ -120,6 +135,21 @@ class Destination:
     port: int
     conn_id: int | None = None
     local: tuple[str, int] | None = None
+
+    # Written out: mypyc compiles it, the generated one would run interpreted.
+    def __init__(
+        self,
+        transport: str,
+        host: str,
+        port: int,
+        conn_id: int | None = None,
+        local: tuple[str, int] | None = None,
+    ) -> None:
+        object.__setattr__(self, "transport", transport)
+        object.__setattr__(self, "host", host)
+        object.__setattr__(self, "port", port)
+        object.__setattr__(self, "conn_id", conn_id)
+        object.__setattr__(self, "local", local)
 
 
 LogFn = Callable[..., None]

@@ -127,13 +127,28 @@ _FAST_VIA_RE = re.compile(
 )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Via:
     transport: str
     host: str
     port: int | None = None
     params: tuple[Param, ...] = ()
     text: str = dataclasses.field(default="", compare=False, repr=False)
+
+    # Written out: mypyc compiles it, the generated one would run interpreted.
+    def __init__(
+        self,
+        transport: str,
+        host: str,
+        port: int | None = None,
+        params: tuple[Param, ...] = (),
+        text: str = "",
+    ) -> None:
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self.params = params
+        self.text = text
 
     @classmethod
     def parse(cls, text: str) -> Via:
@@ -264,7 +279,7 @@ _NAME_ADDR_RE = re.compile(
 )
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class NameAddr:
     """``( name-addr / addr-spec ) *( SEMI generic-param )``.
 
@@ -277,6 +292,21 @@ class NameAddr:
     params: tuple[Param, ...] = ()
     bracketed: bool = True
     text: str = dataclasses.field(default="", compare=False, repr=False)
+
+    # Written out: mypyc compiles it, the generated one would run interpreted.
+    def __init__(
+        self,
+        uri: URI,
+        display_name: str | None = None,
+        params: tuple[Param, ...] = (),
+        bracketed: bool = True,
+        text: str = "",
+    ) -> None:
+        self.uri = uri
+        self.display_name = display_name
+        self.params = params
+        self.bracketed = bracketed
+        self.text = text
 
     @classmethod
     def parse(cls, text: str) -> NameAddr:

@@ -142,31 +142,48 @@ class TimerConfig:
 # ------------------------------------------------------------------------------ actions
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Send:
     """Hand ``message`` to the transport layer."""
 
     message: Request | Response
 
+    # Written out: mypyc compiles it, the generated one would run interpreted.
+    def __init__(self, message: Request | Response) -> None:
+        object.__setattr__(self, "message", message)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, init=False)
 class StartTimer:
     """Fire ``timer_fired(name, ...)`` after ``delay`` seconds, replacing a running one."""
 
     name: TimerName
     delay: float
 
+    # Written out: mypyc compiles it, the generated one would run interpreted.
+    def __init__(self, name: TimerName, delay: float) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "delay", delay)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, init=False)
 class CancelTimer:
     name: TimerName
 
+    # Written out: mypyc compiles it, the generated one would run interpreted.
+    def __init__(self, name: TimerName) -> None:
+        object.__setattr__(self, "name", name)
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(frozen=True, slots=True, init=False)
 class DeliverToTU:
     """Responses to the client TU; the request (and ACKs in Accepted) to the server TU."""
 
     message: Request | Response
+
+    # Written out: mypyc compiles it, the generated one would run interpreted.
+    def __init__(self, message: Request | Response) -> None:
+        object.__setattr__(self, "message", message)
 
 
 @dataclass(frozen=True, slots=True)

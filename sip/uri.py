@@ -115,7 +115,7 @@ def format_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class URI:
     """A parsed URI.
 
@@ -134,6 +134,29 @@ class URI:
     headers: tuple[tuple[str, str], ...] = ()
     opaque: str | None = None
     text: str = dataclasses.field(default="", compare=False, repr=False)
+
+    # Written out: mypyc compiles it, the generated one would run interpreted.
+    def __init__(
+        self,
+        scheme: str,
+        user: str | None = None,
+        password: str | None = None,
+        host: str = "",
+        port: int | None = None,
+        params: tuple[Param, ...] = (),
+        headers: tuple[tuple[str, str], ...] = (),
+        opaque: str | None = None,
+        text: str = "",
+    ) -> None:
+        self.scheme = scheme
+        self.user = user
+        self.password = password
+        self.host = host
+        self.port = port
+        self.params = params
+        self.headers = headers
+        self.opaque = opaque
+        self.text = text
 
     # -- parsing ---------------------------------------------------------
     @classmethod
