@@ -35,6 +35,8 @@ MODULES = (
     "sip.message",
     "sip.transaction",
     "sip.framing",
+    "sip.validate",
+    "sip.random_tokens",
     "edge.audit",
     "edge.dialogs",
     "edge.routing",
@@ -44,6 +46,7 @@ MODULES = (
     "edge.proxy",
     "edge.flows",
     "edge.transport",
+    "edge.metrics",
 )
 
 #: The mypyc group: its shared library is the top-level module ``sipedge_core__mypyc``.
