@@ -62,6 +62,7 @@ from typing import Any, Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sip import _compiled
 from tests.peers import (
     REPO,
     KamailioProc,
@@ -1303,6 +1304,8 @@ def _versions() -> dict[str, str]:
         "python": sys.version.split()[0],
         "kernel": platform.release(),
     }
+    compiled, why = _compiled.status()  # what the sipedge processes this run starts use
+    versions["sipedge core"] = "compiled (mypyc)" if compiled else f"plain Python: {why}"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

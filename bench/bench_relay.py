@@ -353,6 +353,7 @@ def serve(system: str, calls: int, mode: str, tx: int, rx: int, key: str) -> Non
             for s in (a, b):
                 s.bind((SUT_IP, 0))
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+                s.setblocking(False)  # as the relay's own sockets (the raw loop's too)
             offer, answer = fp.add_leg(a, mux=True), fp.add_leg(b, mux=True)
             fp.pair(offer, answer)
             fp.set_crypto(offer, inbound(), None)
