@@ -6,6 +6,7 @@ tests of those modules run once more here as plain Python, the reference build.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -16,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from sip import _compiled
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.peers import REPO as ROOT
+from tests.peers import python_output
 
 #: The tests of the compiled modules, run again against the plain-Python build.
 REFERENCE_TESTS = (
@@ -43,16 +44,7 @@ REFERENCE_TESTS = (
 
 
 def status_in_subprocess(**env: str) -> tuple[bool, str]:
-    code = "from sip import _compiled, message; print(_compiled.status()[0], _compiled.status()[1])"
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout.strip()
+    out = python_output("from sip import _compiled; print(*_compiled.status())", **env)
     used, _, why = out.partition(" ")
     return used == "True", why
 
@@ -60,8 +52,8 @@ def status_in_subprocess(**env: str) -> tuple[bool, str]:
 def test_the_compiled_build_is_in_use() -> None:
     used, why = _compiled.status()
     assert used, f"the compiled core is not in use: {why} (run `make install`)"
-    import edge.proxy  # noqa: F401  (imports every compiled module)
-
+    for module in _compiled.MODULES:
+        importlib.import_module(module)
     missing = [m for m in _compiled.MODULES if not _compiled.in_use(m)]
     assert not missing, f"imported as plain Python: {missing}"
 
