@@ -22,9 +22,9 @@ BENCH_INSTALLED := $(VENV)/.sipedge-bench-installed
 # The mypyc-compiled signalling hot path (sip/_compiled.py: MODULES, the same list).
 COMPILED := build/compiled/manifest.json
 COMPILED_SOURCES := sip/errors.py sip/_abnf.py sip/uri.py sip/headers.py sip/message.py \
-	sip/transaction.py sip/framing.py sip/validate.py sip/random_tokens.py edge/audit.py \
-	edge/dialogs.py edge/routing.py edge/admission.py edge/proxy_state.py edge/proxy_media.py \
-	edge/proxy.py edge/flows.py edge/transport.py edge/metrics.py
+	sip/transaction.py sip/framing.py sip/validate.py sip/random_tokens.py edge/timestamps.py \
+	edge/audit.py edge/dialogs.py edge/routing.py edge/admission.py edge/proxy_state.py \
+	edge/proxy_media.py edge/proxy.py edge/flows.py edge/transport.py edge/metrics.py
 FUZZ_DATAGRAMS ?= 200000
 FUZZ_SECONDS ?= 120
 FUZZ_SEED ?= 7

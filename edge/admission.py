@@ -34,7 +34,7 @@ import enum
 import ipaddress
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -527,11 +527,36 @@ class Admission:
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
 
-    def _audit(self, event_type: str, **fields: Any) -> None:
-        if self.audit is not None:
-            if fields.get("user_agent"):
-                fields["user_agent"] = str(fields["user_agent"])[:_UA_AUDIT_LEN]
-            self.audit.event(event_type, request_id=new_request_id(), **fields)
+    def _audit(
+        self,
+        event_type: str,
+        *,
+        action: str,
+        source_ip: str | None = None,
+        customer_id: str | None = None,
+        agent_id: str | None = None,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        user_agent: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        # The fields spelled out, not **fields: compiled, that is a native call
+        # into AuditLog.event rather than a generic one with a keyword dict.
+        audit = self.audit
+        if audit is None:
+            return
+        audit.event(
+            event_type,
+            action=action,
+            source_ip=source_ip,
+            customer_id=customer_id,
+            agent_id=agent_id,
+            resource_type=resource_type,
+            resource_id=resource_id,
+            user_agent=str(user_agent)[:_UA_AUDIT_LEN] if user_agent else user_agent,
+            request_id=new_request_id(),
+            details=details,
+        )
 
     # ------------------------------------------------------------ the forwarded request
     def prepare(self, req: Request, decision: Decision, *, trusted_source: bool) -> None:

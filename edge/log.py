@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import re
 import sys
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any, Protocol, TextIO
+
+from edge.timestamps import iso_millis
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 REDACTED = "[redacted]"
@@ -176,24 +176,7 @@ def redact(value: Any, name: str = "") -> Any:
 # ---------------------------------------------------------------- the logger
 
 
-def _timestamp(now: float) -> str:
-    """ISO 8601 in UTC with milliseconds: ``2024-05-01T12:00:00.123Z``."""
-    second = math.floor(now)
-    # Rounded to the microsecond first, as datetime.fromtimestamp does.
-    micros = round((now - second) * 1e6)
-    if micros >= 1_000_000:
-        second, micros = second + 1, micros - 1_000_000
-    millis = micros // 1000
-    if _LAST_SECOND[0] != second:
-        # datetime is the slow part; the date and time change once a second.
-        _LAST_SECOND[:] = [
-            second,
-            datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"),
-        ]
-    return f"{_LAST_SECOND[1]}.{millis:03d}Z"
-
-
-_LAST_SECOND: list[Any] = [None, ""]
+_timestamp = iso_millis  # the name the logger and edge.audit know it by
 
 
 def _json_default(value: Any) -> Any:

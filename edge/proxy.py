@@ -749,7 +749,7 @@ class Proxy(MediaMixin):
         incoming = req.top_via.branch or ""
         digest = hashlib.sha256(f"{self._loop_secret}|{incoming}|{next_uri}".encode()).hexdigest()
         req.headers.prepend("Via", self._our_via(dest.transport, f"{MAGIC_COOKIE}a{digest[:24]}"))
-        self.transport.send(bytes(req), dest)
+        self.transport.send(req.serialize(), dest)
 
     def _forward_response_stateless(self, resp: Response) -> None:
         vias = resp.via
@@ -765,7 +765,7 @@ class Proxy(MediaMixin):
         if not is_ip_literal(host):
             return
         self._count(f"responses_{resp.status // 100}xx_{transport}")
-        self.transport.send(bytes(resp), Destination(transport, host, port))
+        self.transport.send(resp.serialize(), Destination(transport, host, port))
 
     # ------------------------------------------------------------ replies
     def _reply(
@@ -797,7 +797,7 @@ class Proxy(MediaMixin):
         resp = make_response(req, status, to_tag=token_hex(6), headers=extra)
         dest = self._source_destination(source, req.top_via)
         self._count(f"responses_{status // 100}xx_{dest.transport}")
-        self.transport.send(bytes(resp), dest)
+        self.transport.send(resp.serialize(), dest)
 
     # ------------------------------------------------------------ the action loop
     def _run(self, ctx: _ServerCtx | _ClientCtx, actions: list[Any]) -> None:
@@ -865,7 +865,7 @@ class Proxy(MediaMixin):
             self.log("error", "timer_error", error=repr(exc))
 
     def _send(self, ctx: _ServerCtx | _ClientCtx, message: Request | Response) -> None:
-        data = bytes(message)
+        data = message.serialize()  # not bytes(): compiled, a direct call
         dest = ctx.dest if isinstance(ctx, _ClientCtx) else ctx.reply
         loop = self._get_loop()
         if type(message) is Response:

@@ -676,6 +676,11 @@ class TransportLayer:
                 conn = self._connect(dest.transport, info[1], dest.port)
         conn.write(data, on_error)
 
+    def deliver_to(self, on_message: OnMessage) -> None:
+        """Hand received messages to ``on_message`` from now on (the proxy, once it
+        exists: it needs this layer to be built first)."""
+        self._on_message = on_message
+
     def register_alias(self, conn_id: int, host: str, port: int) -> None:
         """RFC 5923 §5: (transport, host, port) now maps to this connection.
 

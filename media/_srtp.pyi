@@ -165,6 +165,7 @@ class SipScanner:
         compact_forms: dict[str, str],
         single_headers: AbstractSet[str],
         direct: bool = True,
+        factory: Callable[[str, str, str, str | None], Any] | None = None,
     ) -> None: ...
     def scan(
         self, data: ReadableBuffer, max_headers: int, max_line_length: int, /

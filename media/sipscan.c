@@ -93,6 +93,7 @@ typedef struct {
 typedef struct {
     PyObject_HEAD
     PyObject *field_type; /* sip.message.HeaderField */
+    PyObject *factory;    /* what makes a field when its slots cannot be written */
     PyObject *error_type; /* sip.errors.SipError */
     PyObject *single;     /* SINGLE_HEADERS */
     PyObject *compact[26]; /* COMPACT_FORMS by letter, or NULL */
@@ -278,9 +279,11 @@ make_field(ScannerObject *self, PyObject *name, PyObject *key, PyObject *value, 
     PyObject *obj;
     PyObject *vals[4] = {name, key, value, raw};
     if (self->off[0] == 0) {
-        /* No slots to write (the mypyc-compiled HeaderField, sip/_compiled.py): its
-         * constructor, and the field untracked all the same (see below). */
-        obj = PyObject_Vectorcall(self->field_type, vals, 4, NULL);
+        /* No slots to write (the mypyc-compiled HeaderField, sip/_compiled.py): the
+         * factory (the type itself unless one was given: a compiled function calls
+         * the compiled constructor for about a third of what calling the type from
+         * C costs), and the field untracked all the same (see below). */
+        obj = PyObject_Vectorcall(self->factory, vals, 4, NULL);
         if (obj != NULL && PyObject_IS_GC(obj))
             PyObject_GC_UnTrack(obj);
         return obj;
@@ -548,17 +551,20 @@ slot_offset(PyObject *type, const char *attr)
 }
 
 PyDoc_STRVAR(Scanner_doc,
-             "SipScanner(header_field, sip_error, compact_forms, single_headers, direct=True)\n\n"
+             "SipScanner(header_field, sip_error, compact_forms, single_headers, direct=True,\n"
+             "           factory=None)\n\n"
              "The C tokenizer of sip.message.parse_message; sip.message makes the one\n"
              "instance.  direct=False calls header_field(name, key, value, raw) for each\n"
-             "field instead of writing its slots (a benchmark's comparison).");
+             "field instead of writing its slots (a benchmark's comparison); so does a\n"
+             "header_field without plain slots.  factory, a callable taking the same four\n"
+             "arguments and returning a header_field, is called instead of the type.");
 
 static int
 Scanner_init(ScannerObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"header_field", "sip_error", "compact_forms", "single_headers",
-                             "direct", NULL};
-    PyObject *field_type, *error_type, *compact, *single, *k, *v;
+                             "direct", "factory", NULL};
+    PyObject *field_type, *error_type, *compact, *single, *k, *v, *factory = Py_None;
     int direct = 1;
     Py_ssize_t pos = 0;
 
@@ -566,10 +572,16 @@ Scanner_init(ScannerObject *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_RuntimeError, "SipScanner is already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O|p", kwlist, &PyType_Type, &field_type,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O|pO", kwlist, &PyType_Type, &field_type,
                                      &PyType_Type, &error_type, &PyDict_Type, &compact, &single,
-                                     &direct))
+                                     &direct, &factory))
         return -1;
+    if (factory == Py_None)
+        factory = field_type;
+    else if (!PyCallable_Check(factory)) {
+        PyErr_SetString(PyExc_TypeError, "factory must be callable or None");
+        return -1;
+    }
     if (!PyAnySet_Check(single)) {
         PyErr_SetString(PyExc_TypeError, "single_headers must be a set or frozenset");
         return -1;
@@ -593,6 +605,7 @@ Scanner_init(ScannerObject *self, PyObject *args, PyObject *kwds)
             return -1;
     }
     Py_XSETREF(self->field_type, Py_NewRef(field_type));
+    Py_XSETREF(self->factory, Py_NewRef(factory));
     Py_XSETREF(self->error_type, Py_NewRef(error_type));
     Py_XSETREF(self->single, Py_NewRef(single));
     if (direct && ((PyTypeObject *)field_type)->tp_dictoffset == 0) {
@@ -615,6 +628,7 @@ Scanner_traverse(ScannerObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->field_type);
+    Py_VISIT(self->factory);
     Py_VISIT(self->error_type);
     Py_VISIT(self->single);
     return 0;
@@ -624,6 +638,7 @@ static int
 Scanner_clear(ScannerObject *self)
 {
     Py_CLEAR(self->field_type);
+    Py_CLEAR(self->factory);
     Py_CLEAR(self->error_type);
     Py_CLEAR(self->single);
     return 0;
@@ -653,7 +668,7 @@ Scanner_dealloc(ScannerObject *self)
 static PyObject *
 Scanner_scan_checked(ScannerObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (self->names == NULL || self->field_type == NULL) {
+    if (self->names == NULL || self->field_type == NULL || self->factory == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "SipScanner is not initialised");
         return NULL;
     }

@@ -37,6 +37,7 @@ MODULES = (
     "sip.framing",
     "sip.validate",
     "sip.random_tokens",
+    "edge.timestamps",
     "edge.audit",
     "edge.dialogs",
     "edge.routing",

@@ -79,45 +79,59 @@ class StreamFramer:
         return out
 
     def _cut(self, data: bytes, out: list[Frame]) -> None:
-        buf = self._buf
-        buf += data
-        while buf:
-            if buf[:2] == CRLF:
-                if buf[:4] == PING:
-                    out.append(KeepAlive.PING)
-                    del buf[:4]
+        # Cut at offsets into one buffer and keep only the unfinished tail: a read
+        # of whole messages (the usual case) is then sliced, not copied through a
+        # bytearray, and a read of exactly one message is passed on as it is.
+        held = self._buf
+        if held:
+            held += data
+            src = bytes(held)
+            held.clear()
+        else:
+            src = data if type(data) is bytes else bytes(data)
+        size = len(src)
+        pos = 0
+        try:
+            while pos < size:
+                if src.startswith(CRLF, pos):
+                    if src.startswith(PING, pos):
+                        out.append(KeepAlive.PING)
+                        pos += 4
+                        self._scan_from = 0
+                        continue
+                    if size - pos < 4 and PING.startswith(src[pos:]):
+                        break  # could still become a ping
+                    out.append(KeepAlive.PONG)
+                    pos += 2
                     self._scan_from = 0
                     continue
-                if len(buf) < 4 and PING.startswith(bytes(buf)):
-                    break  # could still become a ping
-                out.append(KeepAlive.PONG)
-                del buf[:2]
+                end = src.find(PING, pos + self._scan_from)
+                if end < 0:
+                    if size - pos > self.max_message_size:
+                        raise SipError("header block too large", 413)
+                    self._scan_from = max(0, size - pos - 3)
+                    break
+                lengths = _CONTENT_LENGTH_RE.findall(src, pos, end + 2)
+                if len(lengths) != 1:
+                    raise SipError(
+                        "missing Content-Length on a stream transport"
+                        if not lengths
+                        else "Content-Length must appear once"
+                    )
+                if len(lengths[0]) > 10:
+                    raise SipError("Content-Length out of range")
+                total = end + 4 + int(lengths[0]) - pos
+                if total > self.max_message_size:
+                    raise SipError("message too large", 413)
+                if size - pos < total:
+                    self._scan_from = end - pos  # the header end is known; wait for the body
+                    break
+                out.append(src if total == size else src[pos : pos + total])
+                pos += total
                 self._scan_from = 0
-                continue
-            end = buf.find(PING, self._scan_from)
-            if end < 0:
-                if len(buf) > self.max_message_size:
-                    raise SipError("header block too large", 413)
-                self._scan_from = max(0, len(buf) - 3)
-                break
-            lengths = _CONTENT_LENGTH_RE.findall(buf, 0, end + 2)
-            if len(lengths) != 1:
-                raise SipError(
-                    "missing Content-Length on a stream transport"
-                    if not lengths
-                    else "Content-Length must appear once"
-                )
-            if len(lengths[0]) > 10:
-                raise SipError("Content-Length out of range")
-            total = end + 4 + int(lengths[0])
-            if total > self.max_message_size:
-                raise SipError("message too large", 413)
-            if len(buf) < total:
-                self._scan_from = end  # the header end is known; wait for the body
-                break
-            out.append(bytes(buf[:total]))
-            del buf[:total]
-            self._scan_from = 0
+        finally:
+            if pos < size:
+                held += src[pos:] if pos else src
 
 
 def is_keepalive(datagram: bytes) -> bool:

@@ -31,6 +31,7 @@ REFERENCE_TESTS = (
     "tests/test_sip_scan.py",
     "tests/test_sip_values.py",
     "tests/test_sip_check.py",
+    "tests/test_timestamps.py",
     "tests/test_audit.py",
     "tests/test_admission.py",
     "tests/test_routing.py",
@@ -38,6 +39,7 @@ REFERENCE_TESTS = (
     "tests/test_proxy_media.py",
     "tests/test_framing.py",
     "tests/test_transport.py",
+    "tests/test_flows.py",
     "tests/test_random_tokens.py",
     "tests/test_metrics.py",
 )
@@ -58,7 +60,7 @@ def test_the_compiled_build_is_in_use() -> None:
     assert not missing, f"imported as plain Python: {missing}"
 
 
-@pytest.mark.timeout(900)  # about a minute: the tests of 19 modules
+@pytest.mark.timeout(900)  # about a minute: the tests of 20 modules
 def test_the_reference_build_passes_the_tests_of_the_compiled_modules() -> None:
     env = {**os.environ, "SIPEDGE_PURE_PYTHON": "1"}
     assert status_in_subprocess(SIPEDGE_PURE_PYTHON="1") == (False, "SIPEDGE_PURE_PYTHON=1")

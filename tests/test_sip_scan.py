@@ -300,6 +300,26 @@ def test_calling_the_type_gives_the_same_fields() -> None:
             assert got == outcome(message._scan, data, limits)
 
 
+def test_a_factory_makes_the_same_fields() -> None:
+    from media._srtp import SipScanner
+
+    c_scan()
+    made: list[str] = []
+
+    def factory(name: str, key: str, value: str, raw: str | None) -> HeaderField:
+        made.append(key)
+        return HeaderField(name, key, value, raw)
+
+    scanner = SipScanner(
+        HeaderField, SipError, COMPACT_FORMS, SINGLE_HEADERS, direct=False, factory=factory
+    )
+    for data in CORPUS:
+        assert outcome(scanner.scan, data, Limits()) == outcome(message._scan, data, Limits())
+    assert "call-id" in made
+    with pytest.raises(TypeError, match="factory"):
+        SipScanner(HeaderField, SipError, COMPACT_FORMS, SINGLE_HEADERS, factory=42)  # type: ignore[arg-type]
+
+
 def test_scanner_reads_any_buffer() -> None:
     scan = c_scan()
     want = outcome(scan, sipdata.INVITE, Limits())
