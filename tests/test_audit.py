@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import re
 import uuid
 from pathlib import Path
@@ -551,3 +552,26 @@ def test_flat_details_leaves_nested_and_odd_values_to_the_general_path() -> None
     assert audit._flat_details({"nested": {"a": 1}}) is None
     assert audit._flat_details({"flag": True}) is None
     assert audit._flat_details({1: "int key"}) is None
+
+
+def test_uuid_check_is_the_regex() -> None:
+    pattern = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+    rng = random.Random(11)
+    samples = [audit.new_request_id() for _ in range(50)] + [
+        call_resource_id("x@y") for _ in range(5)
+    ]
+    for base in list(samples):
+        for _ in range(20):
+            chars = list(base)
+            i = rng.randrange(len(chars) + 1)
+            op = rng.randrange(3)
+            if op == 0 and i < len(chars):
+                chars[i] = rng.choice("0123456789abcdefABCDEF-g x\\n")
+            elif op == 1:
+                chars.insert(i, rng.choice("0a-F"))
+            elif i < len(chars):
+                del chars[i]
+            samples.append("".join(chars))
+    samples += ["", "-" * 36, "0" * 36, "00000000-0000-0000-0000-00000000000-"]
+    for text in samples:
+        assert audit._is_uuid(text) == (pattern.fullmatch(text) is not None), text
