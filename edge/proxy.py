@@ -30,7 +30,7 @@ import hashlib
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from edge.admission import Action, Admission, trusted_identity
 from edge.dialogs import Dialog, DialogState, DialogTable
@@ -191,7 +191,7 @@ class Proxy(MediaMixin):
         self._tasks: set[asyncio.Task[None]] = set()
         self._late_answers: dict[str, tuple[bytes, bytes]] = {}
         self._loop_secret = secrets.token_hex(4)
-        self._roles: dict[str, tuple[str | None, Any]] = {}
+        self._roles: dict[str, tuple[str | None, Any, bool]] = {}
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -803,29 +803,33 @@ class Proxy(MediaMixin):
     def _run(self, ctx: _ServerCtx | _ClientCtx, actions: list[Any]) -> None:
         for action in actions:
             # By exact type, most frequent first: the action classes are final
-            # dataclasses, and `is` spares an isinstance() call per test.
+            # dataclasses, and `is` spares an isinstance() call per test.  Each is
+            # then cast to its class: compiled, its fields are read natively rather
+            # than looked up by name on an Any.
             kind = type(action)
             if kind is Send:
-                self._send(ctx, action.message)
+                self._send(ctx, cast(Send, action).message)
             elif kind is StartTimer:
-                old = ctx.timers.pop(action.name, None)
+                start = cast(StartTimer, action)
+                old = ctx.timers.pop(start.name, None)
                 if old is not None:
                     old.cancel()
-                ctx.timers[action.name] = self._get_loop().call_later(
-                    action.delay, self._on_timer, ctx, action.name
+                ctx.timers[start.name] = self._get_loop().call_later(
+                    start.delay, self._on_timer, ctx, start.name
                 )
             elif kind is CancelTimer:
-                handle = ctx.timers.pop(action.name, None)
+                handle = ctx.timers.pop(cast(CancelTimer, action).name, None)
                 if handle is not None:
                     handle.cancel()
             elif kind is DeliverToTU:
+                message = cast(DeliverToTU, action).message
                 if isinstance(ctx, _ClientCtx):
-                    assert isinstance(action.message, Response)
-                    self._on_client_response(ctx, action.message)
-                elif isinstance(action.message, Request) and action.message.method == "ACK":
+                    assert isinstance(message, Response)
+                    self._on_client_response(ctx, message)
+                elif isinstance(message, Request) and message.method == "ACK":
                     # An ACK for a 2xx matched the INVITE (RFC 6026 Accepted):
                     # it is end to end, so it travels on statelessly.
-                    self._forward_stateless(action.message, ctx.source)
+                    self._forward_stateless(message, ctx.source)
             elif kind is Terminated:
                 self._terminated(ctx)
             elif isinstance(ctx, _ClientCtx):
@@ -1026,9 +1030,8 @@ class Proxy(MediaMixin):
         TLS with a listed certificate (checked per message, not cached).
         """
         ip = source.remote[0]
-        try:
-            role, trunk = self._roles[ip]
-        except KeyError:
+        known = self._roles.get(ip)
+        if known is None:
             role, trunk = None, None
             if self.router.is_upstream_source(ip):
                 role = "upstream"
@@ -1038,17 +1041,16 @@ class Proxy(MediaMixin):
                     role = "carrier"
             if len(self._roles) >= 4096:
                 self._roles.clear()
-            self._roles[ip] = (role, trunk)
-        if (
-            trunk is not None
-            and trunk.needs_certificate
-            and not certificate_matches(trunk, source.peer_cert_der)
-        ):
+            # Whether the trunk asks for a certificate is remembered too: it is a
+            # Python property of the config, asked on every message otherwise.
+            known = self._roles[ip] = (role, trunk, trunk is not None and trunk.needs_certificate)
+        role, trunk, needs_certificate = known
+        if needs_certificate and not certificate_matches(trunk, source.peer_cert_der):
             return None
         return role
 
     def _trusted_name(self, ip: str) -> str:
-        trunk = self._roles.get(ip, (None, None))[1]
+        trunk = self._roles.get(ip, (None, None, False))[1]
         return str(trunk.name) if trunk is not None else ip
 
     def _trunk_numbers(self, name: str) -> str:
@@ -1059,7 +1061,7 @@ class Proxy(MediaMixin):
 
     def _check_carrier_numbers(self, req: Request, ip: str) -> None:
         """A trunk that promises E.164 numbers gets 484/400 when it breaks the promise."""
-        trunk = self._roles.get(ip, (None, None))[1]
+        trunk = self._roles.get(ip, (None, None, False))[1]
         if trunk is None or getattr(trunk, "numbers", "any") != "e164":
             return
         if not is_e164(req.uri.user):
