@@ -81,6 +81,16 @@ def main() -> int:
         finally:
             os.chdir(cwd)
         lib = work / "lib"
+        changed = [m for m, d in _compiled.source_digests().items() if digests.get(m) != d]
+        if changed:
+            # Installed, this build would never be used (its manifest names the old
+            # sources) and make, seeing it newer than the sources, would not redo it.
+            print(
+                f"build_compiled: {', '.join(changed)} changed during the build; "
+                "run it (make) again",
+                file=sys.stderr,
+            )
+            return 1
         manifest = {"build": _compiled.build_tag(), "sources": digests}
         (lib / _compiled.MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         if out.exists():
