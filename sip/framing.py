@@ -79,14 +79,16 @@ class StreamFramer:
         return out
 
     def _cut(self, data: bytes, out: list[Frame]) -> None:
-        # Cut at offsets into one buffer and keep only the unfinished tail: a read
-        # of whole messages (the usual case) is then sliced, not copied through a
-        # bytearray, and a read of exactly one message is passed on as it is.
+        # Cut at offsets and keep only the unfinished tail: a read of whole messages
+        # (the usual case) is sliced, not copied through a bytearray, and a read of
+        # exactly one message is passed on as it is.  A message that arrives in
+        # pieces grows the held bytearray in place (amortised, never copied whole
+        # per read: a peer trickling bytes must not cost quadratic time).
         held = self._buf
+        src: bytes | bytearray
         if held:
             held += data
-            src = bytes(held)
-            held.clear()
+            src = held
         else:
             src = data if type(data) is bytes else bytes(data)
         size = len(src)
@@ -126,11 +128,14 @@ class StreamFramer:
                 if size - pos < total:
                     self._scan_from = end - pos  # the header end is known; wait for the body
                     break
-                out.append(src if total == size else src[pos : pos + total])
+                # Of bytes, the whole-read slice and bytes() are the object itself.
+                out.append(bytes(src[pos : pos + total]))
                 pos += total
                 self._scan_from = 0
         finally:
-            if pos < size:
+            if src is held:
+                del held[:pos]
+            elif pos < size:
                 held += src[pos:] if pos else src
 
 

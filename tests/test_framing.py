@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from sip.errors import SipError
 from sip.framing import KeepAlive, StreamFramer, is_keepalive
 from sip.message import parse_message
@@ -24,6 +26,23 @@ def test_one_message_over_many_reads() -> None:
             assert out == []
     assert out == [INVITE]
     assert parse_message(INVITE, stream=True).body.startswith(b"v=0")
+
+
+def test_any_split_of_a_stream_gives_the_same_frames() -> None:
+    stream = INVITE + b"\r\n\r\n" + OK_200 + b"\r\n" + INVITE + OK_200
+    want = StreamFramer().feed(stream)
+    assert want == [INVITE, KeepAlive.PING, OK_200, KeepAlive.PONG, INVITE, OK_200]
+    rng = random.Random(5)
+    for _ in range(200):
+        framer = StreamFramer()
+        got: list[object] = []
+        cuts = sorted(rng.sample(range(1, len(stream)), rng.randrange(1, 40)))
+        for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+            piece = stream[a:b]
+            got += framer.feed(piece if rng.random() < 0.8 else bytearray(piece))
+        assert got == want
+        assert all(type(f) is bytes for f in got if not isinstance(f, KeepAlive))
+        assert framer.buffered == 0
 
 
 def test_keepalives_between_messages() -> None:
