@@ -90,7 +90,7 @@ class StreamFramer:
             held += data
             src = held
         else:
-            src = data if type(data) is bytes else bytes(data)
+            src = data
         size = len(src)
         pos = 0
         try:
