@@ -176,9 +176,6 @@ def redact(value: Any, name: str = "") -> Any:
 # ---------------------------------------------------------------- the logger
 
 
-_timestamp = iso_millis  # the name the logger and edge.audit know it by
-
-
 def _json_default(value: Any) -> Any:
     # Paths, addresses, exceptions: their text is what a reader wants.
     return str(value)
@@ -221,7 +218,7 @@ class Logger:
     def log(self, level: str, event: str, /, **fields: Any) -> None:
         if not self.enabled(level):
             return
-        record: dict[str, Any] = {"ts": _timestamp(self._clock()), "level": level, "event": event}
+        record: dict[str, Any] = {"ts": iso_millis(self._clock()), "level": level, "event": event}
         for name, value in fields.items():
             if name not in record:  # a field cannot overwrite ts/level/event
                 record[name] = redact(value, name)

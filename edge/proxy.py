@@ -1049,8 +1049,13 @@ class Proxy(MediaMixin):
             return None
         return role
 
+    def _trunk_of(self, ip: str) -> Any:
+        """The trunk :meth:`_role` found for ``ip``, or None."""
+        known = self._roles.get(ip)
+        return known[1] if known is not None else None
+
     def _trusted_name(self, ip: str) -> str:
-        trunk = self._roles.get(ip, (None, None, False))[1]
+        trunk = self._trunk_of(ip)
         return str(trunk.name) if trunk is not None else ip
 
     def _trunk_numbers(self, name: str) -> str:
@@ -1061,7 +1066,7 @@ class Proxy(MediaMixin):
 
     def _check_carrier_numbers(self, req: Request, ip: str) -> None:
         """A trunk that promises E.164 numbers gets 484/400 when it breaks the promise."""
-        trunk = self._roles.get(ip, (None, None, False))[1]
+        trunk = self._trunk_of(ip)
         if trunk is None or getattr(trunk, "numbers", "any") != "e164":
             return
         if not is_e164(req.uri.user):

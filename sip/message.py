@@ -310,9 +310,9 @@ def _contacts(values: list[str]) -> list[Contact]:
     return contacts
 
 
-# key -> parser of the (comma-split for list headers) values of that header.
 _MISS: Final = object()  # "not cached", where None could be a value
 
+# key -> parser of the (comma-split for list headers) values of that header.
 _TYPED: dict[str, Callable[[list[str]], Any]] = {
     "via": lambda v: _parse_list(v, _via, "Via"),
     "from": lambda v: _name_addr(_single(v, "From")),
