@@ -22,7 +22,7 @@ BENCH_INSTALLED := $(VENV)/.sipedge-bench-installed
 # The mypyc-compiled signalling hot path (sip/_compiled.py: MODULES, the same list).
 COMPILED := build/compiled/manifest.json
 COMPILED_SOURCES := sip/errors.py sip/_abnf.py sip/uri.py sip/headers.py sip/message.py \
-	sip/transaction.py sip/framing.py sip/validate.py sip/random_tokens.py edge/timestamps.py \
+	sip/transaction.py sip/framing.py sip/validate.py sip/random_tokens.py edge/timestamps.py edge/timer_wheel.py \
 	edge/audit.py edge/dialogs.py edge/routing.py edge/admission.py edge/proxy_state.py \
 	edge/proxy_media.py edge/proxy.py edge/flows.py edge/transport.py edge/metrics.py
 FUZZ_DATAGRAMS ?= 200000

@@ -18,9 +18,9 @@ the transport layer hands it, what goes where.  Protocol state lives in the
   forwarded statelessly along the route set; CANCEL is answered hop by hop and
   cancels the pending branch (§16.10).
 
-Timers are ``loop.call_later`` handles keyed by transaction and timer name;
-every callback re-enters through :meth:`Proxy._run`, the one place actions are
-carried out.
+Transaction timers run on one :class:`~edge.timer_wheel.TimerWheel`: each
+context keeps the ticket of each running timer by name, and every expiry
+re-enters through :meth:`Proxy._run`, the one place actions are carried out.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from edge.proxy_state import _ClientCtx, _Forward, _ServerCtx
 from edge.registrar import Registrar
 from edge.routing import is_e164
 from edge.state import MemoryStateStore
+from edge.timer_wheel import TimerWheel
 from edge.tls import certificate_matches
 from edge.transport import Destination, Source
 from sip.errors import SipError
@@ -65,6 +66,7 @@ from sip.transaction import (
     Terminated,
     TimeoutToTU,
     TimerConfig,
+    TimerName,
     TransactionKey,
     TransportErrorToTU,
     cancel_target_key,
@@ -186,6 +188,7 @@ class Proxy(MediaMixin):
         if self.advertise:
             self._local_hosts.add(self.advertise.lower())
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._wheel: TimerWheel | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self.media: Any = None  # edge.media.MediaController when [media] is enabled
         self._tasks: set[asyncio.Task[None]] = set()
@@ -227,10 +230,8 @@ class Proxy(MediaMixin):
             task.cancel()
         if self.media is not None:
             await self.media.close()
-        contexts: list[_ServerCtx | _ClientCtx] = [*self._server.values(), *self._client.values()]
-        for ctx in contexts:
-            for handle in ctx.timers.values():
-                handle.cancel()
+        if self._wheel is not None:
+            self._wheel.close()
         for fwd in self._forwards:
             if fwd.timer_c is not None:
                 fwd.timer_c.cancel()
@@ -239,6 +240,12 @@ class Proxy(MediaMixin):
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         return self._loop
+
+    def _timers(self) -> TimerWheel:
+        wheel = self._wheel
+        if wheel is None:
+            wheel = self._wheel = TimerWheel(self._get_loop(), self._on_timer)
+        return wheel
 
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -810,17 +817,11 @@ class Proxy(MediaMixin):
             if kind is Send:
                 self._send(ctx, cast(Send, action).message)
             elif kind is StartTimer:
+                # A new ticket replaces the old one: the old entry fires stale.
                 start = cast(StartTimer, action)
-                old = ctx.timers.pop(start.name, None)
-                if old is not None:
-                    old.cancel()
-                ctx.timers[start.name] = self._get_loop().call_later(
-                    start.delay, self._on_timer, ctx, start.name
-                )
+                ctx.timers[start.name] = self._timers().start(ctx, start.name, start.delay)
             elif kind is CancelTimer:
-                handle = ctx.timers.pop(cast(CancelTimer, action).name, None)
-                if handle is not None:
-                    handle.cancel()
+                ctx.timers.pop(cast(CancelTimer, action).name, None)
             elif kind is DeliverToTU:
                 message = cast(DeliverToTU, action).message
                 if isinstance(ctx, _ClientCtx):
@@ -839,8 +840,6 @@ class Proxy(MediaMixin):
                     self._on_client_failure(ctx, "transport")
 
     def _terminated(self, ctx: _ServerCtx | _ClientCtx) -> None:
-        for handle in ctx.timers.values():
-            handle.cancel()
         ctx.timers.clear()
         if isinstance(ctx, _ServerCtx):
             if self._server.get(ctx.txn.key) is ctx:
@@ -860,11 +859,13 @@ class Proxy(MediaMixin):
                     fwd.client = None
                 ctx.forward = None
 
-    def _on_timer(self, ctx: _ServerCtx | _ClientCtx, name: Any) -> None:
-        if ctx.timers.pop(name, None) is None:
-            return
+    def _on_timer(self, owner: Any, name: str, ticket: int) -> None:
+        ctx: _ServerCtx | _ClientCtx = owner
+        if ctx.timers.get(name) != ticket:
+            return  # cancelled or restarted since
+        del ctx.timers[name]
         try:
-            self._run(ctx, ctx.txn.timer_fired(name, self._get_loop().time()))
+            self._run(ctx, ctx.txn.timer_fired(cast(TimerName, name), self._get_loop().time()))
         except Exception as exc:
             self.log("error", "timer_error", error=repr(exc))
 

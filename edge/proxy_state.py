@@ -31,7 +31,7 @@ class _ServerCtx:
     txn: InviteServerTransaction | NonInviteServerTransaction
     source: Source
     reply: Destination
-    timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    timers: dict[str, int] = field(default_factory=dict)
     forward: _Forward | None = None
     identity: Identity | None = None  # who sent the request (edge/admission.py)
 
@@ -41,7 +41,7 @@ class _ServerCtx:
         txn: InviteServerTransaction | NonInviteServerTransaction,
         source: Source,
         reply: Destination,
-        timers: dict[str, asyncio.TimerHandle] | None = None,
+        timers: dict[str, int] | None = None,
         forward: _Forward | None = None,
         identity: Identity | None = None,
     ) -> None:
@@ -60,7 +60,7 @@ class _ClientCtx:
     forward: _Forward | None
     target: Any = None  # routing.Target when the hop came from the router
     on_final: Callable[[Response | None], None] | None = None
-    timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    timers: dict[str, int] = field(default_factory=dict)
     provisional: bool = False
     cancelled: bool = False
 
@@ -72,7 +72,7 @@ class _ClientCtx:
         forward: _Forward | None,
         target: Any = None,
         on_final: Callable[[Response | None], None] | None = None,
-        timers: dict[str, asyncio.TimerHandle] | None = None,
+        timers: dict[str, int] | None = None,
         provisional: bool = False,
         cancelled: bool = False,
     ) -> None:

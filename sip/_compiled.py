@@ -38,6 +38,7 @@ MODULES = (
     "sip.validate",
     "sip.random_tokens",
     "edge.timestamps",
+    "edge.timer_wheel",
     "edge.audit",
     "edge.dialogs",
     "edge.routing",

@@ -32,6 +32,7 @@ REFERENCE_TESTS = (
     "tests/test_sip_values.py",
     "tests/test_sip_check.py",
     "tests/test_timestamps.py",
+    "tests/test_timer_wheel.py",
     "tests/test_audit.py",
     "tests/test_admission.py",
     "tests/test_routing.py",

@@ -1,0 +1,129 @@
+"""Many short-lived timers on one event-loop timer.
+
+A proxied call starts about ten transaction timers (RFC 3261 §17: A or E, B or F,
+then D, K, L or M), and most are cancelled or simply run out 32 s later.  Each
+``loop.call_later`` costs a handle, a libuv timer and a copied context: three
+objects the cyclic GC walks for as long as the timer waits, plus the heap work
+to start and cancel it.  SIP's timers need a precision of milliseconds, not
+microseconds, so this wheel files each timer under a tick of ``resolution``
+seconds and keeps one loop timer armed for the earliest tick.
+
+Cancelling is the owner's business: :meth:`TimerWheel.start` returns a ticket,
+the owner remembers the ticket of each timer it considers running, and when an
+entry comes due the wheel hands ``(owner, name, ticket)`` to ``fire``, which
+ignores a ticket it no longer holds.  So a cancel costs nothing here, and the
+price is that the wheel keeps a reference to a cancelled timer's owner until
+the timer's tick passes.
+
+A timer never fires before its deadline (to the loop's clock).  One shorter
+than a second (the retransmit timers) fires within a tick of it; a longer one
+within 20 ticks (100 ms at the default resolution).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import math
+from collections.abc import Callable
+from typing import Any
+
+#: Fire callback: owner, timer name, ticket.
+Fire = Callable[[Any, str, int], None]
+
+#: Delays of at least _LONG seconds are filed to a multiple of _COARSE ticks.
+_LONG = 1.0
+_COARSE = 20
+
+
+class TimerWheel:
+    """Timers filed by tick; one loop timer for the earliest tick that has any."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, fire: Fire, resolution: float = 0.005
+    ) -> None:
+        if not resolution > 0:
+            raise ValueError("resolution must be > 0")
+        self._loop = loop
+        self._fire = fire
+        self._resolution = resolution
+        # Each slot is flat: owner, name, ticket, owner, name, ticket, ... (no
+        # per-timer object to allocate and for the GC to walk).
+        self._slots: dict[int, list[Any]] = {}
+        self._ticks: list[int] = []  # a heap of the keys of _slots
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed = 0  # the tick _handle is set for
+        self._done = -1  # every tick up to this one has fired
+        self._ticket = 0
+        self._pending = 0
+        self._running = False  # in _run: it arms the loop timer once, at the end
+
+    def __len__(self) -> int:
+        """Entries waiting, including those whose owner has since dropped them."""
+        return self._pending
+
+    def start(self, owner: Any, name: str, delay: float) -> int:
+        """File a timer ``delay`` seconds from now; the ticket ``fire`` will get."""
+        self._ticket += 1
+        ticket = self._ticket
+        tick = math.ceil((self._loop.time() + delay) / self._resolution)
+        if delay >= _LONG:
+            # Timeouts and waits (B, F, H, D, J, K, L, M: 5 or 32 s) round up to a
+            # coarse tick, so that a cancelled one, which still comes due, mostly
+            # shares its wake-up with others.
+            tick = -(-tick // _COARSE) * _COARSE
+        if tick <= self._done:
+            # The loop may run a tick's callback a hair early; whatever is
+            # started from it still waits for a later tick, never this run.
+            tick = self._done + 1
+        slot = self._slots.get(tick)
+        if slot is None:
+            slot = []
+            self._slots[tick] = slot
+            heapq.heappush(self._ticks, tick)
+            if not self._running and (self._handle is None or tick < self._armed):
+                self._arm(tick)
+        slot.append(owner)
+        slot.append(name)
+        slot.append(ticket)
+        self._pending += 1
+        return ticket
+
+    def close(self) -> None:
+        """Drop every entry and the loop timer; nothing fires after this."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._slots.clear()
+        self._ticks.clear()
+        self._pending = 0
+
+    def _arm(self, tick: int) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._armed = tick
+        self._handle = self._loop.call_at(tick * self._resolution, self._run)
+
+    def _run(self) -> None:
+        self._handle = None
+        # The armed tick is due: the loop ran its handle.  Any later tick whose
+        # time has also passed (a busy loop runs late) goes in the same pass.
+        due = max(self._armed, math.floor(self._loop.time() / self._resolution))
+        self._done = due
+        ticks = self._ticks
+        self._running = True
+        try:
+            while ticks and ticks[0] <= due:
+                slot = self._slots.pop(heapq.heappop(ticks))
+                self._pending -= len(slot) // 3
+                for i in range(0, len(slot), 3):
+                    try:
+                        self._fire(slot[i], slot[i + 1], slot[i + 2])
+                    except Exception as exc:  # one owner's failure must not strand the rest
+                        self._loop.call_exception_handler(
+                            {"message": "timer wheel callback failed", "exception": exc}
+                        )
+        finally:
+            self._running = False
+            if ticks and self._handle is None:
+                self._arm(ticks[0])
