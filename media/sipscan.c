@@ -65,13 +65,25 @@ is_token_char(unsigned char c)
     return c != 0 && strchr("-.!%*_+`'~", c) != NULL;
 }
 
-/* CTL other than HT, CR and LF: legal only as the second half of a quoted-pair
+/* What the one pass over the head looks for, by byte: a table, so that the
+ * common byte (printable ASCII or HT) costs one load and one test.  B_CTL is a
+ * CTL other than HT, CR and LF: legal only as the second half of a quoted-pair
  * (the Python path's _UNESCAPED_CTL_RE). */
-static int
-is_ctl(unsigned char c)
-{
-    return (c < 0x20 && c != '\t' && c != '\r' && c != '\n') || c == 0x7f;
-}
+enum { B_PLAIN = 0, B_CR, B_LF, B_CTL, B_HIGH };
+#define B_ROW8(k) k, k, k, k, k, k, k, k
+#define B_ROW16(k) B_ROW8(k), B_ROW8(k)
+static const unsigned char byte_class[256] = {
+    /* 0x00-0x0f: HT (9) plain, LF (10), CR (13) */
+    B_CTL, B_CTL, B_CTL, B_CTL, B_CTL, B_CTL, B_CTL, B_CTL,
+    B_CTL, B_PLAIN, B_LF, B_CTL, B_CTL, B_CR, B_CTL, B_CTL,
+    B_ROW16(B_CTL),                                        /* 0x10-0x1f */
+    B_ROW16(B_PLAIN), B_ROW16(B_PLAIN), B_ROW16(B_PLAIN),  /* 0x20-0x4f */
+    B_ROW16(B_PLAIN), B_ROW16(B_PLAIN),                    /* 0x50-0x6f */
+    B_ROW8(B_PLAIN), B_PLAIN, B_PLAIN, B_PLAIN, B_PLAIN,   /* 0x70-0x7b */
+    B_PLAIN, B_PLAIN, B_PLAIN, B_CTL,                      /* 0x7c-0x7f: DEL */
+    B_ROW16(B_HIGH), B_ROW16(B_HIGH), B_ROW16(B_HIGH), B_ROW16(B_HIGH),
+    B_ROW16(B_HIGH), B_ROW16(B_HIGH), B_ROW16(B_HIGH), B_ROW16(B_HIGH),
+};
 
 /* The cache of header names as written: a hit costs no allocation and no token
  * check (only names that passed it get in).  Bounded like canonical_name's
@@ -352,10 +364,12 @@ Scanner_scan(ScannerObject *self, PyObject *const *args, Py_ssize_t nargs)
 
     /* One pass for what the Python path checks on the decoded text. */
     for (i = 0; i < hlen; i++) {
-        unsigned char c = head[i];
-        if (c >= 0x80)
+        unsigned char k = byte_class[head[i]];
+        if (k == B_PLAIN)
+            continue;
+        if (k == B_HIGH)
             ascii = 0;
-        else if (c == '\r') {
+        else if (k == B_CR) {
             if (i + 1 < hlen && head[i + 1] == '\n') {
                 crlfs++;
                 i++;
@@ -363,9 +377,9 @@ Scanner_scan(ScannerObject *self, PyObject *const *args, Py_ssize_t nargs)
             else
                 bare = 1;
         }
-        else if (c == '\n')
+        else if (k == B_LF)
             bare = 1;
-        else if (is_ctl(c) && (i == 0 || head[i - 1] != '\\'))
+        else if (i == 0 || head[i - 1] != '\\')
             ctl = 1;
     }
     if (!ascii) {

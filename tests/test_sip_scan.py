@@ -194,6 +194,17 @@ def test_header_name_characters() -> None:
             assert_same(base.replace(b"Contact:", name + b" :", 1))
 
 
+def test_every_byte_in_a_value_and_the_start_line() -> None:
+    # The C side classifies the head's bytes by a table: every entry of it, plain
+    # and after a backslash, in a value, at the end of a value and in the start line.
+    base = sipdata.OK_200
+    for c in range(256):
+        ch = bytes([c])
+        for value in (b"a" + ch + b"b", b"a\\" + ch + b"b", b"a" + ch):
+            assert_same(base.replace(b"Contact:", b"Subject: " + value + b"\r\nContact:", 1))
+        assert_same(base.replace(b"200 OK", b"200 O" + ch + b"K", 1))
+
+
 def test_compact_forms_and_case() -> None:
     for letter in "abcdefghijklmnopqrstuvwxyz":
         for name in (letter, letter.upper()):
