@@ -131,6 +131,25 @@ _STATUS_LINE_RE = re.compile(
     r"([Ss][Ii][Pp]/[0-9]+\.[0-9]+) ([0-9]{3}) ([^\x00-\x08\x0a-\x1f\x7f]*)"
 )
 _VERSION = "SIP/2.0"
+# Tokens all (a set lookup spares the regex for the methods nearly every message has).
+_STANDARD_METHODS = frozenset(
+    [
+        "INVITE",
+        "ACK",
+        "BYE",
+        "CANCEL",
+        "OPTIONS",
+        "REGISTER",
+        "PRACK",
+        "UPDATE",
+        "INFO",
+        "SUBSCRIBE",
+        "NOTIFY",
+        "PUBLISH",
+        "REFER",
+        "MESSAGE",
+    ]
+)
 # Control characters are legal only inside a quoted-pair (§25.1); HT is LWS.
 _CTL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _UNESCAPED_CTL_RE = re.compile(r"(?<!\\)[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -275,9 +294,12 @@ def own_via(via: Via) -> str:
 
 
 def clear_parse_caches() -> None:
-    """Forget every memoised header value (benchmarks measure the cold path with it)."""
+    """Forget every memoised header value and start line (benchmarks measure the
+    cold path with it)."""
     for memo in _MEMOS:
         memo.clear()
+    _request_lines.clear()
+    _status_lines.clear()
 
 
 def _parse_list(values: list[str], parser: Callable[[str], Any], what: str) -> list[Any]:
@@ -679,7 +701,7 @@ class Request(Message):
         body: bytes = b"",
     ) -> None:
         super().__init__(headers, body)
-        if _TOKEN_RE.fullmatch(method) is None:
+        if method not in _STANDARD_METHODS and _TOKEN_RE.fullmatch(method) is None:
             raise SipError("malformed method")
         self.method = method
         self.uri = uri if isinstance(uri, URI) else URI.parse(uri)
@@ -854,7 +876,26 @@ def _parse_fields(lines: list[str], max_line: int) -> list[HeaderField]:
     return fields
 
 
+# Start lines that parsed, by their text: a call's messages and calls' responses
+# repeat them ("SIP/2.0 180 Ringing", the Request-URI of every in-dialog
+# request), and a hit spares two regex calls.  Only good lines get in, as the
+# memos above; emptied when full.
+_request_lines: dict[str, tuple[str, URI, int]] = {}
+_status_lines: dict[str, tuple[int, str]] = {}
+_START_LINES_MAX = 4096
+
+
 def _parse_start_line(line: str, headers: Headers, limits: Limits) -> Request | Response:
+    known = _status_lines.get(line)
+    if known is not None:
+        response = Response(known[0], "", headers)
+        response.reason = known[1]
+        return response
+    seen = _request_lines.get(line)
+    if seen is not None:
+        if seen[2] > limits.max_uri_length:  # limits differ per caller: asked every time
+            raise SipError("Request-URI too long", 414)
+        return Request(seen[0], seen[1], headers)
     # One groups() call per line rather than a group() call per field: each is a
     # method call on a Python object, the dearest thing here once compiled.
     if line[:1] in ("S", "s") and line[:4].upper() == "SIP/":
@@ -866,6 +907,9 @@ def _parse_start_line(line: str, headers: Headers, limits: Limits) -> Request | 
             raise SipError("SIP version not supported", 505)
         response = Response(int(code), "", headers)  # 100-699 (§7.2), else SipError
         response.reason = reason  # as received, even empty
+        if len(_status_lines) >= _START_LINES_MAX:
+            _status_lines.clear()
+        _status_lines[line] = (response.status, reason)
         return response
     m = _REQUEST_LINE_RE.fullmatch(line)
     if m is None:
@@ -877,12 +921,15 @@ def _parse_start_line(line: str, headers: Headers, limits: Limits) -> Request | 
         raise SipError("Request-URI too long", 414)
     if uri_text.startswith("<"):
         raise SipError("Request-URI in <>")
-    request = Request(method, _request_uri(uri_text), headers)
-    if request.uri.headers:
+    uri = _request_uri(uri_text)
+    if uri.headers:
         # RFC 4475 §3.1.2.11: headers in a Request-URI are refused, never
         # forwarded or turned into real headers.
         raise SipError("headers in the Request-URI")
-    return request
+    if len(_request_lines) >= _START_LINES_MAX:
+        _request_lines.clear()
+    _request_lines[line] = (method, uri, len(uri_text))
+    return Request(method, uri, headers)
 
 
 def _check_headers(

@@ -318,3 +318,57 @@ def test_constructed_request_round_trips() -> None:
 def test_leading_crlf_is_ignored() -> None:
     msg = parse_message(b"\r\n\r\n" + INVITE)
     assert isinstance(msg, Request)
+
+
+# ------------------------------------------------------------ remembered start lines
+def test_a_remembered_start_line_parses_the_same_and_still_obeys_the_limits() -> None:
+    first = parse_message(INVITE)
+    again = parse_message(INVITE)  # from the memo
+    assert isinstance(first, Request) and isinstance(again, Request)
+    assert (again.method, str(again.uri)) == (first.method, str(first.uri))
+    assert again.headers is not first.headers
+    # The memo holds lines, not limits: a caller with a tighter bound gets its 414.
+    short = Limits(max_uri_length=len(str(first.uri)) - 1)
+    with pytest.raises(SipError) as err:
+        parse_message(INVITE, short)
+    assert err.value.status_hint == 414
+
+
+def test_a_remembered_status_line_keeps_its_reason_as_received() -> None:
+    for reason in (b"OK", b"", b"Fine Thanks", b"\xc3\x9cber"):
+        data = OK_200.replace(b"200 OK", b"200 " + reason, 1)
+        for _ in range(2):  # the second from the memo
+            resp = parse_message(data)
+            assert isinstance(resp, Response)
+            assert (resp.status, resp.reason) == (200, reason.decode())
+
+
+def test_bad_start_lines_fail_every_time() -> None:
+    # Only lines that parsed are remembered: a bad one is refused again.
+    for line in (b"SIP/2.0 99 Low", b"SIP/3.0 200 OK", b"INV@ITE sip:a@b SIP/2.0"):
+        data = OK_200.replace(b"SIP/2.0 200 OK", line, 1)
+        for _ in range(2):
+            with pytest.raises(SipError):
+                parse_message(data)
+    uri_headers = INVITE.replace(b"INVITE sip:", b"INVITE sip:", 1).split(b" ", 2)
+    data = b" ".join((uri_headers[0], uri_headers[1] + b"?Subject=x", uri_headers[2]))
+    for _ in range(2):
+        with pytest.raises(SipError, match="headers in the Request-URI"):
+            parse_message(data)
+
+
+def test_the_start_line_memo_is_bounded() -> None:
+    from sip import message
+
+    for i in range(message._START_LINES_MAX + 10):
+        parse_message(OK_200.replace(b"200 OK", f"200 OK {i}".encode(), 1))
+    assert 0 < len(message._status_lines) <= message._START_LINES_MAX
+
+
+def test_standard_methods_are_tokens() -> None:
+    from sip import message
+
+    for method in message._STANDARD_METHODS:
+        assert message._TOKEN_RE.fullmatch(method)
+    with pytest.raises(SipError, match="malformed method"):
+        Request("IN VITE", "sip:a@b")
