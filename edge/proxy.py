@@ -46,6 +46,7 @@ from edge.transport import Destination, Source
 from sip.errors import SipError
 from sip.headers import NameAddr, Via, has_param
 from sip.message import (
+    STANDARD_METHODS,
     Limits,
     Request,
     Response,
@@ -86,24 +87,7 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, REFER, NOTIFY, 
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
 # Methods counted by name (RFC 3261 and extensions); anything else is "other".
-KNOWN_METHODS = frozenset(
-    [
-        "INVITE",
-        "ACK",
-        "BYE",
-        "CANCEL",
-        "OPTIONS",
-        "REGISTER",
-        "PRACK",
-        "UPDATE",
-        "INFO",
-        "REFER",
-        "NOTIFY",
-        "SUBSCRIBE",
-        "MESSAGE",
-        "PUBLISH",
-    ]
-)
+KNOWN_METHODS = STANDARD_METHODS
 # What a browser's side speaks (issue 6): DTLS-SRTP with ICE-lite.
 WEBRTC_POLICY = "dtls-srtp"
 

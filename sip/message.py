@@ -131,8 +131,9 @@ _STATUS_LINE_RE = re.compile(
     r"([Ss][Ii][Pp]/[0-9]+\.[0-9]+) ([0-9]{3}) ([^\x00-\x08\x0a-\x1f\x7f]*)"
 )
 _VERSION = "SIP/2.0"
-# Tokens all (a set lookup spares the regex for the methods nearly every message has).
-_STANDARD_METHODS = frozenset(
+#: The methods of RFC 3261 and its extensions: tokens all (a set lookup spares
+#: Request() the regex for the methods nearly every message has).
+STANDARD_METHODS = frozenset(
     [
         "INVITE",
         "ACK",
@@ -701,7 +702,7 @@ class Request(Message):
         body: bytes = b"",
     ) -> None:
         super().__init__(headers, body)
-        if method not in _STANDARD_METHODS and _TOKEN_RE.fullmatch(method) is None:
+        if method not in STANDARD_METHODS and _TOKEN_RE.fullmatch(method) is None:
             raise SipError("malformed method")
         self.method = method
         self.uri = uri if isinstance(uri, URI) else URI.parse(uri)

@@ -368,7 +368,7 @@ def test_the_start_line_memo_is_bounded() -> None:
 def test_standard_methods_are_tokens() -> None:
     from sip import message
 
-    for method in message._STANDARD_METHODS:
+    for method in message.STANDARD_METHODS:
         assert message._TOKEN_RE.fullmatch(method)
     with pytest.raises(SipError, match="malformed method"):
         Request("IN VITE", "sip:a@b")
