@@ -189,11 +189,16 @@ class Sut:
             self.rtpengine.stop()
 
 
+#: --poll-us: the fast path's [media] fastpath_poll_us for this run (0: sleep at once).
+POLL_US = 0
+
+
 def serve_argv(system: str, calls: int, mode: str, tx: int, rx: int, key: str) -> list[str]:
     return [
         "taskset", "-c", str(SUT_CPU), sys.executable, str(Path(__file__).resolve()),
         "--serve", system, "--serve-calls", str(calls), "--serve-mode", mode,
         "--serve-tx", str(tx), "--serve-rx", str(rx), "--serve-key", key,
+        "--poll-us", str(POLL_US),
     ]  # fmt: skip
 
 
@@ -350,7 +355,7 @@ def serve(system: str, calls: int, mode: str, tx: int, rx: int, key: str) -> Non
     if system == "fast":
         from media.fastpath import FastPath
 
-        fp = FastPath()  # one loop per CPU of this (pinned) process
+        fp = FastPath(poll_us=POLL_US)  # one loop per CPU of this (pinned) process
         fp.start()
         socks, ports = [], []
         for _ in range(calls):
@@ -636,6 +641,13 @@ def render(rows: list[Row], quick: bool, load_before: str, plot: str | None) -> 
         "",
         f"Machine load before the run: `{load_before}`; after: `{uptime()}`.",
         "",
+        f"Fast path: [media] fastpath_poll_us = {POLL_US} "
+        + (
+            "(each loop polls that long after a batch before it sleeps)."
+            if POLL_US
+            else "(the loops sleep in epoll at once: the default)."
+        ),
+        "",
         "| system | mode | calls | max pps | CPU ns/packet | vs rtpengine (ns) "
         "| latency p50 / p99 / p99.9 (us) at 50% |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
@@ -741,7 +753,15 @@ def main() -> int:
     ap.add_argument("--serve-tx", type=int, default=0)
     ap.add_argument("--serve-rx", type=int, default=0)
     ap.add_argument("--serve-key", default="-")
+    ap.add_argument(
+        "--poll-us",
+        type=int,
+        default=0,
+        help="the fast path polls this long after each batch ([media] fastpath_poll_us)",
+    )
     args = ap.parse_args()
+    global POLL_US
+    POLL_US = args.poll_us
     if args.serve:
         serve(args.serve, args.serve_calls, args.serve_mode, args.serve_tx, args.serve_rx,
               args.serve_key)  # fmt: skip

@@ -270,6 +270,9 @@ class MediaConfig:
     ``punt_burst``: what each of the plane's legs may hand Python (datagrams per second
     after a burst), past which it drops them in C; the defaults are the plane's own
     (SE_FP_PUNT_RATE, SE_FP_PUNT_BURST in media/fastpath.h, where their reasons are).
+    ``fastpath_poll_us``: after a batch, each loop of the plane polls that many
+    microseconds before it sleeps: a latency tail traded for CPU (0, the default,
+    sleeps at once).
     """
 
     enabled: bool = True
@@ -281,6 +284,7 @@ class MediaConfig:
     fast_path: bool = True
     punt_rate: float = 250.0
     punt_burst: int = 400
+    fastpath_poll_us: int = 0
 
     def resolved_address(self, listen: ListenConfig) -> str:
         """The IP the relay binds and writes into SDP."""
@@ -839,6 +843,8 @@ def _parse_media(t: Mapping[str, Any]) -> MediaConfig:
         # ever latch, answer ICE or finish DTLS.
         punt_rate=_rate(t, s, "punt_rate", d.punt_rate),
         punt_burst=_count(t, s, "punt_burst", d.punt_burst, 1),
+        # SE_FP_MAX_POLL_US in media/fastpath.h.
+        fastpath_poll_us=_int(t, s, "fastpath_poll_us", d.fastpath_poll_us, 0, 1000),
     )
 
 

@@ -137,7 +137,10 @@ class MediaController:
         if relay is None and self.enabled:
             address = media.resolved_address(config.listen)
             self.fast_path = relay_plane.make_fast_path(
-                media.fast_path, punt_rate=media.punt_rate, punt_burst=float(media.punt_burst)
+                media.fast_path,
+                punt_rate=media.punt_rate,
+                punt_burst=float(media.punt_burst),
+                poll_us=media.fastpath_poll_us,
             )
             relay = MediaRelay(
                 address, media.port_range, media.quarantine, log=log, fast_path=self.fast_path

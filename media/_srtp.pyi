@@ -113,6 +113,7 @@ class Plane:
         punt_rate: float = ...,
         punt_burst: float = ...,
         cpus: list[int] | tuple[int, ...] | None = None,
+        poll_us: int = 0,
     ) -> None: ...
     @property
     def punt_fd(self) -> int: ...

@@ -446,9 +446,19 @@ loop_main(void *arg)
         CPU_SET(lp->cpu, &set);
         pthread_setaffinity_np(pthread_self(), sizeof set, &set); /* best effort */
     }
+    /* [media] fastpath_poll_us: after a batch, poll for that long before sleeping.
+     * On a VM, a vCPU that sleeps is slow to wake (milliseconds at p99 here): the
+     * wake-up, not the relaying, made the latency tail.  Polling trades CPU at low
+     * rates for it, so it is off unless configured.  Real time, not se_fp_now: a
+     * test's fixed clock must not keep a loop polling forever. */
+    const uint64_t poll_ns = p->poll_ns;
+    uint64_t poll_until = 0;
     for (;;) {
-        int n = epoll_wait(lp->epfd, ev, SE_FP_EVENTS, -1), punted = 0;
+        int timeout = poll_ns != 0 && now_ns() < poll_until ? 0 : -1;
+        int n = epoll_wait(lp->epfd, ev, SE_FP_EVENTS, timeout), punted = 0;
         uint64_t ns_now;
+        if (n == 0)
+            continue; /* polling, and nothing yet */
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -485,6 +495,8 @@ loop_main(void *arg)
             punted += drain_socket(lp, leg, (int)(tag & 1), (double)ns_now / 1e9, ns_now);
         }
         pthread_mutex_unlock(&lp->mu);
+        if (poll_ns != 0)
+            poll_until = now_ns() + poll_ns;
         if (punted > 0) {
             uint64_t one = 1;
             if (write(p->punt_fd, &one, sizeof one) < 0) { /* the counter is at its max */

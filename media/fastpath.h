@@ -102,6 +102,8 @@
 #define SE_FP_PUNT_RATE 250.0  /* punts per second per bucket */
 #define SE_FP_PUNT_BURST 400.0 /* bucket size */
 #define SE_FP_MAX_LOOPS 256
+/* The longest poll after a batch ([media] fastpath_poll_us): a millisecond. */
+#define SE_FP_MAX_POLL_US 1000
 
 /* Drop reasons, named as media.latching.DropReason where one exists. */
 enum se_fp_drop {
@@ -228,6 +230,7 @@ typedef struct se_fp_plane {
     uint64_t clock_ns; /* 0: CLOCK_MONOTONIC; else a time Python set (tests' clocks) */
     double rtcp_rate, rtcp_burst;
     double punt_rate, punt_burst; /* each punt bucket of a leg (SE_FP_PUNT_RATE, _BURST) */
+    uint64_t poll_ns; /* after a batch, poll this long before sleeping (0: sleep at once) */
     se_fp_leg **slots; /* handle -> leg */
     uint32_t *gens;    /* handle -> generation, bumped on removal */
     uint32_t *free_list, n_free;

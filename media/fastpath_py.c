@@ -144,7 +144,7 @@ static int
 Plane_init(PyObject *op, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"loops",      "max_legs",   "rtcp_rate", "rtcp_burst",
-                             "punt_rate", "punt_burst", "cpus",      NULL};
+                             "punt_rate", "punt_burst", "cpus",      "poll_us", NULL};
     PlaneObject *self = (PlaneObject *)op;
     int loops = 1;
     long max_legs = 65536;
@@ -152,15 +152,20 @@ Plane_init(PyObject *op, PyObject *args, PyObject *kwds)
     double punt_rate = SE_FP_PUNT_RATE, punt_burst = SE_FP_PUNT_BURST;
     PyObject *cpus_obj = Py_None;
     int *cpus = NULL;
+    int poll_us = 0;
 
     if (self->plane != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Plane is already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|$lddddO:Plane", kwlist, &loops, &max_legs,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|$lddddOi:Plane", kwlist, &loops, &max_legs,
                                      &rtcp_rate, &rtcp_burst, &punt_rate, &punt_burst,
-                                     &cpus_obj))
+                                     &cpus_obj, &poll_us))
         return -1;
+    if (poll_us < 0 || poll_us > SE_FP_MAX_POLL_US) {
+        PyErr_Format(PyExc_ValueError, "poll_us must be 0..%d", SE_FP_MAX_POLL_US);
+        return -1;
+    }
     if (!(punt_rate >= 0.0 && punt_burst >= 0.0)) {
         PyErr_SetString(PyExc_ValueError, "punt_rate and punt_burst must be >= 0");
         return -1;
@@ -210,6 +215,7 @@ Plane_init(PyObject *op, PyObject *args, PyObject *kwds)
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
+    self->plane->poll_ns = (uint64_t)poll_us * 1000u; /* read by the loops once they start */
     return 0;
 }
 

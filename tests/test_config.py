@@ -365,6 +365,11 @@ def _set(extra: str = "", target: str = 'uri = "sip:10.0.0.1"') -> str:
         ("[media]\npunt_burst = -1\n" + ECHO, "media.punt_burst"),
         ("[media]\npunt_burst = 400.0\n" + ECHO, "media.punt_burst"),
         ('[media]\npunt_burst = "400"\n' + ECHO, "media.punt_burst"),
+        ("[media]\nfastpath_poll_us = -1\n" + ECHO, "media.fastpath_poll_us"),
+        ("[media]\nfastpath_poll_us = 1001\n" + ECHO, "media.fastpath_poll_us"),
+        ("[media]\nfastpath_poll_us = 200.0\n" + ECHO, "media.fastpath_poll_us"),
+        ('[media]\nfastpath_poll_us = "200"\n' + ECHO, "media.fastpath_poll_us"),
+        ("[media]\nfastpath_poll_us = true\n" + ECHO, "media.fastpath_poll_us"),
     ],
 )
 def test_parse_rejects(text: str, key: str) -> None:
@@ -521,3 +526,13 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
         config.load(write(tmp_path, "[listen\n"), env={})
     assert info.value.key == "config"
     assert "invalid TOML" in info.value.problem
+
+
+def test_fastpath_poll_us() -> None:
+    """Off by default (the loops sleep at once); a value as written; the key named."""
+    assert config.MediaConfig().fastpath_poll_us == 0
+    assert parse("[media]\nfastpath_poll_us = 200\n" + ECHO).media.fastpath_poll_us == 200
+    assert parse("[media]\nfastpath_poll_us = 1000\n" + ECHO).media.fastpath_poll_us == 1000
+    assert str(error_of("[media]\nfastpath_poll_us = 1001\n" + ECHO)) == (
+        "media.fastpath_poll_us: 1001 out of range 0-1000"
+    )

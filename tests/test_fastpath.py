@@ -117,9 +117,11 @@ def fds() -> set[tuple[str, str]]:
     return out
 
 
-@pytest.fixture
-def fast() -> Iterator[FastPath]:
-    fp = FastPath(loops=2)
+@pytest.fixture(params=[0, 200], ids=["sleeping", "polling"])
+def fast(request: pytest.FixtureRequest) -> Iterator[FastPath]:
+    # Every test on both: loops that sleep in epoll at once, and loops that poll
+    # 200 us after each batch ([media] fastpath_poll_us) must relay the same.
+    fp = FastPath(loops=2, poll_us=request.param)
     fp.start()
     yield fp
     fp.close()
@@ -528,6 +530,9 @@ def test_plane_misuse_is_refused() -> None:
     assert fp.add_leg(r[2]) == a  # the handle is reused
     fp.close()
     fp.close()
+    for poll_us in (-1, 1001):
+        with pytest.raises(ValueError, match="poll_us"):
+            FastPath(loops=1, poll_us=poll_us)
     with pytest.raises(RuntimeError):
         fp.counters(b)
     for s in r:

@@ -955,3 +955,19 @@ async def test_re_offer_without_rtcp_mux_when_the_odd_port_is_taken(
     assert await exchange(caller, callee, rtp(1)) == rtp(1)
     (event,) = logs.events("media_rtcp_mux_kept")
     assert event["side"] == "caller"
+
+
+async def test_the_plane_polls_as_configured() -> None:
+    """[media] fastpath_poll_us reaches the plane the controller makes."""
+    cfg = media_config()
+    cfg = dataclasses.replace(
+        cfg, media=dataclasses.replace(cfg.media, fast_path=True, fastpath_poll_us=150)
+    )
+    controller = MediaController(cfg, log=None)
+    try:
+        assert controller.fast_path is not None
+        assert controller.fast_path.poll_us == 150
+    finally:
+        await controller.close()
+        if controller.relay is not None:
+            await controller.relay.close()
