@@ -55,12 +55,11 @@ class TimerWheel:
         self._armed = 0  # the tick _handle is set for
         self._done = -1  # every tick up to this one has fired
         self._ticket = 0
-        self._pending = 0
         self._running = False  # in _run: it arms the loop timer once, at the end
 
     def __len__(self) -> int:
         """Entries waiting, including those whose owner has since dropped them."""
-        return self._pending
+        return sum(len(slot) for slot in self._slots.values()) // 3
 
     def start(self, owner: Any, name: str, delay: float) -> int:
         """File a timer ``delay`` seconds from now; the ticket ``fire`` will get."""
@@ -86,7 +85,6 @@ class TimerWheel:
         slot.append(owner)
         slot.append(name)
         slot.append(ticket)
-        self._pending += 1
         return ticket
 
     def close(self) -> None:
@@ -96,7 +94,6 @@ class TimerWheel:
             self._handle = None
         self._slots.clear()
         self._ticks.clear()
-        self._pending = 0
 
     def _arm(self, tick: int) -> None:
         if self._handle is not None:
@@ -115,7 +112,6 @@ class TimerWheel:
         try:
             while ticks and ticks[0] <= due:
                 slot = self._slots.pop(heapq.heappop(ticks))
-                self._pending -= len(slot) // 3
                 for i in range(0, len(slot), 3):
                     try:
                         self._fire(slot[i], slot[i + 1], slot[i + 2])
