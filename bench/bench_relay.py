@@ -191,6 +191,8 @@ class Sut:
 
 #: --poll-us: the fast path's [media] fastpath_poll_us for this run (0: sleep at once).
 POLL_US = 0
+#: --poll-busy-pct: [media] fastpath_poll_busy_pct (0: poll after every batch).
+POLL_BUSY_PCT = 0
 
 
 def serve_argv(system: str, calls: int, mode: str, tx: int, rx: int, key: str) -> list[str]:
@@ -198,7 +200,7 @@ def serve_argv(system: str, calls: int, mode: str, tx: int, rx: int, key: str) -
         "taskset", "-c", str(SUT_CPU), sys.executable, str(Path(__file__).resolve()),
         "--serve", system, "--serve-calls", str(calls), "--serve-mode", mode,
         "--serve-tx", str(tx), "--serve-rx", str(rx), "--serve-key", key,
-        "--poll-us", str(POLL_US),
+        "--poll-us", str(POLL_US), "--poll-busy-pct", str(POLL_BUSY_PCT),
     ]  # fmt: skip
 
 
@@ -355,7 +357,8 @@ def serve(system: str, calls: int, mode: str, tx: int, rx: int, key: str) -> Non
     if system == "fast":
         from media.fastpath import FastPath
 
-        fp = FastPath(poll_us=POLL_US)  # one loop per CPU of this (pinned) process
+        # one loop per CPU of this (pinned) process
+        fp = FastPath(poll_us=POLL_US, poll_busy_pct=POLL_BUSY_PCT)
         fp.start()
         socks, ports = [], []
         for _ in range(calls):
@@ -641,11 +644,15 @@ def render(rows: list[Row], quick: bool, load_before: str, plot: str | None) -> 
         "",
         f"Machine load before the run: `{load_before}`; after: `{uptime()}`.",
         "",
-        f"Fast path: [media] fastpath_poll_us = {POLL_US} "
+        f"Fast path: [media] fastpath_poll_us = {POLL_US}, "
+        f"fastpath_poll_busy_pct = {POLL_BUSY_PCT} "
         + (
-            "(each loop polls that long after a batch before it sleeps)."
-            if POLL_US
-            else "(the loops sleep in epoll at once: the default)."
+            "(the loops sleep in epoll at once)."
+            if not POLL_US
+            else "(each loop polls that long after a batch before it sleeps)."
+            if not POLL_BUSY_PCT
+            else "(each loop polls that long after a batch while its batches take "
+            f"at least {POLL_BUSY_PCT}% of its time)."
         ),
         "",
         "| system | mode | calls | max pps | CPU ns/packet | vs rtpengine (ns) "
@@ -759,9 +766,16 @@ def main() -> int:
         default=0,
         help="the fast path polls this long after each batch ([media] fastpath_poll_us)",
     )
+    ap.add_argument(
+        "--poll-busy-pct",
+        type=int,
+        default=0,
+        help="...only while a loop is this busy ([media] fastpath_poll_busy_pct; 0: always)",
+    )
     args = ap.parse_args()
-    global POLL_US
+    global POLL_US, POLL_BUSY_PCT
     POLL_US = args.poll_us
+    POLL_BUSY_PCT = args.poll_busy_pct
     if args.serve:
         serve(args.serve, args.serve_calls, args.serve_mode, args.serve_tx, args.serve_rx,
               args.serve_key)  # fmt: skip

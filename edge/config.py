@@ -272,7 +272,10 @@ class MediaConfig:
     (SE_FP_PUNT_RATE, SE_FP_PUNT_BURST in media/fastpath.h, where their reasons are).
     ``fastpath_poll_us``: after a batch, each loop of the plane polls that many
     microseconds before it sleeps: a latency tail traded for CPU (0, the default,
-    sleeps at once).
+    sleeps at once).  ``fastpath_poll_busy_pct``: ...but only while the loop's
+    batches take at least that share of its time, so that polling at most
+    multiplies the CPU of a busy loop by 100/pct and a lightly loaded relay sleeps
+    (0: poll after every batch).
     """
 
     enabled: bool = True
@@ -285,6 +288,7 @@ class MediaConfig:
     punt_rate: float = 250.0
     punt_burst: int = 400
     fastpath_poll_us: int = 0
+    fastpath_poll_busy_pct: int = 40
 
     def resolved_address(self, listen: ListenConfig) -> str:
         """The IP the relay binds and writes into SDP."""
@@ -845,6 +849,9 @@ def _parse_media(t: Mapping[str, Any]) -> MediaConfig:
         punt_burst=_count(t, s, "punt_burst", d.punt_burst, 1),
         # SE_FP_MAX_POLL_US in media/fastpath.h.
         fastpath_poll_us=_int(t, s, "fastpath_poll_us", d.fastpath_poll_us, 0, 1000),
+        fastpath_poll_busy_pct=_int(
+            t, s, "fastpath_poll_busy_pct", d.fastpath_poll_busy_pct, 0, 100
+        ),
     )
 
 

@@ -141,6 +141,7 @@ class MediaController:
                 punt_rate=media.punt_rate,
                 punt_burst=float(media.punt_burst),
                 poll_us=media.fastpath_poll_us,
+                poll_busy_pct=media.fastpath_poll_busy_pct,
             )
             relay = MediaRelay(
                 address, media.port_range, media.quarantine, log=log, fast_path=self.fast_path

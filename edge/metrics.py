@@ -675,6 +675,16 @@ class _Collector:
         legs = GaugeMetricFamily(
             "sipedge_fastpath_loop_legs", "Relay legs each C loop owns", labels=["loop"]
         )
+        busy = CounterMetricFamily(
+            "sipedge_fastpath_loop_busy_seconds",
+            "Time each C loop spent on batches (not sleeping, not polling)",
+            labels=["loop"],
+        )
+        polling = GaugeMetricFamily(
+            "sipedge_fastpath_loop_polling",
+            "1 while a C loop polls after its batches ([media] fastpath_poll_us)",
+            labels=["loop"],
+        )
         for i, loop in enumerate(fast.loop_stats()):
             n = str(i)
             wakeups.add_metric([n], loop["wakeups"])
@@ -683,7 +693,9 @@ class _Collector:
             syscalls.add_metric([n, "recvmmsg"], loop["recv_calls"])
             syscalls.add_metric([n, "sendmmsg"], loop["send_calls"])
             legs.add_metric([n], loop["legs"])
-        yield from (wakeups, packets, syscalls, legs)
+            busy.add_metric([n], loop["busy_ns"] / 1e9)
+            polling.add_metric([n], 1 if loop["polling"] else 0)
+        yield from (wakeups, packets, syscalls, legs, busy, polling)
 
     def _echo(self) -> Iterator[Metric]:
         echo = self.parts.echo

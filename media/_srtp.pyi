@@ -114,6 +114,7 @@ class Plane:
         punt_burst: float = ...,
         cpus: list[int] | tuple[int, ...] | None = None,
         poll_us: int = 0,
+        poll_busy_pct: int = 0,
     ) -> None: ...
     @property
     def punt_fd(self) -> int: ...

@@ -448,15 +448,24 @@ loop_main(void *arg)
     }
     /* [media] fastpath_poll_us: after a batch, poll for that long before sleeping.
      * On a VM, a vCPU that sleeps is slow to wake (milliseconds at p99 here): the
-     * wake-up, not the relaying, made the latency tail.  Polling trades CPU at low
-     * rates for it, so it is off unless configured.  Real time, not se_fp_now: a
-     * test's fixed clock must not keep a loop polling forever. */
+     * wake-up, not the relaying, made the latency tail.  Polling costs CPU, so with
+     * fastpath_poll_busy_pct a loop polls only while its batches already take that
+     * share of its time: then polling at most multiplies its CPU by 100/pct, and an
+     * idle or lightly loaded relay still sleeps.  Real time, not se_fp_now: a test's
+     * fixed clock must not keep a loop polling forever. */
     const uint64_t poll_ns = p->poll_ns;
-    uint64_t poll_until = 0;
+    const uint64_t busy_pct = p->poll_busy_pct;
+    int polling = poll_ns != 0 && busy_pct == 0;
+    uint64_t poll_until = 0, win_start = now_ns(), win_busy = 0;
+    SET(lp->stats.polling, (uint64_t)polling);
     for (;;) {
-        int timeout = poll_ns != 0 && now_ns() < poll_until ? 0 : -1;
-        int n = epoll_wait(lp->epfd, ev, SE_FP_EVENTS, timeout), punted = 0;
-        uint64_t ns_now;
+        int timeout = polling && now_ns() < poll_until ? 0 : -1, n, punted = 0;
+        uint64_t ns_now, t0, t1;
+        if (timeout < 0 && polling)
+            SET(lp->stats.polling, 0); /* the gauge: not while it sleeps */
+        n = epoll_wait(lp->epfd, ev, SE_FP_EVENTS, timeout);
+        if (timeout < 0 && polling)
+            SET(lp->stats.polling, 1);
         if (n == 0)
             continue; /* polling, and nothing yet */
         if (n < 0) {
@@ -467,6 +476,7 @@ loop_main(void *arg)
         if (__atomic_load_n(&p->stopping, __ATOMIC_ACQUIRE))
             break;
         pthread_mutex_lock(&lp->mu);
+        t0 = now_ns();
         ADD(lp->stats.wakeups, 1);
         /* The legs of all ready sockets asked for at once: their misses overlap
          * instead of coming one per socket (the checks below are unchanged; this
@@ -476,7 +486,9 @@ loop_main(void *arg)
             if (ev[i].data.u64 != WAKE_TAG && handle < p->max_legs && p->slots[handle] != NULL)
                 __builtin_prefetch(p->slots[handle]);
         }
-        ns_now = se_fp_now(p);
+        ns_now = __atomic_load_n(&p->clock_ns, __ATOMIC_RELAXED);
+        if (ns_now == 0)
+            ns_now = t0;
         for (int i = 0; i < n; i++) {
             uint64_t tag = ev[i].data.u64;
             uint32_t handle, gen;
@@ -495,13 +507,26 @@ loop_main(void *arg)
             punted += drain_socket(lp, leg, (int)(tag & 1), (double)ns_now / 1e9, ns_now);
         }
         pthread_mutex_unlock(&lp->mu);
-        if (poll_ns != 0)
-            poll_until = now_ns() + poll_ns;
         if (punted > 0) {
             uint64_t one = 1;
             if (write(p->punt_fd, &one, sizeof one) < 0) { /* the counter is at its max */
             }
         }
+        t1 = now_ns();
+        ADD(lp->stats.busy_ns, t1 - t0);
+        win_busy += t1 - t0;
+        if (t1 - win_start >= SE_FP_BUSY_WINDOW_NS) {
+            if (poll_ns != 0 && busy_pct != 0) {
+                uint64_t share = win_busy * 100u / (t1 - win_start);
+                int now_polling = polling ? share * 4u >= busy_pct * 3u : share >= busy_pct;
+                if (now_polling != polling)
+                    SET(lp->stats.polling, (uint64_t)now_polling);
+                polling = now_polling;
+            }
+            win_start = t1;
+            win_busy = 0;
+        }
+        poll_until = t1 + poll_ns;
     }
     return NULL;
 }

@@ -104,6 +104,10 @@
 #define SE_FP_MAX_LOOPS 256
 /* The longest poll after a batch ([media] fastpath_poll_us): a millisecond. */
 #define SE_FP_MAX_POLL_US 1000
+/* How a loop decides whether to poll ([media] fastpath_poll_busy_pct): its busy
+ * share over windows of this length.  It stops polling when the share falls below
+ * 3/4 of the threshold, so a load near the threshold does not flip it every window. */
+#define SE_FP_BUSY_WINDOW_NS 20000000u
 
 /* Drop reasons, named as media.latching.DropReason where one exists. */
 enum se_fp_drop {
@@ -198,6 +202,8 @@ typedef struct {
 
 typedef struct {
     uint64_t wakeups, recv_calls, send_calls, packets, sent;
+    uint64_t busy_ns;   /* time spent on batches (not in epoll_wait, not polling) */
+    uint64_t polling;   /* 1 while the loop polls after its batches, else 0 */
 } se_fp_loop_stats;
 
 struct se_fp_plane;
@@ -231,6 +237,7 @@ typedef struct se_fp_plane {
     double rtcp_rate, rtcp_burst;
     double punt_rate, punt_burst; /* each punt bucket of a leg (SE_FP_PUNT_RATE, _BURST) */
     uint64_t poll_ns; /* after a batch, poll this long before sleeping (0: sleep at once) */
+    unsigned poll_busy_pct; /* ...but only while the loop is this busy (0: always) */
     se_fp_leg **slots; /* handle -> leg */
     uint32_t *gens;    /* handle -> generation, bumped on removal */
     uint32_t *free_list, n_free;

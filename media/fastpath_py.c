@@ -144,7 +144,8 @@ static int
 Plane_init(PyObject *op, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"loops",      "max_legs",   "rtcp_rate", "rtcp_burst",
-                             "punt_rate", "punt_burst", "cpus",      "poll_us", NULL};
+                             "punt_rate", "punt_burst", "cpus",      "poll_us",
+                             "poll_busy_pct", NULL};
     PlaneObject *self = (PlaneObject *)op;
     int loops = 1;
     long max_legs = 65536;
@@ -152,16 +153,20 @@ Plane_init(PyObject *op, PyObject *args, PyObject *kwds)
     double punt_rate = SE_FP_PUNT_RATE, punt_burst = SE_FP_PUNT_BURST;
     PyObject *cpus_obj = Py_None;
     int *cpus = NULL;
-    int poll_us = 0;
+    int poll_us = 0, poll_busy_pct = 0;
 
     if (self->plane != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Plane is already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|$lddddOi:Plane", kwlist, &loops, &max_legs,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "i|$lddddOii:Plane", kwlist, &loops, &max_legs,
                                      &rtcp_rate, &rtcp_burst, &punt_rate, &punt_burst,
-                                     &cpus_obj, &poll_us))
+                                     &cpus_obj, &poll_us, &poll_busy_pct))
         return -1;
+    if (poll_busy_pct < 0 || poll_busy_pct > 100) {
+        PyErr_SetString(PyExc_ValueError, "poll_busy_pct must be 0..100");
+        return -1;
+    }
     if (poll_us < 0 || poll_us > SE_FP_MAX_POLL_US) {
         PyErr_Format(PyExc_ValueError, "poll_us must be 0..%d", SE_FP_MAX_POLL_US);
         return -1;
@@ -215,7 +220,9 @@ Plane_init(PyObject *op, PyObject *args, PyObject *kwds)
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
-    self->plane->poll_ns = (uint64_t)poll_us * 1000u; /* read by the loops once they start */
+    /* read by the loops once they start */
+    self->plane->poll_ns = (uint64_t)poll_us * 1000u;
+    self->plane->poll_busy_pct = (unsigned)poll_busy_pct;
     return 0;
 }
 
@@ -671,11 +678,13 @@ Plane_loop_stats(PyObject *op, PyObject *Py_UNUSED(ignored))
     for (unsigned i = 0; i < self->plane->n_loops; i++) {
         se_fp_loop *lp = &self->plane->loops[i];
         PyObject *d = Py_BuildValue(
-            "{sKsKsKsKsKsIsO}", "wakeups", (unsigned long long)se_fp_read(&lp->stats.wakeups),
+            "{sKsKsKsKsKsKsOsIsO}", "wakeups", (unsigned long long)se_fp_read(&lp->stats.wakeups),
             "recv_calls", (unsigned long long)se_fp_read(&lp->stats.recv_calls), "send_calls",
             (unsigned long long)se_fp_read(&lp->stats.send_calls), "packets",
             (unsigned long long)se_fp_read(&lp->stats.packets), "sent",
-            (unsigned long long)se_fp_read(&lp->stats.sent), "legs", lp->n_legs, "running",
+            (unsigned long long)se_fp_read(&lp->stats.sent), "busy_ns",
+            (unsigned long long)se_fp_read(&lp->stats.busy_ns), "polling",
+            se_fp_read(&lp->stats.polling) ? Py_True : Py_False, "legs", lp->n_legs, "running",
             lp->running ? Py_True : Py_False);
         if (d == NULL) {
             Py_DECREF(list);

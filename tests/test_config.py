@@ -370,6 +370,10 @@ def _set(extra: str = "", target: str = 'uri = "sip:10.0.0.1"') -> str:
         ("[media]\nfastpath_poll_us = 200.0\n" + ECHO, "media.fastpath_poll_us"),
         ('[media]\nfastpath_poll_us = "200"\n' + ECHO, "media.fastpath_poll_us"),
         ("[media]\nfastpath_poll_us = true\n" + ECHO, "media.fastpath_poll_us"),
+        ("[media]\nfastpath_poll_busy_pct = -1\n" + ECHO, "media.fastpath_poll_busy_pct"),
+        ("[media]\nfastpath_poll_busy_pct = 101\n" + ECHO, "media.fastpath_poll_busy_pct"),
+        ("[media]\nfastpath_poll_busy_pct = 0.5\n" + ECHO, "media.fastpath_poll_busy_pct"),
+        ('[media]\nfastpath_poll_busy_pct = "40%"\n' + ECHO, "media.fastpath_poll_busy_pct"),
     ],
 )
 def test_parse_rejects(text: str, key: str) -> None:
@@ -535,4 +539,17 @@ def test_fastpath_poll_us() -> None:
     assert parse("[media]\nfastpath_poll_us = 1000\n" + ECHO).media.fastpath_poll_us == 1000
     assert str(error_of("[media]\nfastpath_poll_us = 1001\n" + ECHO)) == (
         "media.fastpath_poll_us: 1001 out of range 0-1000"
+    )
+
+
+def test_fastpath_poll_busy_pct() -> None:
+    """Polling, once configured, is adaptive by default (40%); 0 polls always."""
+    assert config.MediaConfig().fastpath_poll_busy_pct == 40
+    text = "[media]\nfastpath_poll_us = 200\nfastpath_poll_busy_pct = 0\n" + ECHO
+    assert parse(text).media.fastpath_poll_busy_pct == 0
+    assert (
+        parse("[media]\nfastpath_poll_busy_pct = 100\n" + ECHO).media.fastpath_poll_busy_pct == 100
+    )
+    assert str(error_of("[media]\nfastpath_poll_busy_pct = 101\n" + ECHO)) == (
+        "media.fastpath_poll_busy_pct: 101 out of range 0-100"
     )

@@ -123,3 +123,7 @@ def test_metrics_readiness_and_calls_follow_a_real_call(call: Call) -> None:
     # The C data plane (on by default) did the relaying: its loops read the packets.
     assert total(values, "sipedge_fastpath_loop_packets_total", direction="in") >= 0.9 * inbound
     assert total(values, "sipedge_fastpath_loop_wakeups_total") > 0
+    # It spent some time on them; and polling is off by default (the call is over).
+    assert 0 < total(values, "sipedge_fastpath_loop_busy_seconds_total") < 4
+    assert any(k.startswith("sipedge_fastpath_loop_polling{") for k in values)
+    assert total(values, "sipedge_fastpath_loop_polling") == 0

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from pylibsrtp import Policy, Session
@@ -117,11 +118,14 @@ def fds() -> set[tuple[str, str]]:
     return out
 
 
-@pytest.fixture(params=[0, 200], ids=["sleeping", "polling"])
+@pytest.fixture(params=[(0, 0), (200, 0), (200, 1)], ids=["sleeping", "polling", "adaptive"])
 def fast(request: pytest.FixtureRequest) -> Iterator[FastPath]:
-    # Every test on both: loops that sleep in epoll at once, and loops that poll
-    # 200 us after each batch ([media] fastpath_poll_us) must relay the same.
-    fp = FastPath(loops=2, poll_us=request.param)
+    # Every test on all three: loops that sleep in epoll at once, loops that poll
+    # 200 us after each batch ([media] fastpath_poll_us), and loops that poll only
+    # while they are busy (fastpath_poll_busy_pct; 1%, so that they switch often)
+    # must relay the same.
+    poll_us, busy_pct = request.param
+    fp = FastPath(loops=2, poll_us=poll_us, poll_busy_pct=busy_pct)
     fp.start()
     yield fp
     fp.close()
@@ -456,6 +460,52 @@ def test_many_legs_on_every_loop(fast: FastPath) -> None:
         r2.close()
 
 
+def test_a_loop_polls_only_while_its_batches_keep_it_busy() -> None:
+    """[media] fastpath_poll_busy_pct: the loop starts out sleeping, polls once a
+    flood makes its batches take that share of its time, sleeps again when the
+    flood ends, and stays sleeping for a lone packet after a quiet spell (the busy
+    share is re-measured every 20 ms); ``busy_ns`` counts the batches' time."""
+
+    def stats() -> dict[str, Any]:
+        (only,) = fp.loop_stats()
+        return only
+
+    with FastPath(loops=1, poll_us=1000, poll_busy_pct=5) as fp:
+        caller, callee, r1, r2 = udp(CALLER), udp(CALLEE), udp(RELAY), udp(RELAY)
+        a, b = fp.add_leg(r1, mux=True), fp.add_leg(r2, mux=True)
+        fp.pair(a, b)
+        fp.latch(a, addr(caller))
+        fp.latch(b, addr(callee))
+        caller.sendto(rtp(0), addr(r1))
+        assert callee.recvfrom(4096)[0] == rtp(0)
+        assert not stats()["polling"] and stats()["busy_ns"] > 0
+        deadline = time.monotonic() + WAIT
+        seq = 1
+        while not stats()["polling"]:  # the callee's buffer may overflow: no matter
+            assert time.monotonic() < deadline, f"no polling after {seq} packets"
+            for _ in range(200):
+                caller.sendto(rtp(seq), addr(r1))
+                seq += 1
+        until(lambda: not stats()["polling"], "the loop to sleep after the flood")
+        time.sleep(0.05)  # longer than the 20 ms the share is measured over
+        callee.settimeout(0.01)
+        with contextlib.suppress(TimeoutError):
+            while True:
+                callee.recvfrom(4096)
+        callee.settimeout(WAIT)
+        before = stats()["busy_ns"]
+        caller.sendto(rtp(seq), addr(r1))
+        assert callee.recvfrom(4096)[0] == rtp(seq)
+        time.sleep(0.002)  # past the 1 ms poll, had it wrongly begun
+        assert not stats()["polling"] and stats()["busy_ns"] > before
+        for s in (caller, callee):
+            s.close()
+    with FastPath(loops=1, poll_us=1000, poll_busy_pct=0) as fp:
+        until(lambda: stats()["running"], "the loop to start")
+        time.sleep(0.002)
+        assert not stats()["polling"]  # sleeping now: nothing came
+
+
 def test_table_changes_while_traffic_flows_then_a_clean_stop() -> None:
     """Add, re-key, re-latch and remove legs while a sender floods them: no crash,
     counters balanced, and after close() no thread and no fd left behind."""
@@ -533,6 +583,9 @@ def test_plane_misuse_is_refused() -> None:
     for poll_us in (-1, 1001):
         with pytest.raises(ValueError, match="poll_us"):
             FastPath(loops=1, poll_us=poll_us)
+    for pct in (-1, 101):
+        with pytest.raises(ValueError, match="poll_busy_pct"):
+            FastPath(loops=1, poll_us=200, poll_busy_pct=pct)
     with pytest.raises(RuntimeError):
         fp.counters(b)
     for s in r:

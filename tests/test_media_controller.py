@@ -958,15 +958,17 @@ async def test_re_offer_without_rtcp_mux_when_the_odd_port_is_taken(
 
 
 async def test_the_plane_polls_as_configured() -> None:
-    """[media] fastpath_poll_us reaches the plane the controller makes."""
+    """[media] fastpath_poll_us and fastpath_poll_busy_pct reach the plane the
+    controller makes."""
     cfg = media_config()
-    cfg = dataclasses.replace(
-        cfg, media=dataclasses.replace(cfg.media, fast_path=True, fastpath_poll_us=150)
+    media = dataclasses.replace(
+        cfg.media, fast_path=True, fastpath_poll_us=150, fastpath_poll_busy_pct=25
     )
-    controller = MediaController(cfg, log=None)
+    controller = MediaController(dataclasses.replace(cfg, media=media), log=None)
     try:
         assert controller.fast_path is not None
         assert controller.fast_path.poll_us == 150
+        assert controller.fast_path.poll_busy_pct == 25
     finally:
         await controller.close()
         if controller.relay is not None:
