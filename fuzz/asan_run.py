@@ -32,6 +32,11 @@ on any sanitizer report.
    checks after tokenizing (media/sipcheck.c) with fuzz/fuzz_sipcheck.py (the
    reference's typed values, errors and memo contents, no object left alive).
    ``--sip-cases 0`` skips the three; ``--datagrams 0`` skips the data plane's run.
+   Each of the three runs twice: on the plain-Python core
+   (``SIPEDGE_PURE_PYTHON_COMPILED=1``), where references to a type count its live
+   instances, and on the compiled core, whose mypyc classes the C code builds through
+   their constructors but whose instances do not give their type's reference back
+   (so there the live-object count is reported as not checked).
 5. First, three canaries prove the judge sees what it is for: a use-after-free
    (through the runtime's memset interceptor), a lost malloc() (LSan at exit) and a
    lost reference to an SRTP Context must each fail their run.  ``--no-canaries``
@@ -183,11 +188,16 @@ def main() -> int:
     if args.sip_cases > 0:
         sip = ["--cases", str(args.sip_cases), "--seconds", str(args.seconds),
                "--seed", str(args.seed)]  # fmt: skip
-        runs.append(("fuzz sipscan", "fuzz_sipscan.py", sip))
-        runs.append(("fuzz sipvalues", "fuzz_sipvalues.py", sip))
-        runs.append(("fuzz sipcheck", "fuzz_sipcheck.py", sip))
-    for label, harness, extra in runs:
-        proc = run(ext, env, extra, args.seconds * 3 + 120, harness)
+        # Each twice: on the plain-Python core, where references to a type count its
+        # live instances (the harnesses' check for a reference the C code lost), and
+        # on the compiled one, whose mypyc objects the C code builds another way
+        # (through their constructors) but whose types' references do not count them.
+        for core, pure in (("plain core", "1"), ("compiled core", "0")):
+            for name in ("sipscan", "sipvalues", "sipcheck"):
+                runs.append((f"fuzz {name} ({core})", f"fuzz_{name}.py", sip, pure))
+    for label, harness, extra, *pure in runs:
+        run_env = dict(env, SIPEDGE_PURE_PYTHON_COMPILED=pure[0]) if pure else env
+        proc = run(ext, run_env, extra, args.seconds * 3 + 120, harness)
         clean, verdict = judge(proc)
         report = verdict.pop("report", None)
         print(f"{label}:", json.dumps(verdict, indent=1), flush=True)

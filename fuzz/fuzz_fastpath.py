@@ -176,7 +176,11 @@ class Fuzz:
         from media.fastpath import FastPath
 
         self.srtp, self.rng, self.families = srtp, rng, families
-        self.fp = FastPath(loops=2, max_legs=64, rtcp_rate=50.0, rtcp_burst=20.0)
+        # Loops that poll while they are busy (fastpath_poll_us, _busy_pct; a low
+        # threshold): the fuzz load moves them between polling and sleeping.
+        self.fp = FastPath(
+            loops=2, max_legs=64, rtcp_rate=50.0, rtcp_burst=20.0, poll_us=100, poll_busy_pct=5
+        )
         self.legs: dict[int, Leg] = {}
         self.final: list[dict[str, Any]] = []  # final counters of removed legs
         self.strangers = {f: self.udp(f, 2) for f in families}

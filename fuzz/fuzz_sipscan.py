@@ -60,6 +60,17 @@ def sip_fuzz_args(description: str) -> argparse.Namespace:
     return args
 
 
+def refs_count_instances() -> bool:
+    """Whether references to a type count its live instances: not on the compiled
+    core (sip/_compiled.py), whose mypyc classes do not give their type's reference
+    back when an instance dies (1000 HeaderFields made and dropped in Python: +1000
+    references to the type, memory flat).  There the live-object invariant is not
+    measured; ``make fuzz-asan`` checks it on the plain-Python core."""
+    from sip import message
+
+    return (message.__file__ or "").endswith(".py")
+
+
 def type_refs(*types: type) -> int:
     """References to these (heap) types after a collection.  Every instance holds one
     to its type, so this counts live instances the cyclic GC does not track too (the C
@@ -125,8 +136,12 @@ def run_cases_and_text(
         f"{refs_key}_before": before,
         f"{refs_key}_after": after,
     }
+    exact = refs_count_instances()
+    if not exact:
+        summary[f"{refs_key}_before"] = summary[f"{refs_key}_after"] = None
+    summary["live_objects_checked"] = exact
     print(json.dumps(summary))
-    return 0 if mismatches == 0 and after <= before else 1
+    return 0 if mismatches == 0 and (after <= before or not exact) else 1
 
 
 def main() -> int:
@@ -180,8 +195,12 @@ def main() -> int:
         "header_fields_alive": alive,
         "cached_names": cached,
     }
+    exact = refs_count_instances()
+    if not exact:
+        summary["header_fields_alive"] = None
+    summary["live_objects_checked"] = exact
     print(json.dumps(summary))
-    return 0 if mismatches == 0 and alive == 0 and cached <= 1024 else 1
+    return 0 if mismatches == 0 and (alive == 0 or not exact) and cached <= 1024 else 1
 
 
 if __name__ == "__main__":
