@@ -195,6 +195,18 @@ POLL_US = 0
 POLL_BUSY_PCT = 0
 
 
+def polling_words() -> str:
+    """What --poll-us and --poll-busy-pct made the fast path's loops do, for the report."""
+    if not POLL_US:
+        return "(the loops sleep in epoll at once)."
+    if not POLL_BUSY_PCT:
+        return "(each loop polls that long after a batch before it sleeps)."
+    return (
+        "(each loop polls that long after a batch while its batches take at least "
+        f"{POLL_BUSY_PCT}% of its time)."
+    )
+
+
 def serve_argv(system: str, calls: int, mode: str, tx: int, rx: int, key: str) -> list[str]:
     return [
         "taskset", "-c", str(SUT_CPU), sys.executable, str(Path(__file__).resolve()),
@@ -645,15 +657,7 @@ def render(rows: list[Row], quick: bool, load_before: str, plot: str | None) -> 
         f"Machine load before the run: `{load_before}`; after: `{uptime()}`.",
         "",
         f"Fast path: [media] fastpath_poll_us = {POLL_US}, "
-        f"fastpath_poll_busy_pct = {POLL_BUSY_PCT} "
-        + (
-            "(the loops sleep in epoll at once)."
-            if not POLL_US
-            else "(each loop polls that long after a batch before it sleeps)."
-            if not POLL_BUSY_PCT
-            else "(each loop polls that long after a batch while its batches take "
-            f"at least {POLL_BUSY_PCT}% of its time)."
-        ),
+        f"fastpath_poll_busy_pct = {POLL_BUSY_PCT} {polling_words()}",
         "",
         "| system | mode | calls | max pps | CPU ns/packet | vs rtpengine (ns) "
         "| latency p50 / p99 / p99.9 (us) at 50% |",

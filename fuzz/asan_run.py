@@ -184,7 +184,7 @@ def main() -> int:
     if args.datagrams > 0:
         fuzz = ["--datagrams", str(args.datagrams), "--seconds", str(args.seconds),
                 "--seed", str(args.seed)]  # fmt: skip
-        runs.append(("fuzz", "fuzz_fastpath.py", fuzz))
+        runs.append(("fuzz", "fuzz_fastpath.py", fuzz, env))
     if args.sip_cases > 0:
         sip = ["--cases", str(args.sip_cases), "--seconds", str(args.seconds),
                "--seed", str(args.seed)]  # fmt: skip
@@ -193,10 +193,10 @@ def main() -> int:
         # on the compiled one, whose mypyc objects the C code builds another way
         # (through their constructors) but whose types' references do not count them.
         for core, pure in (("plain core", "1"), ("compiled core", "0")):
+            core_env = dict(env, SIPEDGE_PURE_PYTHON_COMPILED=pure)
             for name in ("sipscan", "sipvalues", "sipcheck"):
-                runs.append((f"fuzz {name} ({core})", f"fuzz_{name}.py", sip, pure))
-    for label, harness, extra, *pure in runs:
-        run_env = dict(env, SIPEDGE_PURE_PYTHON_COMPILED=pure[0]) if pure else env
+                runs.append((f"fuzz {name} ({core})", f"fuzz_{name}.py", sip, core_env))
+    for label, harness, extra, run_env in runs:
         proc = run(ext, run_env, extra, args.seconds * 3 + 120, harness)
         clean, verdict = judge(proc)
         report = verdict.pop("report", None)

@@ -79,10 +79,18 @@ now_ns(void)
     return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
+/* The plane's time given the real time ``real`` (a loop has just read it). */
+static uint64_t
+plane_time(const se_fp_plane *p, uint64_t real)
+{
+    uint64_t fixed = __atomic_load_n(&p->clock_ns, __ATOMIC_RELAXED);
+    return fixed ? fixed : real;
+}
+
 uint64_t
 se_fp_now(const se_fp_plane *p)
 {
-    uint64_t fixed = __atomic_load_n(&p->clock_ns, __ATOMIC_RELAXED);
+    uint64_t fixed = plane_time(p, 0);
     return fixed ? fixed : now_ns();
 }
 
@@ -486,9 +494,7 @@ loop_main(void *arg)
             if (ev[i].data.u64 != WAKE_TAG && handle < p->max_legs && p->slots[handle] != NULL)
                 __builtin_prefetch(p->slots[handle]);
         }
-        ns_now = __atomic_load_n(&p->clock_ns, __ATOMIC_RELAXED);
-        if (ns_now == 0)
-            ns_now = t0;
+        ns_now = plane_time(p, t0);
         for (int i = 0; i < n; i++) {
             uint64_t tag = ev[i].data.u64;
             uint32_t handle, gen;
