@@ -19,8 +19,9 @@ the transport layer hands it, what goes where.  Protocol state lives in the
   cancels the pending branch (§16.10).
 
 Transaction timers run on one :class:`~edge.timer_wheel.TimerWheel`: each
-context keeps the ticket of each running timer by name, and every expiry
-re-enters through :meth:`Proxy._run`, the one place actions are carried out.
+context keeps the ticket of each running timer by name and hands the wheel
+each ticket it drops, and every expiry re-enters through :meth:`Proxy._run`,
+the one place actions are carried out.
 """
 
 from __future__ import annotations
@@ -803,9 +804,15 @@ class Proxy(MediaMixin):
             elif kind is StartTimer:
                 # A new ticket replaces the old one: the old entry fires stale.
                 start = cast(StartTimer, action)
-                ctx.timers[start.name] = self._timers().start(ctx, start.name, start.delay)
+                wheel = self._timers()
+                old = ctx.timers.get(start.name)
+                if old is not None:
+                    wheel.cancel(old)
+                ctx.timers[start.name] = wheel.start(ctx, start.name, start.delay)
             elif kind is CancelTimer:
-                ctx.timers.pop(cast(CancelTimer, action).name, None)
+                ticket = ctx.timers.pop(cast(CancelTimer, action).name, None)
+                if ticket is not None:
+                    self._timers().cancel(ticket)
             elif kind is DeliverToTU:
                 message = cast(DeliverToTU, action).message
                 if isinstance(ctx, _ClientCtx):
@@ -824,7 +831,11 @@ class Proxy(MediaMixin):
                     self._on_client_failure(ctx, "transport")
 
     def _terminated(self, ctx: _ServerCtx | _ClientCtx) -> None:
-        ctx.timers.clear()
+        if ctx.timers:
+            wheel = self._timers()
+            for ticket in ctx.timers.values():
+                wheel.cancel(ticket)
+            ctx.timers.clear()
         if isinstance(ctx, _ServerCtx):
             if self._server.get(ctx.txn.key) is ctx:
                 del self._server[ctx.txn.key]

@@ -8,12 +8,16 @@ to start and cancel it.  SIP's timers need a precision of milliseconds, not
 microseconds, so this wheel files each timer under a tick of ``resolution``
 seconds and keeps one loop timer armed for the earliest tick.
 
-Cancelling is the owner's business: :meth:`TimerWheel.start` returns a ticket,
-the owner remembers the ticket of each timer it considers running, and when an
-entry comes due the wheel hands ``(owner, name, ticket)`` to ``fire``, which
-ignores a ticket it no longer holds.  So a cancel costs nothing here, and the
-price is that the wheel keeps a reference to a cancelled timer's owner until
-the timer's tick passes.
+:meth:`TimerWheel.start` returns a ticket, the owner remembers the ticket of
+each timer it considers running, and when an entry comes due the wheel hands
+``(owner, name, ticket)`` to ``fire``, which ignores a ticket it no longer
+holds.  The owner also hands a dropped ticket to :meth:`TimerWheel.cancel`,
+once: the wheel counts the live entries of each tick, and a tick left with
+none no longer wakes the loop.  That matters because most timers are cancelled
+(A or E and B or F of every transaction, a response or two later): waking the
+process for nothing costs a sleeping proxy more than the timer ever did.  The
+wheel still keeps a cancelled entry, and its owner, until the tick passes or
+reaches the front; the owner's ticket check stays the final word.
 
 A timer never fires before its deadline (to the loop's clock).  One shorter
 than a second (the retransmit timers) fires within a tick of it; a longer one
@@ -35,6 +39,11 @@ Fire = Callable[[Any, str, int], None]
 _LONG = 1.0
 _COARSE = 20
 
+#: A ticket is its tick shifted left by _SEQ_BITS plus a sequence number, so that
+#: cancel() finds the tick without a map from tickets (2**20 timers per tick).
+_SEQ_BITS = 20
+_SEQ_MASK = (1 << _SEQ_BITS) - 1
+
 
 class TimerWheel:
     """Timers filed by tick; one loop timer for the earliest tick that has any."""
@@ -50,6 +59,7 @@ class TimerWheel:
         # Each slot is flat: owner, name, ticket, owner, name, ticket, ... (no
         # per-timer object to allocate and for the GC to walk).
         self._slots: dict[int, list[Any]] = {}
+        self._live: dict[int, int] = {}  # tick -> entries not cancelled; absent = none
         self._ticks: list[int] = []  # a heap of the keys of _slots
         self._handle: asyncio.TimerHandle | None = None
         self._armed = 0  # the tick _handle is set for
@@ -63,29 +73,59 @@ class TimerWheel:
 
     def start(self, owner: Any, name: str, delay: float) -> int:
         """File a timer ``delay`` seconds from now; the ticket ``fire`` will get."""
-        self._ticket += 1
-        ticket = self._ticket
         tick = math.ceil((self._loop.time() + delay) / self._resolution)
         if delay >= _LONG:
             # Timeouts and waits (B, F, H, D, J, K, L, M: 5 or 32 s) round up to a
-            # coarse tick, so that a cancelled one, which still comes due, mostly
-            # shares its wake-up with others.
+            # coarse tick, so that those that run out share their wake-ups.
             tick = -(-tick // _COARSE) * _COARSE
         if tick <= self._done:
             # The loop may run a tick's callback a hair early; whatever is
             # started from it still waits for a later tick, never this run.
             tick = self._done + 1
+        self._ticket = (self._ticket + 1) & _SEQ_MASK
+        ticket = (tick << _SEQ_BITS) | self._ticket
         slot = self._slots.get(tick)
         if slot is None:
             slot = []
             self._slots[tick] = slot
             heapq.heappush(self._ticks, tick)
-            if not self._running and (self._handle is None or tick < self._armed):
-                self._arm(tick)
+        live = self._live.get(tick, 0)
+        self._live[tick] = live + 1
+        if live == 0 and not self._running and (self._handle is None or tick < self._armed):
+            self._arm(tick)
         slot.append(owner)
         slot.append(name)
         slot.append(ticket)
         return ticket
+
+    def cancel(self, ticket: int) -> None:
+        """The owner dropped ``ticket``: its entry will fire stale, and if it was
+        the last live one of its tick, that tick no longer wakes the loop.
+
+        Call it at most once per ticket and not after the ticket fired: the wheel
+        counts, it does not look the entry up.  (A ticket whose tick already ran
+        is ignored, so cancelling from inside a ``fire`` callback is fine.)
+        """
+        tick = ticket >> _SEQ_BITS
+        live = self._live.get(tick)
+        if live is None:
+            return  # its tick ran or is running
+        if live > 1:
+            self._live[tick] = live - 1
+            return
+        del self._live[tick]
+        if self._running or self._handle is None or tick != self._armed:
+            return
+        # The armed tick is dead: drop the dead ticks at the front (their entries
+        # would only fire stale) and arm for the first live one, if any.
+        ticks = self._ticks
+        while ticks and ticks[0] not in self._live:
+            del self._slots[heapq.heappop(ticks)]
+        if ticks:
+            self._arm(ticks[0])
+        else:
+            self._handle.cancel()
+            self._handle = None
 
     def close(self) -> None:
         """Drop every entry and the loop timer; nothing fires after this."""
@@ -93,6 +133,7 @@ class TimerWheel:
             self._handle.cancel()
             self._handle = None
         self._slots.clear()
+        self._live.clear()
         self._ticks.clear()
 
     def _arm(self, tick: int) -> None:
@@ -111,7 +152,9 @@ class TimerWheel:
         self._running = True
         try:
             while ticks and ticks[0] <= due:
-                slot = self._slots.pop(heapq.heappop(ticks))
+                tick = heapq.heappop(ticks)
+                slot = self._slots.pop(tick)
+                self._live.pop(tick, None)
                 for i in range(0, len(slot), 3):
                     try:
                         self._fire(slot[i], slot[i + 1], slot[i + 2])
@@ -121,5 +164,8 @@ class TimerWheel:
                         )
         finally:
             self._running = False
+            # Dead ticks at the front need no wake-up of their own.
+            while ticks and ticks[0] not in self._live:
+                del self._slots[heapq.heappop(ticks)]
             if ticks and self._handle is None:
                 self._arm(ticks[0])

@@ -1,5 +1,6 @@
 """edge/timer_wheel.py on uvloop and on asyncio: order, never early, stale tickets,
-re-arming for an earlier timer, callbacks that start timers, failures, close.
+cancelled ticks that do not wake the loop, re-arming for an earlier timer,
+callbacks that start timers, failures, close.
 
 Every wait is bounded; no test asserts how long anything took, only the order
 of events and that none came before its deadline on the loop's own clock.
@@ -123,6 +124,100 @@ def test_each_start_gets_a_new_ticket_and_the_owner_decides(run: Callable[[Any],
         await until(lambda: len(seen) == 3)
         assert ran == [("A", second)]
         assert held == {}
+
+    run(main())
+
+
+def test_a_tick_left_with_only_cancelled_timers_does_not_wake_the_loop(
+    run: Callable[[Any], Any],
+) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        fired: list[tuple[str, int]] = []
+        wheel = TimerWheel(loop, lambda o, n, t: fired.append((n, wheel._done)))
+        a = wheel.start(None, "A", 0.01)
+        b1 = wheel.start(None, "B", 0.03)
+        b2 = wheel.start(None, "B2", 0.03)  # same tick as B
+        c = wheel.start(None, "C", 0.06)
+        assert wheel._armed == a >> 20
+        wheel.cancel(a)  # the armed tick dies: the wheel re-arms for B's
+        assert wheel._armed == b1 >> 20 == b2 >> 20
+        wheel.cancel(b1)  # B's tick still has B2
+        assert wheel._armed == b2 >> 20
+        await until(lambda: len(fired) == 2)
+        # A's dead tick was dropped, not run; B's entry fired stale with B2.
+        assert [name for name, _ in fired] == ["B", "B2"]
+        assert fired[0][1] == fired[1][1] == b2 >> 20
+        assert wheel._armed == c >> 20
+        wheel.cancel(c)  # nothing live: no loop timer, and C's dead tick is dropped
+        assert wheel._handle is None and len(wheel) == 0
+        wheel.cancel(c)  # its tick is gone: ignored
+        wheel.cancel(b2)  # fired already: ignored
+        await asyncio.sleep(0.1)
+        assert len(fired) == 2
+        d = wheel.start(None, "D", 0.0)
+        await until(lambda: len(fired) == 3)
+        assert fired[2] == ("D", d >> 20)
+
+    run(main())
+
+
+def test_random_starts_and_cancels_every_live_timer_fires_once_and_no_wake_up_is_idle(
+    run: Callable[[Any], Any],
+) -> None:
+    """Owners start, restart and cancel at random, from outside and from inside
+    callbacks (as Proxy._run does with ctx.timers): each timer still held fires
+    exactly once and never early, and each wake-up fires at least one of them."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        rng = random.Random(11)
+        held: dict[str, int] = {}
+        deadline: dict[int, float] = {}
+        ran: list[tuple[int, float]] = []
+        live_per_pass: dict[int, int] = {}
+        started = 0
+
+        def start(name: str, delay: float) -> None:
+            nonlocal started
+            old = held.pop(name, None)
+            if old is not None:
+                wheel.cancel(old)
+            ticket = wheel.start(None, name, delay)
+            held[name] = ticket
+            deadline[ticket] = loop.time() + delay
+            started += 1
+
+        def cancel_some() -> None:
+            for name in rng.sample(sorted(held), min(len(held), rng.randint(0, 3))):
+                wheel.cancel(held.pop(name))
+
+        def fire(owner: Any, name: str, ticket: int) -> None:
+            live_per_pass.setdefault(wheel._done, 0)
+            if held.get(name) != ticket:
+                return
+            del held[name]
+            live_per_pass[wheel._done] += 1
+            ran.append((ticket, loop.time()))
+            if rng.random() < 0.3:
+                cancel_some()
+            if rng.random() < 0.3 and started < 600:
+                start(f"cb{started}", rng.uniform(0.0, 0.1))
+
+        wheel = TimerWheel(loop, fire, resolution=0.005)
+        for i in range(400):
+            start(f"t{rng.randint(0, 1000)}", rng.choice((rng.uniform(0.0, 0.25), 1.0)))
+            if rng.random() < 0.2:
+                cancel_some()
+            if i % 50 == 0:
+                await asyncio.sleep(0.003)
+        await until(lambda: not held, limit=15)
+        assert len(ran) == len({ticket for ticket, _ in ran}) > 100
+        for ticket, at in ran:
+            assert at >= deadline[ticket] - CLOCK_SLACK
+        idle = [done for done, live in live_per_pass.items() if live == 0]
+        assert idle == [], f"{len(idle)} of {len(live_per_pass)} wake-ups fired only stale entries"
+        assert wheel._handle is None
 
     run(main())
 
