@@ -6,7 +6,13 @@ For each system under test (SUT) and each transport it measures, in one run:
     fixed ladder (each step a bounded number of calls) until a step fails, meaning more
     than 0.1% of its calls failed or the generator could not keep the rate;
 (b) CPU seconds the SUT spends per 1000 calls at a fixed rate (utime+stime of the SUT and
-    all its processes from /proc/PID/stat, before and after; median of several runs).
+    all its processes from /proc/PID/stat; median of several runs).  Both systems run at
+    once, idle but for the run that loads one of them, and take turns run by run, so that
+    a drift of the machine between minutes falls on both alike.  A run's CPU counts from
+    its first call until ``drain_s`` after its last: what the SUT does because of those
+    calls, its transactions' timers running out included (sipedge's last ones 32 s after
+    a call, Kamailio's wait timer 5 s).  Besides the headline rate, a second, higher rate
+    shows how the cost per call falls as the SUT sleeps less between messages.
 
 The SUT is pinned to CPU 0; the load (sipp UAC, sipp UAS, stunnel) to CPU 1, as with
 ``taskset -c``.  Calls: INVITE (with SDP) / 100 / 180 / 200 / ACK / hold / BYE / 200,
@@ -126,6 +132,8 @@ class Plan:
     fixed_rate: int
     fixed_calls: int
     fixed_runs: int
+    drain_s: float  # after a CPU run's last call, counted with the run
+    extra_rates: tuple[tuple[int, int], ...] = ()  # (rate, calls) of further CPU runs
 
 
 FULL = Plan(
@@ -139,6 +147,8 @@ FULL = Plan(
     fixed_rate=200,
     fixed_calls=1500,
     fixed_runs=3,
+    drain_s=33.0,
+    extra_rates=((800, 6000),),
 )
 QUICK = Plan(
     start_rate=200,
@@ -151,6 +161,7 @@ QUICK = Plan(
     fixed_rate=200,
     fixed_calls=300,
     fixed_runs=1,
+    drain_s=5.0,
 )
 
 
@@ -173,6 +184,7 @@ class Step:
     stopped_early: bool = False
     note: str = ""
     total_s: float = 0.0  # with the set-up and tear-down of the peers
+    sut_cpu_drained_s: float | None = None  # CPU runs: sut_cpu_s plus the drain after
 
     @property
     def failed_ratio(self) -> float:
@@ -203,6 +215,9 @@ class Row:
     cpu_per_1000: float | None = None
     cpu_per_1000_runs: list[float] = field(default_factory=list)
     fixed_failed: int = 0
+    # The further CPU rates: rate (as text, for JSON) -> median, and every run.
+    cpu_per_1000_at: dict[str, float] = field(default_factory=dict)
+    cpu_per_1000_runs_at: dict[str, list[float]] = field(default_factory=dict)
     steps: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -464,16 +479,117 @@ def _sipp_ms(value: str) -> float | None:
 # ---------------------------------------------------------------- one row
 
 
-def measure_row(
-    system: str, transport: Transport, plan: Plan, workdir: Path, certs: TestCerts
-) -> Row:
-    row = Row(system, transport)
+def _preflight(transport: Transport) -> str | None:
+    """Why rows of ``transport`` cannot run here (a missing load tool), or None."""
     if transport == "tls" and find_binary("stunnel4") is None and find_binary("stunnel") is None:
-        row.runnable, row.reason = False, missing_binary_message("stunnel4", "stunnel4")
-        return row
+        return missing_binary_message("stunnel4", "stunnel4")
     if find_binary("sipp") is None:
-        row.runnable, row.reason = False, missing_binary_message("sipp", "sip-tester")
-        return row
+        return missing_binary_message("sipp", "sip-tester")
+    return None
+
+
+@dataclass
+class _CpuSut:
+    """A SUT of the CPU runs, started once and loaded in turns."""
+
+    system: str
+    procs: ProcGroup
+    target: tuple[str, int]
+    uas_port: int
+    pid: int
+
+
+def measure_cpu(
+    rows: dict[str, Row], transport: Transport, plan: Plan, workdir: Path, certs: TestCerts
+) -> None:
+    """(b) for every runnable row at once: the SUTs all started, then run by run in turns
+    at the fixed rate (and each further rate), each run's CPU counted until ``drain_s``
+    after its last call.  The next system's run fills most of that wait."""
+    with contextlib.ExitStack() as stack:
+        suts: list[_CpuSut] = []
+        for system, row in rows.items():
+            if not row.runnable:
+                continue
+            procs = stack.enter_context(ProcGroup())
+            uas_port = free_port(UPSTREAM, "udp")
+            try:
+                addresses = start_sut(
+                    system,
+                    workdir / f"{system}-cpu",
+                    certs,
+                    sip_uri(UPSTREAM, uas_port, "udp"),
+                    procs,
+                )
+            except (NotRunnable, PeerError) as e:
+                row.runnable, row.reason = False, _one_line(str(e))
+                continue
+            suts.append(_CpuSut(system, procs, addresses.of(transport), uas_port, sut_pid(procs)))
+        for rate, calls in ((plan.fixed_rate, plan.fixed_calls), *plan.extra_rates):
+            runs = _cpu_runs(suts, rows, transport, rate, calls, plan, workdir, certs)
+            for system, per_1000 in runs.items():
+                row = rows[system]
+                median = statistics.median(per_1000)
+                if rate == plan.fixed_rate:
+                    row.cpu_per_1000, row.cpu_per_1000_runs = median, per_1000
+                else:
+                    row.cpu_per_1000_at[str(rate)] = median
+                    row.cpu_per_1000_runs_at[str(rate)] = per_1000
+
+
+def _cpu_runs(
+    suts: list[_CpuSut],
+    rows: dict[str, Row],
+    transport: Transport,
+    rate: int,
+    calls: int,
+    plan: Plan,
+    workdir: Path,
+    certs: TestCerts,
+) -> dict[str, list[float]]:
+    """``plan.fixed_runs`` runs of each SUT at ``rate``, in turns: CPU s per 1000 calls."""
+    runs: dict[str, list[float]] = {sut.system: [] for sut in suts}
+    # Per SUT, its run still draining: CPU at its start, when its load ended, the step.
+    draining: dict[str, tuple[float, float, Step]] = {}
+
+    def settle(sut: _CpuSut) -> None:
+        cpu0, ended, step = draining.pop(sut.system)
+        time.sleep(max(0.0, ended + plan.drain_s - time.monotonic()))
+        step.sut_cpu_drained_s = cpu_seconds(sut.pid) - cpu0
+        runs[sut.system].append(step.sut_cpu_drained_s / step.calls * 1000)
+        row = rows[sut.system]
+        row.steps.append({"kind": f"cpu@{rate}", **asdict(step)})
+        if rate == plan.fixed_rate:
+            row.fixed_failed += step.calls - step.successful
+        _progress(sut.system, transport, f"cpu@{rate}", step)
+
+    for i in range(plan.fixed_runs):
+        for sut in suts:
+            if sut.system in draining:
+                settle(sut)
+            cpu0 = cpu_seconds(sut.pid)
+            step = run_load(
+                workdir=workdir,
+                procs=sut.procs,
+                certs=certs,
+                target=sut.target,
+                transport=transport,
+                uas_port=sut.uas_port,
+                rate=rate,
+                calls=calls,
+                plan=plan,
+                name=f"{sut.system}-{transport}-cpu{rate}-{i + 1:02d}",
+            )
+            draining[sut.system] = (cpu0, time.monotonic(), step)
+    for sut in suts:
+        settle(sut)
+    return runs
+
+
+def measure_row(
+    row: Row, transport: Transport, plan: Plan, workdir: Path, certs: TestCerts
+) -> None:
+    """(a) for one row: a fresh SUT, the rate doubled until a step fails, then bisected."""
+    system = row.system
     with ProcGroup() as procs:
         uas_port = free_port(UPSTREAM, "udp")
         try:
@@ -481,7 +597,7 @@ def measure_row(
             target = addresses.of(transport)
         except (NotRunnable, PeerError) as e:
             row.runnable, row.reason = False, _one_line(str(e))
-            return row
+            return
         n = 0
 
         def load(rate: int, calls: int) -> Step:
@@ -503,25 +619,10 @@ def measure_row(
             step.total_s = time.monotonic() - t_load
             return step
 
-        # (b) first, while the SUT is fresh: CPU per 1000 calls at the fixed rate.
-        fixed_steps: list[Step] = []
-        for _ in range(plan.fixed_runs):
-            step = load(plan.fixed_rate, plan.fixed_calls)
-            fixed_steps.append(step)
-            row.steps.append({"kind": "fixed", **asdict(step)})
-            row.fixed_failed += step.calls - step.successful
-            row.cpu_per_1000_runs.append(step.sut_cpu_s / step.calls * 1000)
-            _progress(system, transport, "fixed", step)
-        row.cpu_per_1000 = statistics.median(row.cpu_per_1000_runs)
-
         # (a) double the rate up to the first step that is not sustained, then bisect.
         best: Step | None = None
         bad: Step | None = None
         rate = plan.start_rate
-        last_fixed = fixed_steps[-1] if fixed_steps else None
-        if last_fixed is not None and last_fixed.rate == rate and last_fixed.sustained:
-            # The fixed-rate run was a (longer) step at the starting rate: no need to redo it.
-            best, rate = last_fixed, rate * 2
         while rate <= plan.max_rate:
             step = load(rate, max(rate, int(rate * plan.step_seconds)))
             row.steps.append({"kind": "search", **asdict(step)})
@@ -563,7 +664,6 @@ def measure_row(
                 row.limited_by += "; load generator near one core: a lower bound"
         else:
             row.limited_by = f"no step sustained ({row.limited_by})"
-    return row
 
 
 def _round_rate(rate: float) -> int:
@@ -1339,39 +1439,65 @@ def render(rows: list[Row], plan: Plan, quick: bool, versions: dict[str, str]) -
         "SUT/load CPU at max: CPU seconds over the busy part of the best step (one core = "
         "100%). "
         f"CPU: SUT utime+stime per 1000 calls at {plan.fixed_rate} cps, "
-        f"{plan.fixed_calls} calls, median of {plan.fixed_runs}. "
+        f"{plan.fixed_calls} calls, median of {plan.fixed_runs}"
+        + "".join(f"; at {rate} cps, {calls} calls" for rate, calls in plan.extra_rates)
+        + ". The systems run at once and take turns run by run; a run's CPU counts until "
+        f"{plan.drain_s:g} s after its last call (the transactions' timers run out). "
         "udp: UDP on both legs; tls: caller -> one TLS connection (stunnel) -> SUT -> UDP "
         "upstream.",
         "",
         "| system | transport | max cps (<0.1% failed) | CPU s / 1000 calls "
-        f"@ {plan.fixed_rate} cps | SUT CPU at max | load CPU at max | other work on CPU "
+        f"@ {plan.fixed_rate} cps | "
+        + "".join(f"CPU s / 1000 calls @ {rate} cps | " for rate, _ in plan.extra_rates)
+        + "SUT CPU at max | load CPU at max | other work on CPU "
         f"{SUT_CPU} at max | INVITE->200 ms at max | limited by |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| --- | --- | ---: | ---: | "
+        + "---: | " * len(plan.extra_rates)
+        + "---: | ---: | ---: | ---: | --- |",
     ]
+    extra = [str(rate) for rate, _ in plan.extra_rates]
+    dashes = "- | " * len(extra)
     for r in rows:
         if not r.runnable:
             lines.append(
                 f"| {r.system} | {r.transport} | not runnable ({r.reason}) "
-                "| - | - | - | - | - | - |"
+                f"| - | {dashes}- | - | - | - | - |"
             )
             continue
         cpu = _fmt(r.cpu_per_1000, ".3f")
         if r.fixed_failed:
             cpu += f" ({r.fixed_failed} failed)"
+        at = "".join(f"{_fmt(r.cpu_per_1000_at.get(rate), '.3f')} | " for rate in extra)
         lines.append(
-            f"| {r.system} | {r.transport} | {_fmt(r.max_cps, 'd')} | {cpu} | "
+            f"| {r.system} | {r.transport} | {_fmt(r.max_cps, 'd')} | {cpu} | {at}"
             f"{_fmt(r.sut_cpu_at_max, '.0%')} | {_fmt(r.load_cpu_at_max, '.0%')} | "
             f"{_fmt(r.other_cpu_at_max, '.0%')} | {_fmt(r.invite_ms_at_max, '.1f')} | "
             f"{r.limited_by} |"
         )
     by = {(r.system, r.transport): r for r in rows if r.runnable}
+    turns: list[str] = []
     for transport in ("udp", "tls"):
         s, k = by.get(("sipedge", transport)), by.get(("kamailio", transport))
         if s is not None and k is not None:
+            at = "".join(
+                f"{_ratio(s.cpu_per_1000_at.get(rate), k.cpu_per_1000_at.get(rate))} | "
+                for rate in extra
+            )
             lines.append(
                 f"| sipedge/Kamailio | {transport} | {_ratio(s.max_cps, k.max_cps)} | "
-                f"{_ratio(s.cpu_per_1000, k.cpu_per_1000)} | - | - | - | - | - |"
+                f"{_ratio(s.cpu_per_1000, k.cpu_per_1000)} | {at}- | - | - | - | - |"
             )
+            runs = "; ".join(
+                _ratio(a, b) for a, b in zip(s.cpu_per_1000_runs, k.cpu_per_1000_runs, strict=False)
+            )
+            if runs:
+                turns.append(f"{transport} {runs}")
+    if turns:
+        lines += [
+            "",
+            f"CPU at {plan.fixed_rate} cps, sipedge/Kamailio run by run (each pair of runs "
+            "back to back): " + "; ".join(turns) + ".",
+        ]
     steps = [st for r in rows for st in r.steps]
     wall = sum(st["seconds"] for st in steps)
     if wall > 0:
@@ -1425,19 +1551,29 @@ def main() -> int:
     media_rows: list[MediaRow] = []
     try:
         certs = make_test_certs(scratch / "certs")
-        for system in systems:
-            for transport in transports:
-                print(
-                    f"== {system} over {transport}{' with media' if args.media else ''}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                if args.media:
+        if args.media:
+            for system in systems:
+                for transport in transports:
+                    print(f"== {system} over {transport} with media", file=sys.stderr, flush=True)
                     media_rows.append(
                         measure_media_row(system, transport, media_plan, scratch / system, certs)
                     )
-                else:
-                    rows.append(measure_row(system, transport, plan, scratch / system, certs))
+        else:
+            by_transport: dict[str, dict[str, Row]] = {}
+            for transport in transports:
+                by_transport[transport] = row_of = {s: Row(s, transport) for s in systems}
+                reason = _preflight(transport)
+                for row in row_of.values():
+                    row.runnable, row.reason = reason is None, reason or ""
+                if reason is not None:
+                    continue
+                print(f"== CPU runs over {transport}", file=sys.stderr, flush=True)
+                measure_cpu(row_of, transport, plan, scratch, certs)
+                for row in row_of.values():
+                    if row.runnable:
+                        print(f"== {row.system} over {transport}", file=sys.stderr, flush=True)
+                        measure_row(row, transport, plan, scratch / row.system, certs)
+            rows = [by_transport[t][s] for s in systems for t in transports]
     finally:
         if not args.keep:
             import shutil
