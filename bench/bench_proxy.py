@@ -567,6 +567,7 @@ def _cpu_runs(
             if sut.system in draining:
                 settle(sut)
             cpu0 = cpu_seconds(sut.pid)
+            t_load = time.monotonic()
             step = run_load(
                 workdir=workdir,
                 procs=sut.procs,
@@ -579,6 +580,7 @@ def _cpu_runs(
                 plan=plan,
                 name=f"{sut.system}-{transport}-cpu{rate}-{i + 1:02d}",
             )
+            step.total_s = time.monotonic() - t_load
             draining[sut.system] = (cpu0, time.monotonic(), step)
     for sut in suts:
         settle(sut)
@@ -678,12 +680,18 @@ def _progress(system: str, transport: str, kind: str, step: Step) -> None:
         f"ok {step.successful} failed {step.calls - step.successful} "
         f"({step.failed_ratio:.2%}){' stopped' if step.stopped_early else ''}, "
         f"late {step.lag_s:.1f} s, INVITE->200 {_fmt(step.invite_ms, '.1f')} ms, "
-        f"SUT {step.sut_cpu_s:.2f} cpu-s, load {step.load_cpu_s:.2f} cpu-s, "
+        f"SUT {step.sut_cpu_s:.2f} cpu-s{_drained(step)}, load {step.load_cpu_s:.2f} cpu-s, "
         f"other on CPU {SUT_CPU} {step.other_cpu_s:.2f} cpu-s, "
         f"{step.seconds:.1f} s ({step.total_s:.1f} s in all) {step.note}",
         file=sys.stderr,
         flush=True,
     )
+
+
+def _drained(step: Step) -> str:
+    if step.sut_cpu_drained_s is None:
+        return ""
+    return f" ({step.sut_cpu_drained_s:.2f} with the drain)"
 
 
 def _one_line(text: str) -> str:
