@@ -398,6 +398,7 @@ _NON_INVITE_SERVER: Final[_Table] = {
 
 # Looked up once: these are compared for every step of every transaction.
 _TERMINATED: Final = State.TERMINATED
+_ACCEPTED: Final = State.ACCEPTED
 _CANCEL_OP: Final = _Op.CANCEL
 _START_OP: Final = _Op.START
 _TO_TU_OP: Final = _Op.TO_TU
@@ -531,9 +532,18 @@ class _ClientTransaction(_Transaction):
         if reliable is None:
             reliable = is_reliable(via.transport)
         super().__init__(reliable, config or TimerConfig())
-        self.request: Final = request
+        self._request: Request | None = request
         #: The key :func:`client_key` gives for responses to this transaction (§17.1.3).
         self.key: Final[TransactionKey] = (via.branch.lower(), request.method)
+
+    @property
+    def request(self) -> Request:
+        """The request this transaction sends.  An INVITE transaction lets go of it
+        once Accepted (RFC 6026 §8.4): nothing is sent from there, and the request
+        would otherwise live on for Timer M's 32 s with every call."""
+        if self._request is None:
+            raise RuntimeError("an Accepted INVITE transaction has let go of its request")
+        return self._request
 
     def start(self, now: float) -> list[Action]:
         """Send the request: the entry arrow of Figures 5 and 6."""
@@ -549,7 +559,10 @@ class _ClientTransaction(_Transaction):
             event = "2xx"
         else:
             event = "300-699"
-        return self._handle(event, response)
+        out = self._handle(event, response)
+        if self._state is _ACCEPTED:
+            self._request = None
+        return out
 
     def _act(self, op: _Op, message: Request | Response | None, out: list[Action]) -> None:
         if op is _Op.SEND_REQUEST:
@@ -663,7 +676,9 @@ class _ServerTransaction(_Transaction):
     def _act(self, op: _Op, message: Request | Response | None, out: list[Action]) -> None:
         if op is _Op.SEND_RESPONSE:
             assert isinstance(message, Response)
-            self._last_response = message
+            # Accepted never resends (RFC 6026: the TU retransmits its 2xx), so the
+            # 2xx is not kept for the 32 s of Timer L: one message less per live call.
+            self._last_response = message if self._state is not _ACCEPTED else None
             out.append(Send(message))
         elif op is _Op.RESEND_LAST:
             if self._last_response is not None:

@@ -9,6 +9,7 @@ timer was running; Terminated leaves no timer running).
 from __future__ import annotations
 
 import functools
+import gc
 import heapq
 import itertools
 import re
@@ -249,6 +250,10 @@ def test_invite_client_2xx_goes_accepted_and_passes_every_2xx_up(
     assert out[-2:] == [DeliverToTU(ok), StartTimer("M", 32.0)]
     assert sent(out) == []
     assert d.state() is State.ACCEPTED
+    # Nothing is sent from Accepted: the INVITE is let go rather than kept for Timer M.
+    assert not any(r is d.txn for r in gc.get_referrers(invite))
+    with pytest.raises(RuntimeError, match="let go of its request"):
+        _ = d.txn.request
     d.at(2.0)
     assert d.receive_response(ok) == [DeliverToTU(ok)]  # retransmission
     other_fork = response(invite, 200, to_tag="fork2")
@@ -564,6 +569,8 @@ def test_invite_server_2xx_goes_accepted_until_timer_l(transport: str) -> None:
     ok = response(invite, 200)
     assert d.send_response(ok) == [Send(ok), StartTimer("L", 32.0)]
     assert d.state() is State.ACCEPTED
+    # Nothing is resent from Accepted: the 2xx is not kept for Timer L's 32 s.
+    assert not any(r is d.txn for r in gc.get_referrers(ok))
     d.at(1.0)
     # RFC 6026 §8.7: INVITE retransmissions are absorbed (the TU retransmits the 2xx),
     # the TU's retransmissions are sent, a matching ACK goes to the TU.
