@@ -804,15 +804,10 @@ class Proxy(MediaMixin):
             elif kind is StartTimer:
                 # A new ticket replaces the old one: the old entry fires stale.
                 start = cast(StartTimer, action)
-                wheel = self._timers()
-                old = ctx.timers.get(start.name)
-                if old is not None:
-                    wheel.cancel(old)
-                ctx.timers[start.name] = wheel.start(ctx, start.name, start.delay)
+                self._drop_timer(ctx, start.name)
+                ctx.timers[start.name] = self._timers().start(ctx, start.name, start.delay)
             elif kind is CancelTimer:
-                ticket = ctx.timers.pop(cast(CancelTimer, action).name, None)
-                if ticket is not None:
-                    self._timers().cancel(ticket)
+                self._drop_timer(ctx, cast(CancelTimer, action).name)
             elif kind is DeliverToTU:
                 message = cast(DeliverToTU, action).message
                 if isinstance(ctx, _ClientCtx):
@@ -829,6 +824,12 @@ class Proxy(MediaMixin):
                     self._on_client_failure(ctx, "timeout")
                 elif kind is TransportErrorToTU:
                     self._on_client_failure(ctx, "transport")
+
+    def _drop_timer(self, ctx: _ServerCtx | _ClientCtx, name: str) -> None:
+        """Forget ``ctx``'s timer ``name``, if running, and tell the wheel."""
+        ticket = ctx.timers.pop(name, None)
+        if ticket is not None:
+            self._timers().cancel(ticket)
 
     def _terminated(self, ctx: _ServerCtx | _ClientCtx) -> None:
         if ctx.timers:
