@@ -36,7 +36,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from edge import audit as events
 from edge.audit import AuditLog, call_resource_id, new_request_id
@@ -54,15 +54,15 @@ from sip.message import Request
 
 # What an INVITE (or any other request that starts something) needs; an admin of
 # the customer may do everything its customer may.
-CALL_CREATE = "call_create"
-CUSTOMER_ADMIN = "customer_admin"
+CALL_CREATE: Final = "call_create"
+CUSTOMER_ADMIN: Final = "customer_admin"
 # Out-of-dialog methods an authenticated identity may use without call_create.
-_HARMLESS = frozenset({"OPTIONS"})
+_HARMLESS: Final = frozenset({"OPTIONS"})
 # Headers only the edge may set towards the upstream (RFC 3325 §5: an identity
 # asserted by an untrusted source means nothing).
-_ASSERTED = ("P-Asserted-Identity", "P-Preferred-Identity")
-_CRED_HEADERS = ("Proxy-Authorization", "Authorization")
-_UA_AUDIT_LEN = 200
+_ASSERTED: Final = ("P-Asserted-Identity", "P-Preferred-Identity")
+_CRED_HEADERS: Final = ("Proxy-Authorization", "Authorization")
+_UA_AUDIT_LEN: Final = 200
 
 
 class Action(enum.Enum):
@@ -129,7 +129,7 @@ class Decision:
         self.consumed = consumed
 
 
-DROP = Decision(Action.DROP)
+DROP: Final = Decision(Action.DROP)
 
 
 class Admission:

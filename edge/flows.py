@@ -16,9 +16,10 @@ from __future__ import annotations
 import hmac
 import secrets
 from collections.abc import Callable
+from typing import Final
 
-_TAG_LEN = 16  # hex characters of the HMAC kept: 64 bits, per process lifetime
-_TAGS_KEPT = 4096  # connections whose tag is remembered; then it is worked out again
+_TAG_LEN: Final = 16  # hex characters of the HMAC kept: 64 bits, per process lifetime
+_TAGS_KEPT: Final = 4096  # connections whose tag is remembered; then it is worked out again
 
 
 class FlowTokens:

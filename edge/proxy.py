@@ -31,7 +31,7 @@ import hashlib
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from edge.admission import Action, Admission, trusted_identity
 from edge.dialogs import Dialog, DialogState, DialogTable
@@ -83,14 +83,16 @@ from sip.validate import check_proxy_request
 
 Log = Callable[..., None]
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, REFER, NOTIFY, SUBSCRIBE, MESSAGE"
+ALLOW: Final = (
+    "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, REFER, NOTIFY, SUBSCRIBE, MESSAGE"
+)
 # Requests that create a dialog, and so are Record-Routed (§16.6 item 4, RFC 6665).
-DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
-DEFAULT_PORTS = {"udp": 5060, "tcp": 5060, "tls": 5061}
+DIALOG_CREATING: Final = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
+DEFAULT_PORTS: Final = {"udp": 5060, "tcp": 5060, "tls": 5061}
 # Methods counted by name (RFC 3261 and extensions); anything else is "other".
-KNOWN_METHODS = STANDARD_METHODS
+KNOWN_METHODS: Final = STANDARD_METHODS
 # What a browser's side speaks (issue 6): DTLS-SRTP with ICE-lite.
-WEBRTC_POLICY = "dtls-srtp"
+WEBRTC_POLICY: Final = "dtls-srtp"
 
 
 def _noop_log(level: str, event: str, **fields: Any) -> None:

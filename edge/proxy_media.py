@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from edge.audit import AuditLog, call_resource_id
 from edge.dialogs import Dialog, DialogTable
@@ -64,7 +64,7 @@ def _reliable_provisional(resp: Response) -> bool:
 
 
 # The audit event of a call the edge ended because its media stopped.
-MEDIA_TIMEOUT = "media_timeout"
+MEDIA_TIMEOUT: Final = "media_timeout"
 
 
 class MediaMixin:

@@ -30,19 +30,19 @@ import asyncio
 import heapq
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 #: Fire callback: owner, timer name, ticket.
 Fire = Callable[[Any, str, int], None]
 
 #: Delays of at least _LONG seconds are filed to a multiple of _COARSE ticks.
-_LONG = 1.0
-_COARSE = 20
+_LONG: Final = 1.0
+_COARSE: Final = 20
 
 #: A ticket is its tick shifted left by _SEQ_BITS plus a sequence number, so that
 #: cancel() finds the tick without a map from tickets (2**20 timers per tick).
-_SEQ_BITS = 20
-_SEQ_MASK = (1 << _SEQ_BITS) - 1
+_SEQ_BITS: Final = 20
+_SEQ_MASK: Final = (1 << _SEQ_BITS) - 1
 
 
 class TimerWheel:

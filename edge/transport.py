@@ -39,7 +39,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from edge.config import LimitsConfig, ListenConfig
 from edge.websocket import WebSocketSession
@@ -47,28 +47,28 @@ from sip.errors import SipError
 from sip.framing import PONG, KeepAlive, StreamFramer, is_keepalive
 from sip.message import salvage_response
 
-TRANSPORTS = ("udp", "tcp", "tls", "wss")
+TRANSPORTS: Final = ("udp", "tcp", "tls", "wss")
 
 # A peer that does not read what we write cannot hold more memory than this.
-WRITE_BUFFER_LIMIT = 1 << 20
+WRITE_BUFFER_LIMIT: Final = 1 << 20
 # An outbound TCP connect that has not succeeded by then has failed (the kernel
 # would keep retrying SYNs for minutes); the transaction layer fails over.
-CONNECT_TIMEOUT = 10.0
+CONNECT_TIMEOUT: Final = 10.0
 # How long a gracefully closing connection may take to flush before it is aborted.
-CLOSE_GRACE = 5.0
+CLOSE_GRACE: Final = 5.0
 # RFC 5923 aliases a single connection may collect; more is a peer playing games.
-MAX_ALIASES = 16
-BACKLOG = 1024
-_WS_COUNTER = {
+MAX_ALIASES: Final = 16
+BACKLOG: Final = 1024
+_WS_COUNTER: Final = {
     "no_subprotocol": "ws_no_subprotocol",
     "too_big": "ws_too_big",
     "protocol_error": "ws_protocol_errors",
 }
 # Timers may fire up to a clock tick early; deadlines within this count as reached.
-_EPSILON = 1e-3
+_EPSILON: Final = 1e-3
 
 # What TransportLayer.counters reports (all present from the start, for metrics).
-COUNTERS = (
+COUNTERS: Final = (
     "udp_oversize",
     "udp_keepalives",
     "udp_send_errors",
@@ -175,7 +175,7 @@ def _ip_info(host: str) -> tuple[int, str, bool] | None:
 # A burst of datagrams (a load test, a carrier's failover) must wait in the
 # kernel while the loop is busy rather than be dropped: Kamailio needed 4 MB
 # in the benchmark.  As root SO_RCVBUFFORCE passes net.core.rmem_max.
-UDP_RECEIVE_BUFFER = 4 << 20
+UDP_RECEIVE_BUFFER: Final = 4 << 20
 
 
 def _grow_receive_buffer(sock: socket.socket) -> None:

@@ -8,66 +8,67 @@ that cannot also match what follows it.
 from __future__ import annotations
 
 import re
+from typing import Final
 
 # token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~" )
-TOKEN_CHARS = r"A-Za-z0-9\-.!%*_+`'~"
-TOKEN = rf"[{TOKEN_CHARS}]+"
+TOKEN_CHARS: Final = r"A-Za-z0-9\-.!%*_+`'~"
+TOKEN: Final = rf"[{TOKEN_CHARS}]+"
 
 # word = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~" /
 #        "(" / ")" / "<" / ">" / ":" / "\" / DQUOTE / "/" / "[" / "]" / "?" / "{" / "}" )
-WORD = rf"[{TOKEN_CHARS}()<>:\\\"/\[\]?{{}}]+"
+WORD: Final = rf"[{TOKEN_CHARS}()<>:\\\"/\[\]?{{}}]+"
 
 # quoted-string = SWS DQUOTE *(qdtext / quoted-pair ) DQUOTE
 # qdtext        = LWS / %x21 / %x23-5B / %x5D-7E / UTF8-NONASCII
 # quoted-pair   = "\" (%x00-09 / %x0B-0C / %x0E-7F)
-QUOTED_STRING = r'"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\x00-\x09\x0b\x0c\x0e-\x7f])*"'
+QUOTED_STRING: Final = r'"(?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\x00-\x09\x0b\x0c\x0e-\x7f])*"'
 
 # escaped = "%" HEXDIG HEXDIG
-ESCAPED = r"%[0-9A-Fa-f]{2}"
+ESCAPED: Final = r"%[0-9A-Fa-f]{2}"
 
 # unreserved = alphanum / mark ; mark = "-" / "_" / "." / "!" / "~" / "*" / "'" / "(" / ")"
-UNRESERVED = r"A-Za-z0-9\-_.!~*'()"
+UNRESERVED: Final = r"A-Za-z0-9\-_.!~*'()"
 
 # hostname = *( domainlabel "." ) toplabel [ "." ]
 # domainlabel = alphanum / alphanum *( alphanum / "-" ) alphanum
 # IPv4address and IPv6reference ("[" IPv6address "]") are checked further by
 # the ipaddress module where it matters (uri.parse_host).
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
-HOSTNAME = rf"{_LABEL}(?:\.{_LABEL})*\.?"
-IPV6_REFERENCE = r"\[[0-9A-Fa-f:.]+\]"
-HOST = rf"(?:{IPV6_REFERENCE}|{HOSTNAME})"
+_LABEL: Final = r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
+HOSTNAME: Final = rf"{_LABEL}(?:\.{_LABEL})*\.?"
+IPV6_REFERENCE: Final = r"\[[0-9A-Fa-f:.]+\]"
+HOST: Final = rf"(?:{IPV6_REFERENCE}|{HOSTNAME})"
 
 # SWS = [LWS]; LWS after unfolding is plain SP / HTAB.
-SWS = r"[ \t]*"
+SWS: Final = r"[ \t]*"
 
 # generic-param = token [ EQUAL gen-value ] ; gen-value = token / host / quoted-string
 # EQUAL = SWS "=" SWS ; SEMI = SWS ";" SWS
 # An IPv6 address without brackets is accepted too: RFC 5118 §4.5 says
 # received= carries one either way.
-_BARE_IPV6 = r"[0-9A-Fa-f]*:[0-9A-Fa-f:.]+"
-GEN_VALUE = rf"(?:{_BARE_IPV6}|{TOKEN}|{IPV6_REFERENCE}|{QUOTED_STRING})"
-_GENERIC_PARAM = rf"{SWS};{SWS}(?P<name>{TOKEN})(?:{SWS}={SWS}(?P<value>{GEN_VALUE}))?"
-GENERIC_PARAM_RE = re.compile(_GENERIC_PARAM)
+_BARE_IPV6: Final = r"[0-9A-Fa-f]*:[0-9A-Fa-f:.]+"
+GEN_VALUE: Final = rf"(?:{_BARE_IPV6}|{TOKEN}|{IPV6_REFERENCE}|{QUOTED_STRING})"
+_GENERIC_PARAM: Final = rf"{SWS};{SWS}(?P<name>{TOKEN})(?:{SWS}={SWS}(?P<value>{GEN_VALUE}))?"
+GENERIC_PARAM_RE: Final = re.compile(_GENERIC_PARAM)
 # The whole ``*( SEMI generic-param )`` tail, trailing LWS allowed.
-GENERIC_PARAMS_RE = re.compile(rf"(?:{SWS};{SWS}{TOKEN}(?:{SWS}={SWS}{GEN_VALUE})?)*{SWS}")
+GENERIC_PARAMS_RE: Final = re.compile(rf"(?:{SWS};{SWS}{TOKEN}(?:{SWS}={SWS}{GEN_VALUE})?)*{SWS}")
 
 # IPv4address = 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT, each octet
 # 0-255 without leading zeros (as Python's ipaddress reads it, but in C).
-_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-IPV4_RE = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+_OCTET: Final = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+IPV4_RE: Final = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 
-TOKEN_RE = re.compile(TOKEN)
-WORD_RE = re.compile(WORD)
-QUOTED_STRING_RE = re.compile(QUOTED_STRING)
-HOST_RE = re.compile(HOST)
-DIGITS_RE = re.compile(r"[0-9]+")
+TOKEN_RE: Final = re.compile(TOKEN)
+WORD_RE: Final = re.compile(WORD)
+QUOTED_STRING_RE: Final = re.compile(QUOTED_STRING)
+HOST_RE: Final = re.compile(HOST)
+DIGITS_RE: Final = re.compile(r"[0-9]+")
 
 # Characters that may never appear raw in a header value: a CR or LF would
 # let a value smuggle a header of its own (header injection); NUL is legal
 # only inside a quoted-pair, which QUOTED_STRING checks where it applies.
-FORBIDDEN_IN_VALUE_RE = re.compile(r"[\r\n]")
+FORBIDDEN_IN_VALUE_RE: Final = re.compile(r"[\r\n]")
 
-_UNQUOTE_RE = re.compile(r"\\(.)", re.S)
+_UNQUOTE_RE: Final = re.compile(r"\\(.)", re.S)
 
 
 def split_plain_params(text: str) -> tuple[tuple[str, str | None], ...]:
@@ -121,8 +122,35 @@ def split_list(value: str) -> list[str]:
     return _split_list_slow(value)
 
 
+
+def split_first(value: str) -> tuple[str, str | None]:
+    """The first element of a comma-separated header value, stripped, and the text
+    after its comma (None when there is no other element): for a caller that takes
+    one element off the top (a Via, a Route) and keeps the rest as written.
+
+    The same first element as ``split_list``, and the rest splits into the same
+    remaining elements; without splitting and re-joining every one of them in the
+    usual case, a line of <...> elements.
+    """
+    if "," not in value:
+        return value.strip(), None
+    if '"' not in value:
+        if "<" not in value:
+            cut = value.index(",")
+            return value[:cut].strip(), value[cut + 1 :].strip()
+        # Without quotes, split_list's element regex fails (and it falls back to
+        # its scanner) only on a "<" that no ">" follows.
+        if value.rfind("<") < value.rfind(">"):
+            m = _LIST_ELEMENT_RE.match(value)
+            end = m.end() if m is not None else 0
+            if end == len(value):
+                return value.strip(), None
+            return value[:end].strip(), value[end + 1 :].strip()
+    parts = split_list(value)
+    return parts[0], ", ".join(parts[1:]) if len(parts) > 1 else None
+
 # list element = *( quoted-string / "<" *not-">" ">" / any other char but , " < )
-_LIST_ELEMENT_RE = re.compile(r'(?:"(?:[^"\\]|\\.)*"|<[^>]*>|[^,"<])*', re.S)
+_LIST_ELEMENT_RE: Final = re.compile(r'(?:"(?:[^"\\]|\\.)*"|<[^>]*>|[^,"<])*', re.S)
 
 
 def _split_list_slow(value: str) -> list[str]:

@@ -15,19 +15,20 @@ from __future__ import annotations
 
 import enum
 import re
+from typing import Final
 
 from sip.errors import SipError
 
-CRLF = b"\r\n"
-PING = b"\r\n\r\n"
-PONG = b"\r\n"
+CRLF: Final = b"\r\n"
+PING: Final = b"\r\n\r\n"
+PONG: Final = b"\r\n"
 
 # Content-Length or its compact form l, at the start of a header line.  The
 # full parse checks the value again (and refuses a second Content-Length);
 # here it only has to say where the message ends.
 # The closing CRLF is a lookahead: consuming it would hide a second
 # Content-Length on the very next line (a request-smuggling desync).
-_CONTENT_LENGTH_RE = re.compile(
+_CONTENT_LENGTH_RE: Final = re.compile(
     rb"\r\n(?:content-length|l)[ \t]*:[ \t]*([0-9]+)[ \t]*(?=\r\n)", re.I
 )
 

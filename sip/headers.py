@@ -24,6 +24,7 @@ import dataclasses
 import ipaddress
 import re
 from dataclasses import dataclass
+from typing import Final
 
 from sip._abnf import (
     GENERIC_PARAM_RE,
@@ -44,8 +45,8 @@ Param = tuple[str, str | None]
 
 # A sane bound on every integer header: CSeq numbers are < 2**31 (§8.1.1.5),
 # Max-Forwards 0-255 (§20.22); delta-seconds up to 2**32-1 (§25.1).
-MAX_CSEQ = 2**31 - 1
-MAX_DELTA_SECONDS = 2**32 - 1
+MAX_CSEQ: Final = 2**31 - 1
+MAX_DELTA_SECONDS: Final = 2**32 - 1
 
 
 def parse_params(text: str, what: str) -> tuple[Param, ...]:
@@ -114,14 +115,14 @@ def parse_int(text: str, what: str, maximum: int) -> int:
 # via-parm = sent-protocol LWS sent-by *( SEMI via-params )
 # sent-protocol = protocol-name SLASH protocol-version SLASH transport
 # SLASH = SWS "/" SWS ; sent-by = host [ COLON port ] ; COLON = SWS ":" SWS
-_VIA_RE = re.compile(
+_VIA_RE: Final = re.compile(
     rf"(?P<name>{TOKEN}){SWS}/{SWS}(?P<version>{TOKEN}){SWS}/{SWS}(?P<transport>{TOKEN})"
     rf"[ \t]+(?P<host>{HOST})(?:{SWS}:{SWS}(?P<port>[0-9]{{1,5}}))?"
 )
 
 
 # The common shape: "SIP/2.0/UDP host:port;params" without LWS or IPv6.
-_FAST_VIA_RE = re.compile(
+_FAST_VIA_RE: Final = re.compile(
     rf"SIP/2\.0/({TOKEN}) ({HOSTNAME})(?::([0-9]{{1,5}}))?"
     rf"((?:;{TOKEN}(?:=(?:{TOKEN}|[0-9A-Fa-f]*:[0-9A-Fa-f:.]+))?)*)"
 )
@@ -274,7 +275,7 @@ def _port(text: str | None) -> int | None:
 # ---------------------------------------------------------------- NameAddr
 # name-addr    = [ display-name ] LAQUOT addr-spec RAQUOT
 # display-name = *(token LWS)/ quoted-string
-_NAME_ADDR_RE = re.compile(
+_NAME_ADDR_RE: Final = re.compile(
     rf"{SWS}(?:(?P<quoted>{QUOTED_STRING})|(?P<tokens>{TOKEN}(?:[ \t]+{TOKEN})*))?{SWS}<"
 )
 
@@ -373,7 +374,7 @@ class NameAddr:
 
 
 # qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )
-_QVALUE_RE = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")
+_QVALUE_RE: Final = re.compile(r"0(\.[0-9]{0,3})?|1(\.0{0,3})?")
 
 
 @dataclass(slots=True)
@@ -434,7 +435,7 @@ class Contact:
 
 # -------------------------------------------------------------------- CSeq
 # CSeq = "CSeq" HCOLON 1*DIGIT LWS Method
-_CSEQ_RE = re.compile(rf"{SWS}(?P<number>[0-9]+)[ \t]+(?P<method>{TOKEN}){SWS}")
+_CSEQ_RE: Final = re.compile(rf"{SWS}(?P<number>[0-9]+)[ \t]+(?P<method>{TOKEN}){SWS}")
 
 
 @dataclass(slots=True)
@@ -456,7 +457,7 @@ class CSeq:
 
 # ------------------------------------------------------------------ others
 # callid = word [ "@" word ]
-_CALL_ID_RE = re.compile(
+_CALL_ID_RE: Final = re.compile(
     r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+(?:@[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+)?"
 )
 
@@ -468,7 +469,7 @@ def parse_call_id(text: str) -> str:
     return value
 
 
-_TOKEN_RE = re.compile(TOKEN)
+_TOKEN_RE: Final = re.compile(TOKEN)
 
 
 def parse_token_list(values: list[str], what: str) -> tuple[str, ...]:
@@ -488,7 +489,7 @@ def parse_token_list(values: list[str], what: str) -> tuple[str, ...]:
 
 
 # media-type = m-type SLASH m-subtype *(SEMI m-parameter)
-_MEDIA_TYPE_RE = re.compile(rf"{SWS}(?P<type>{TOKEN}){SWS}/{SWS}(?P<subtype>{TOKEN})")
+_MEDIA_TYPE_RE: Final = re.compile(rf"{SWS}(?P<type>{TOKEN}){SWS}/{SWS}(?P<subtype>{TOKEN})")
 
 
 @dataclass(slots=True)
@@ -514,7 +515,7 @@ class ContentType:
 
 
 # Date = "Date" HCOLON SIP-date ; SIP-date = rfc1123-date, always "GMT" (§20.17).
-_DATE_RE = re.compile(
+_DATE_RE: Final = re.compile(
     r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{2} "
     r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [0-9]{4} "
     r"[0-9]{2}:[0-9]{2}:[0-9]{2} GMT"

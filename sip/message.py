@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
-from sip._abnf import TOKEN, split_list
+from sip._abnf import TOKEN, split_first, split_list
 from sip.errors import SipError
 from sip.headers import (
     MAX_DELTA_SECONDS,
@@ -67,7 +67,7 @@ from sip.headers import (
 from sip.uri import URI
 
 # RFC 3261 §7.3.3 and the IANA registry of compact forms.
-COMPACT_FORMS = {
+COMPACT_FORMS: Final = {
     "a": "accept-contact",
     "b": "referred-by",
     "c": "content-type",
@@ -92,7 +92,7 @@ COMPACT_FORMS = {
 
 # Headers whose values are comma-separated lists (RFC 3261 §7.3.1).  Others,
 # e.g. WWW-Authenticate or Date, may contain commas inside one value.
-LIST_HEADERS = frozenset(
+LIST_HEADERS: Final = frozenset(
     {
         "accept",
         "accept-encoding",
@@ -118,22 +118,22 @@ LIST_HEADERS = frozenset(
 )
 
 # Headers that may appear at most once (RFC 3261 §7.3.1, RFC 4475 §3.3.8).
-SINGLE_HEADERS = frozenset(
+SINGLE_HEADERS: Final = frozenset(
     {"call-id", "cseq", "from", "to", "max-forwards", "content-length", "content-type", "expires"}
 )
-REQUIRED_HEADERS = ("via", "from", "to", "call-id", "cseq")
+REQUIRED_HEADERS: Final = ("via", "from", "to", "call-id", "cseq")
 
-_TOKEN_RE = re.compile(TOKEN)
+_TOKEN_RE: Final = re.compile(TOKEN)
 # Request-Line = Method SP Request-URI SP SIP-Version CRLF (exactly one SP each).
-_REQUEST_LINE_RE = re.compile(rf"({TOKEN}) ([^ \t]+) ([Ss][Ii][Pp]/[0-9]+\.[0-9]+)")
+_REQUEST_LINE_RE: Final = re.compile(rf"({TOKEN}) ([^ \t]+) ([Ss][Ii][Pp]/[0-9]+\.[0-9]+)")
 # Status-Line = SIP-Version SP Status-Code SP Reason-Phrase CRLF
-_STATUS_LINE_RE = re.compile(
+_STATUS_LINE_RE: Final = re.compile(
     r"([Ss][Ii][Pp]/[0-9]+\.[0-9]+) ([0-9]{3}) ([^\x00-\x08\x0a-\x1f\x7f]*)"
 )
-_VERSION = "SIP/2.0"
+_VERSION: Final = "SIP/2.0"
 #: The methods of RFC 3261 and its extensions: tokens all (a set lookup spares
 #: Request() the regex for the methods nearly every message has).
-STANDARD_METHODS = frozenset(
+STANDARD_METHODS: Final = frozenset(
     [
         "INVITE",
         "ACK",
@@ -152,12 +152,12 @@ STANDARD_METHODS = frozenset(
     ]
 )
 # Control characters are legal only inside a quoted-pair (§25.1); HT is LWS.
-_CTL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_UNESCAPED_CTL_RE = re.compile(r"(?<!\\)[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CTL_RE: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_UNESCAPED_CTL_RE: Final = re.compile(r"(?<!\\)[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
-_WSP = " \t"
+_WSP: Final = " \t"
 
-_CANON_CACHE: dict[str, str] = {}
+_CANON_CACHE: Final[dict[str, str]] = {}
 
 
 def canonical_name(name: str) -> str:
@@ -181,7 +181,7 @@ class Limits:
     max_uri_length: int = 4096  # 414
 
 
-DEFAULT_LIMITS = Limits()
+DEFAULT_LIMITS: Final = Limits()
 
 
 class HeaderField:
@@ -216,12 +216,12 @@ def _clean_value(value: HeaderValue) -> str:
     return text.strip(" \t")
 
 
-_GOOD_NAMES: set[str] = set()
+_GOOD_NAMES: Final[set[str]] = set()
 
 # List headers whose parsed view is one value per element, each parsed on its own:
 # adding or removing the first element adds or removes the first value (Contact is
 # not among them: its "*" is checked against the whole list).
-_INCREMENTAL = frozenset({"via", "route", "record-route"})
+_INCREMENTAL: Final = frozenset({"via", "route", "record-route"})
 
 
 def _check_name(name: str) -> None:
@@ -277,13 +277,13 @@ class _Memo:
         self._cache[text] = value
 
 
-_via = _Memo(Via.parse)
-_name_addr = _Memo(NameAddr.parse)
-_contact = _Memo(Contact.parse)
-_cseq = _Memo(CSeq.parse)
-_content_type = _Memo(ContentType.parse, 256)
-_request_uri = _Memo(URI.parse)
-_MEMOS = (_via, _name_addr, _contact, _cseq, _content_type, _request_uri)
+_via: Final = _Memo(Via.parse)
+_name_addr: Final = _Memo(NameAddr.parse)
+_contact: Final = _Memo(Contact.parse)
+_cseq: Final = _Memo(CSeq.parse)
+_content_type: Final = _Memo(ContentType.parse, 256)
+_request_uri: Final = _Memo(URI.parse)
+_MEMOS: Final = (_via, _name_addr, _contact, _cseq, _content_type, _request_uri)
 
 
 def own_via(via: Via) -> str:
@@ -336,7 +336,7 @@ def _contacts(values: list[str]) -> list[Contact]:
 _MISS: Final = object()  # "not cached", where None could be a value
 
 # key -> parser of the (comma-split for list headers) values of that header.
-_TYPED: dict[str, Callable[[list[str]], Any]] = {
+_TYPED: Final[dict[str, Callable[[list[str]], Any]]] = {
     "via": lambda v: _parse_list(v, _via, "Via"),
     "from": lambda v: _name_addr(_single(v, "From")),
     "to": lambda v: _name_addr(_single(v, "To")),
@@ -527,10 +527,9 @@ class Headers:
                 # The parsed list is the elements in order: without the first, it is
                 # what parsing the rest gives.  (None left: no view, as "in" expects.)
                 self._typed[key] = cached[1:]
-            parts = split_list(f.value) if key in LIST_HEADERS else [f.value]
-            first = parts[0]
-            if len(parts) > 1:
-                self._fields[i] = HeaderField(f.name, key, ", ".join(parts[1:]), None)
+            first, rest = split_first(f.value) if key in LIST_HEADERS else (f.value, None)
+            if rest is not None:
+                self._fields[i] = HeaderField(f.name, key, rest, None)
             else:
                 del self._fields[i]
             return first
@@ -831,7 +830,7 @@ def _group(fields: list[HeaderField]) -> tuple[dict[str, list[str]], str | None]
 # the last match ended, so when the matched lines add up to the whole block,
 # every line matched from its start.
 # (A lazy value group would cost a backtracking step per character.)
-_FIELD_RE = re.compile(rf"(({TOKEN})[ \t]*:[ \t]*([^\r\n]*))(?:\r\n|\Z)")
+_FIELD_RE: Final = re.compile(rf"(({TOKEN})[ \t]*:[ \t]*([^\r\n]*))(?:\r\n|\Z)")
 
 
 def _parse_fields_fast(block: str, nlines: int, max_line: int) -> list[HeaderField] | None:
@@ -881,9 +880,9 @@ def _parse_fields(lines: list[str], max_line: int) -> list[HeaderField]:
 # repeat them ("SIP/2.0 180 Ringing", the Request-URI of every in-dialog
 # request), and a hit spares two regex calls.  Only good lines get in, as the
 # memos above; emptied when full.
-_request_lines: dict[str, tuple[str, URI, int]] = {}
-_status_lines: dict[str, tuple[int, str]] = {}
-_START_LINES_MAX = 4096
+_request_lines: Final[dict[str, tuple[str, URI, int]]] = {}
+_status_lines: Final[dict[str, tuple[int, str]]] = {}
+_START_LINES_MAX: Final = 4096
 
 
 def _parse_start_line(line: str, headers: Headers, limits: Limits) -> Request | Response:
@@ -960,7 +959,7 @@ def _check_headers(
 # The C twin of _scan (media/sipscan.c, in the media._srtp extension) does the
 # same for a fraction of the CPU.  sip/ must work without it: a missing
 # extension means the Python reference, and SIPEDGE_PURE_PYTHON=1 asks for it.
-ENV_PURE_PYTHON = "SIPEDGE_PURE_PYTHON"
+ENV_PURE_PYTHON: Final = "SIPEDGE_PURE_PYTHON"
 _ScanFn: TypeAlias = Callable[[bytes, int, int], _Scan]
 _scan_c: _ScanFn | None = None
 
@@ -984,7 +983,7 @@ def _new_field(name: str, key: str, value: str, raw: str | None) -> HeaderField:
     return HeaderField(name, key, value, raw)
 
 
-ENV_PURE_PYTHON_VALUES = "SIPEDGE_PURE_PYTHON_VALUES"
+ENV_PURE_PYTHON_VALUES: Final = "SIPEDGE_PURE_PYTHON_VALUES"
 
 
 @functools.cache
@@ -997,7 +996,7 @@ def _load_values() -> Any:
     return SipValueParser(Via, URI, NameAddr, Contact, CSeq)
 
 
-ENV_PURE_PYTHON_CHECK = "SIPEDGE_PURE_PYTHON_CHECK"
+ENV_PURE_PYTHON_CHECK: Final = "SIPEDGE_PURE_PYTHON_CHECK"
 _CheckFn: TypeAlias = Callable[[Request | Response, dict[str, list[str]], str | None], None]
 _check_c: _CheckFn | None = None
 
@@ -1077,7 +1076,7 @@ use_accelerator(
 
 
 # ------------------------------------------------------------------ building
-REASON_PHRASES = {
+REASON_PHRASES: Final = {
     100: "Trying",
     180: "Ringing",
     181: "Call Is Being Forwarded",
@@ -1126,7 +1125,7 @@ REASON_PHRASES = {
 }
 
 
-_COPIED_TO_RESPONSES = frozenset({"via", "from", "call-id", "cseq"})
+_COPIED_TO_RESPONSES: Final = frozenset({"via", "from", "call-id", "cseq"})
 
 
 def make_response(

@@ -10,23 +10,37 @@ A forked child starts with an empty buffer, so parent and child never share toke
 from __future__ import annotations
 
 import os
+from typing import Final
 
-_REFILL = 4096
-_buffer = b""
-_pos = 0
+_REFILL: Final = 4096
+
+
+class _Pool:
+    """The buffer and how much of it is handed out.  A module-level Final
+    instance rather than two rebound globals: compiled, its fields are read
+    directly instead of looked up in the module's dict on every token."""
+
+    __slots__ = ("buffer", "pos")
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.pos = 0
+
+
+_POOL: Final = _Pool()
 
 
 def token_bytes(nbytes: int) -> bytes:
     """``nbytes`` random bytes (at most 4096), as ``secrets.token_bytes`` gives."""
-    global _buffer, _pos
     if not 0 < nbytes <= _REFILL:
         raise ValueError("between 1 and 4096 bytes")
-    end = _pos + nbytes
-    if end > len(_buffer):
-        _buffer, _pos, end = os.urandom(_REFILL), 0, nbytes
-    chunk = _buffer[_pos:end]
-    _pos = end
-    return chunk
+    pool = _POOL
+    pos = pool.pos
+    end = pos + nbytes
+    if end > len(pool.buffer):
+        pool.buffer, pos, end = os.urandom(_REFILL), 0, nbytes
+    pool.pos = end
+    return pool.buffer[pos:end]
 
 
 def token_hex(nbytes: int) -> str:
@@ -35,8 +49,7 @@ def token_hex(nbytes: int) -> str:
 
 
 def _forget() -> None:
-    global _buffer, _pos
-    _buffer, _pos = b"", 0
+    _POOL.buffer, _POOL.pos = b"", 0
 
 
 os.register_at_fork(after_in_child=_forget)

@@ -292,7 +292,7 @@ _E_AT_T2: Final = _Step(_Op.AT_T2, "E")
 _Row = tuple[State, tuple[_Step, ...]]
 _Table = Mapping[tuple[State, Event], _Row]
 
-_S = State
+_S: Final = State
 
 # RFC 3261 Figure 5 with RFC 6026 §8.4: 2xx moves to Accepted, where further 2xx (a
 # retransmission, or another fork's answer) go to the TU until Timer M fires.  Once a

@@ -16,52 +16,53 @@ import dataclasses
 import ipaddress
 import re
 from dataclasses import dataclass
+from typing import Final
 from urllib.parse import unquote as _pct_decode
 
 from sip._abnf import ESCAPED, HOST, HOSTNAME, IPV4_RE, UNRESERVED, split_plain_params
 from sip.errors import SipError
 
-MAX_URI_LENGTH = 4096
+MAX_URI_LENGTH: Final = 4096
 
 Param = tuple[str, str | None]
 
 # user = 1*( unreserved / escaped / user-unreserved )
 # user-unreserved = "&" / "=" / "+" / "$" / "," / ";" / "?" / "/"
-_USER_RE = re.compile(rf"(?:[{UNRESERVED}&=+$,;?/]|{ESCAPED})+")
+_USER_RE: Final = re.compile(rf"(?:[{UNRESERVED}&=+$,;?/]|{ESCAPED})+")
 # password = *( unreserved / escaped / "&" / "=" / "+" / "$" / "," )
-_PASSWORD_RE = re.compile(rf"(?:[{UNRESERVED}&=+$,]|{ESCAPED})*")
+_PASSWORD_RE: Final = re.compile(rf"(?:[{UNRESERVED}&=+$,]|{ESCAPED})*")
 # hostport = host [ ":" port ]
-_HOSTPORT_RE = re.compile(rf"(?P<host>{HOST})(?::(?P<port>[0-9]{{1,5}}))?")
+_HOSTPORT_RE: Final = re.compile(rf"(?P<host>{HOST})(?::(?P<port>[0-9]{{1,5}}))?")
 # uri-parameter = pname [ "=" pvalue ]; pname/pvalue = 1*paramchar
 # paramchar = param-unreserved / unreserved / escaped
 # param-unreserved = "[" / "]" / "/" / ":" / "&" / "+" / "$"
-_PARAMCHARS = rf"(?:[{UNRESERVED}\[\]/:&+$]|{ESCAPED})+"
-_URI_PARAM_RE = re.compile(rf";(?P<name>{_PARAMCHARS})(?:=(?P<value>{_PARAMCHARS}))?")
+_PARAMCHARS: Final = rf"(?:[{UNRESERVED}\[\]/:&+$]|{ESCAPED})+"
+_URI_PARAM_RE: Final = re.compile(rf";(?P<name>{_PARAMCHARS})(?:=(?P<value>{_PARAMCHARS}))?")
 # header = hname "=" hvalue ; hnv-unreserved = "[" / "]" / "/" / "?" / ":" / "+" / "$"
-_HNV = rf"(?:[{UNRESERVED}\[\]/?:+$]|{ESCAPED})"
-_URI_HEADER_RE = re.compile(rf"(?P<name>{_HNV}+)=(?P<value>{_HNV}*)")
+_HNV: Final = rf"(?:[{UNRESERVED}\[\]/?:+$]|{ESCAPED})"
+_URI_HEADER_RE: Final = re.compile(rf"(?P<name>{_HNV}+)=(?P<value>{_HNV}*)")
 # scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
-_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
+_SCHEME_RE: Final = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*")
 # uric = reserved / unreserved / escaped (RFC 2396), for opaque absolute URIs
-_URIC_RE = re.compile(rf"(?:[{UNRESERVED};/?:@&=+$,]|{ESCAPED})+")
+_URIC_RE: Final = re.compile(rf"(?:[{UNRESERVED};/?:@&=+$,]|{ESCAPED})+")
 # RFC 3966: telephone-subscriber, kept loose on the number itself (visual
 # separators vary by country) but strict on the character set.
-_TEL_NUMBER_RE = re.compile(r"\+?[0-9A-Fa-f*#\-.()]+")
-_TEL_PARAM_RE = re.compile(
+_TEL_NUMBER_RE: Final = re.compile(r"\+?[0-9A-Fa-f*#\-.()]+")
+_TEL_PARAM_RE: Final = re.compile(
     rf";(?P<name>[A-Za-z0-9\-]+)(?:=(?P<value>(?:[{UNRESERVED}\[\]/:&+$]|{ESCAPED})+))?"
 )
 
 # The common shape of a SIP URI (user@host:port;params, no escapes, no IPv6,
 # no headers) in one regex.  It accepts a subset of what the full path
 # accepts, never more; anything else takes the full path.
-_FAST_PCHARS = r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+"
-_FAST_SIP_RE = re.compile(
+_FAST_PCHARS: Final = r"[A-Za-z0-9\-_.!~*'()\[\]/:&+$]+"
+_FAST_SIP_RE: Final = re.compile(
     rf"([Ss][Ii][Pp][Ss]?):(?:([A-Za-z0-9\-_.!~*'()&=+$,]+)@)?({HOSTNAME})(?::([0-9]{{1,5}}))?"
     rf"((?:;{_FAST_PCHARS}(?:={_FAST_PCHARS})?)*)"
 )
 
 # Parameters that must match when present on either side (§19.1.4).
-_MUST_MATCH_PARAMS = ("user", "ttl", "method", "maddr", "transport")
+_MUST_MATCH_PARAMS: Final = ("user", "ttl", "method", "maddr", "transport")
 
 
 def _params_tuple(text: str, pattern: re.Pattern[str], what: str) -> tuple[Param, ...]:

@@ -12,11 +12,12 @@ with 400 by :func:`sip.message.parse_message`.
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Final
 
 from sip.errors import SipError
 from sip.message import Request
 
-ROUTABLE_SCHEMES = frozenset({"sip", "sips", "tel"})
+ROUTABLE_SCHEMES: Final = frozenset({"sip", "sips", "tel"})
 
 
 def check_proxy_request(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
+from sip._abnf import split_first, split_list
 from sip.errors import SipError
 from sip.headers import CSeq, NameAddr, Via
 from sip.message import (
@@ -126,6 +129,38 @@ def test_remove_first_takes_one_list_element() -> None:
     assert msg.headers.remove_first("Route") is None
     assert msg.route == []
 
+
+
+def test_split_first_is_split_lists_first_element_and_its_rest() -> None:
+    """remove_first takes the top element with split_first, keeping the rest as
+    written: the element and what the rest splits into are split_list's."""
+    texts = [
+        "",
+        "a",
+        " a ",
+        "a,b",
+        "a, b ,c",
+        "<sip:p1;lr>,<sip:p2;lr>",
+        '"A, B" <sip:a>, <sip:b>',
+        "<a,b>,c",
+        "<a,b,c",
+        '"unterminated, x',
+        'a,"b',
+        '"a\\",b",c',
+        "a,",
+        ",a",
+    ]
+    rng = random.Random(5658)
+    for _ in range(20_000):
+        texts.append("".join(rng.choice(' ,"<>\\a\t') for _ in range(rng.randint(0, 12))))
+    for text in texts:
+        parts = split_list(text)
+        first, rest = split_first(text)
+        assert first == parts[0], text
+        if len(parts) == 1:
+            assert rest is None, text
+        else:
+            assert rest is not None and split_list(rest) == parts[1:], text
 
 def _fresh(msg: Request | Response) -> Request | Response:
     return parse_message(bytes(msg))

@@ -37,7 +37,7 @@ def test_out_of_range_sizes_are_refused(n: int) -> None:
 
 def test_a_forked_child_does_not_reuse_the_parents_buffer() -> None:
     token_hex(8)  # the parent's buffer is filled
-    assert random_tokens._buffer
+    assert random_tokens._POOL.buffer
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report its next token, exit at once
