@@ -122,7 +122,6 @@ def split_list(value: str) -> list[str]:
     return _split_list_slow(value)
 
 
-
 def split_first(value: str) -> tuple[str, str | None]:
     """The first element of a comma-separated header value, stripped, and the text
     after its comma (None when there is no other element): for a caller that takes
@@ -148,6 +147,7 @@ def split_first(value: str) -> tuple[str, str | None]:
             return value[:end].strip(), value[end + 1 :].strip()
     parts = split_list(value)
     return parts[0], ", ".join(parts[1:]) if len(parts) > 1 else None
+
 
 # list element = *( quoted-string / "<" *not-">" ">" / any other char but , " < )
 _LIST_ELEMENT_RE: Final = re.compile(r'(?:"(?:[^"\\]|\\.)*"|<[^>]*>|[^,"<])*', re.S)

@@ -130,7 +130,6 @@ def test_remove_first_takes_one_list_element() -> None:
     assert msg.route == []
 
 
-
 def test_split_first_is_split_lists_first_element_and_its_rest() -> None:
     """remove_first takes the top element with split_first, keeping the rest as
     written: the element and what the rest splits into are split_list's."""
@@ -161,6 +160,7 @@ def test_split_first_is_split_lists_first_element_and_its_rest() -> None:
             assert rest is None, text
         else:
             assert rest is not None and split_list(rest) == parts[1:], text
+
 
 def _fresh(msg: Request | Response) -> Request | Response:
     return parse_message(bytes(msg))
