@@ -461,7 +461,7 @@ class Proxy(MediaMixin):
             # Parsed view kept: the client transaction reads this top Via at once.
             req.headers.prepend_parsed("Via", own_via(via), via)
         except SipError:  # no listener for that transport: this hop cannot be used
-            fwd.failures.append("transport")
+            self._note_failure(fwd, "transport")
             self._try_next(fwd)
             return
         txn = client_transaction(req, reliable=dest.transport != "udp", config=self.timer_config)
@@ -585,7 +585,7 @@ class Proxy(MediaMixin):
         if status == 503 or status == 408:
             if cctx.target is not None and status == 503:
                 self.router.report_failure(cctx.target, self._get_loop().time())
-            fwd.failures.append(str(status))
+            self._note_failure(fwd, str(status))
             if fwd.best is None or status != 408:
                 fwd.best = resp
             if fwd.hops and not fwd.cancelled:
@@ -604,7 +604,7 @@ class Proxy(MediaMixin):
             return
         if cctx.target is not None:
             self.router.report_failure(cctx.target, self._get_loop().time())
-        fwd.failures.append(kind)
+        self._note_failure(fwd, kind)
         self.log("warning", "next_hop_failed", hop=_describe(cctx.dest), reason=kind)
         self._try_next(fwd)
 
@@ -646,6 +646,13 @@ class Proxy(MediaMixin):
             return
         self._give_up(fwd, status)
         self._reply(fwd.server, status)
+
+    @staticmethod
+    def _note_failure(fwd: _Forward, kind: str) -> None:
+        if fwd.failures is None:
+            fwd.failures = [kind]
+        else:
+            fwd.failures.append(kind)
 
     def _stop_timer_c(self, fwd: _Forward) -> None:
         if fwd.timer_c is not None:

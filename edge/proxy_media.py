@@ -344,7 +344,9 @@ class MediaMixin:
                 await previous
         if rewrite is not None:
             body = resp.body
-            rewritten = fwd.answers.get(body)  # a retransmitted response repeats its SDP
+            answers = fwd.answers
+            # A retransmitted response repeats its SDP.
+            rewritten = answers.get(body) if answers is not None else None
             if rewritten is None:
                 found = find_sdp(body, resp.content_type)
                 assert found is not None  # _relay_with_media found it in this body
@@ -355,6 +357,8 @@ class MediaMixin:
                     # it goes, the caller sees no media.
                     self.log("warning", event, reason=error.reason)
                     rewritten = found.put(None)
+                if fwd.answers is None:
+                    fwd.answers = {}
                 fwd.answers[body] = rewritten
             set_body(resp, rewritten)
         self._relay(fwd, resp)

@@ -96,7 +96,7 @@ class _Forward:
     record_route: bool
     client: _ClientCtx | None = None
     best: Response | None = None
-    failures: list[str] = field(default_factory=list)
+    failures: list[str] | None = None  # made on the first failure: most calls have none
     final_sent: bool = False
     cancelled: bool = False
     timer_c: asyncio.TimerHandle | None = None
@@ -105,7 +105,7 @@ class _Forward:
     # answers already rewritten (a retransmitted 2xx repeats its SDP).
     media_key: str | None = None
     answer_from: str = "callee"
-    answers: dict[bytes, bytes] = field(default_factory=dict)
+    answers: dict[bytes, bytes] | None = None  # made with the first rewritten answer
     media_task: asyncio.Task[None] | None = None
 
     # Written out: mypyc compiles it, the generated one would run interpreted.
@@ -133,12 +133,12 @@ class _Forward:
         self.record_route = record_route
         self.client = client
         self.best = best
-        self.failures = [] if failures is None else failures
+        self.failures = failures
         self.final_sent = final_sent
         self.cancelled = cancelled
         self.timer_c = timer_c
         self.dialog = dialog
         self.media_key = media_key
         self.answer_from = answer_from
-        self.answers = {} if answers is None else answers
+        self.answers = answers
         self.media_task = media_task

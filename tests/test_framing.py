@@ -123,3 +123,49 @@ def test_udp_keepalive_datagrams() -> None:
     assert is_keepalive(b"\r\n")
     assert not is_keepalive(b"")
     assert not is_keepalive(INVITE)
+
+
+def test_content_length_search_is_the_regexs() -> None:
+    """The framer reads Content-Length with byte searches where it can: on every
+    block the digits found are the regex's (lines in any case, compact forms,
+    doubles, malformed values, look-alike names, spacing)."""
+    from sip.framing import _CONTENT_LENGTH_RE, _content_lengths
+
+    pieces = [
+        b"\r\nContent-Length: 12",
+        b"\r\ncontent-length:7",
+        b"\r\nCONTENT-LENGTH \t: \t 3 \t",
+        b"\r\nl: 5",
+        b"\r\nL:9",
+        b"\r\nContent-Length: x",
+        b"\r\nContent-Length:",
+        b"\r\nContent-Lengthy: 4",
+        b"\r\nContent-Length: 1 2",
+        b"\r\nContent-Length: 5:",
+        b"\r\nContent-Length: 5;x",
+        b"\r\nContent-Length: 00000000000042",
+        b"\r\nLocation: 4",
+        b"\r\nVia: SIP/2.0/TLS h;branch=z9hG4bK1",
+        b"\r\nX-Content-Length: 8",
+        b"\r\nSubject: Content-Length: 6",
+        b"\r\n",
+        b"\r",
+        b" ",
+        b"\t",
+    ]
+    rng = random.Random(3261)
+    blocks = [b"INVITE sip:a@b SIP/2.0" + b"".join(p) + b"\r\n" for p in ([], [pieces[0]])]
+    for _ in range(20_000):
+        head = b"SIP/2.0 200 OK" if rng.random() < 0.5 else b"INVITE sip:a@b SIP/2.0"
+        blocks.append(
+            head + b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 5))) + b"\r\n"
+        )
+    for block in blocks:
+        for data in (block, bytearray(block)):
+            assert _content_lengths(data, 0, len(data)) == _CONTENT_LENGTH_RE.findall(
+                data, 0, len(data)
+            ), block
+        padded = b"xx" + block + b"yy"
+        assert _content_lengths(padded, 2, 2 + len(block)) == _CONTENT_LENGTH_RE.findall(
+            padded, 2, 2 + len(block)
+        ), block
