@@ -630,10 +630,24 @@ def _number(uri: Any) -> str:
 
 
 def trusted_identity(role: str | None, name: str = "") -> Identity | None:
-    """The identity of a source trusted by address (``Proxy._role``)."""
+    """The identity of a source trusted by address (``Proxy._role``).
+
+    One frozen object per role and name, shared: the server transaction of every
+    request from a trunk keeps its identity, and a call's INVITE lives 32 s.
+    """
     if role is None:
         return None
-    return Identity("trunk" if role == "carrier" else role, name)
+    key = (role, name)
+    found = _TRUSTED.get(key)
+    if found is None:
+        found = Identity("trunk" if role == "carrier" else role, name)
+        if len(_TRUSTED) >= 1024:  # names come from the config; bounded all the same
+            _TRUSTED.clear()
+        _TRUSTED[key] = found
+    return found
+
+
+_TRUSTED: Final[dict[tuple[str, str], Identity]] = {}
 
 
 __all__: Sequence[str] = (

@@ -167,13 +167,15 @@ def call_resource_id(call_id: str) -> str:
     raw[8] = (raw[8] & 0x3F) | 0x80
     h = raw.hex()
     found = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-    if len(_resource_ids) >= _RESOURCE_IDS_MAX:
-        _resource_ids.clear()
-    _resource_ids[call_id] = found
+    if len(call_id) <= _RESOURCE_ID_KEY_MAX:  # the cache's memory stays bounded too
+        if len(_resource_ids) >= _RESOURCE_IDS_MAX:
+            _resource_ids.clear()
+        _resource_ids[call_id] = found
     return found
 
 
 _RESOURCE_IDS_MAX: Final = 4096
+_RESOURCE_ID_KEY_MAX: Final = 256
 _resource_ids: Final[dict[str, str]] = {}
 
 

@@ -403,6 +403,8 @@ _CANCEL_OP: Final = _Op.CANCEL
 _START_OP: Final = _Op.START
 _TO_TU_OP: Final = _Op.TO_TU
 _TIMER_NAMES: Final[tuple[TimerName, ...]] = typing.get_args(TimerName)
+# Each timer's bit in a transaction's set of running timers (an int, in order).
+_TIMER_BITS: Final[dict[str, int]] = {name: 1 << i for i, name in enumerate(_TIMER_NAMES)}
 
 
 @functools.lru_cache(maxsize=64)
@@ -421,7 +423,10 @@ class _Transaction:
         self.config: Final = config
         self.last_activity: float | None = None
         self._state = State.INIT
-        self._running: set[TimerName] = set()
+        # The running timers as bits of an int (_TIMER_BITS): one per live
+        # transaction, and a set would be one more object for the cyclic GC to walk
+        # for each of them (an INVITE's live for RFC 6026's 32 s).
+        self._running = 0
         self._interval: dict[TimerName, float] = {}
         self._initial = _initial_delays(config, reliable)
 
@@ -450,8 +455,10 @@ class _Transaction:
         for step in steps:
             self._do(step, message, out, zero)
         if next_state is _TERMINATED:
-            out.extend(CancelTimer(name) for name in sorted(self._running))
-            self._running.clear()
+            running = self._running
+            if running:
+                out.extend(CancelTimer(n) for n in _TIMER_NAMES if running & _TIMER_BITS[n])
+            self._running = 0
             out.append(Terminated())
         # Rule 4: a zero-length timer fires now, through its own row.
         for name in zero:
@@ -459,9 +466,10 @@ class _Transaction:
         return out
 
     def _fire(self, name: TimerName) -> list[Action]:
-        if name not in self._running:
+        bit = _TIMER_BITS[name]
+        if not self._running & bit:
             return []  # cancelled meanwhile: the adapter lost a race (rule 3)
-        self._running.discard(name)
+        self._running &= ~bit
         return self._handle(cast(Event, f"timer {name}"), None)
 
     def _do(
@@ -474,8 +482,9 @@ class _Transaction:
         op, name = step.op, step.timer
         if name is not None:
             if op is _CANCEL_OP:
-                if name in self._running:
-                    self._running.discard(name)
+                bit = _TIMER_BITS[name]
+                if self._running & bit:
+                    self._running &= ~bit
                     out.append(CancelTimer(name))
                 return
             if op is _START_OP:
@@ -491,7 +500,7 @@ class _Transaction:
             if delay is None:
                 return
             self._interval[name] = delay
-            self._running.add(name)
+            self._running |= _TIMER_BITS[name]
             if delay == 0:
                 zero.append(name)
             else:

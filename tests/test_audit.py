@@ -153,6 +153,22 @@ def test_call_resource_id_is_a_stable_pseudonym() -> None:
     assert rid == str(uuid.uuid5(uuid.UUID("6d1c4f0e-8a52-5b7e-9c3d-2f4a1e0b7c91"), call_id))
 
 
+def test_call_resource_ids_are_remembered_within_bounds() -> None:
+    """A call's two events compute its id once; the memory that takes is bounded
+    in entries and in the length of what is kept (Call-IDs come from the network)."""
+    namespace = uuid.UUID("6d1c4f0e-8a52-5b7e-9c3d-2f4a1e0b7c91")
+    audit._resource_ids.clear()
+    ids = [f"{i}-bound@192.0.2.{i % 250}" for i in range(audit._RESOURCE_IDS_MAX + 500)]
+    for call_id in ids:
+        assert call_resource_id(call_id) == str(uuid.uuid5(namespace, call_id))
+        assert len(audit._resource_ids) <= audit._RESOURCE_IDS_MAX
+    assert ids[-1] in audit._resource_ids  # remembered for the call's second event
+    assert call_resource_id(ids[-1]) == str(uuid.uuid5(namespace, ids[-1]))
+    long_id = "x" * (audit._RESOURCE_ID_KEY_MAX + 1) + "@example.com"
+    assert call_resource_id(long_id) == str(uuid.uuid5(namespace, long_id))
+    assert long_id not in audit._resource_ids
+
+
 def test_call_created_and_ended_correlate() -> None:
     log, out, _ = memory_log()
     rid = call_resource_id("1-2@192.0.2.10")
