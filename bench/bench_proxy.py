@@ -43,7 +43,7 @@ one process), per relayed packet (the SUT's own count), failed calls, and a tsha
 on lo that the media went through all four hops.  Results in
 bench/results/proxy-media-DATE.md.  See bench/README.md.
 
-    .venv/bin/python bench/bench_proxy.py [--quick] [--systems kamailio,sipedge]
+    .venv/bin/python bench/bench_proxy.py [--quick] [--systems kamailio,kamailio-tlsf,sipedge]
                                           [--transports udp,tls] [--media
                                           [--media-rate CPS] [--media-calls N]]
 """
@@ -225,12 +225,23 @@ class Row:
 
 # ---------------------------------------------------------------- systems under test
 
+#: Kamailio as a SUT, by name, and what its command line gets on top of the common one.
+#: "kamailio" is the package as installed: its memory managers are the default, qm,
+#: which this Debian build compiles with DBG_SR_MEMORY (kamailio -I).  Under TLS,
+#: qm_malloc was 87% of the instructions of the process doing the TLS work
+#: (callgrind, 200 calls).  "kamailio-tlsf" runs both pools (shm, pkg) on TLSF, the
+#: fast manager an operator tuning for load picks: the stronger reference.
+KAMAILIO_SYSTEMS: dict[str, list[str]] = {
+    "kamailio": [],
+    "kamailio-tlsf": ["-x", "tlsf", "-X", "tlsf"],
+}
+
 
 def start_sut(
     system: str, workdir: Path, certs: TestCerts, uas_uri: str, procs: ProcGroup
 ) -> ProxyAddresses:
     """Start the system under test on CPU 0; NotRunnable (with the reason) if it cannot."""
-    if system == "kamailio":
+    if system in KAMAILIO_SYSTEMS:
         if find_binary("kamailio") is None:
             raise NotRunnable(missing_binary_message("kamailio", "kamailio"))
         tls_module = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so")
@@ -243,6 +254,7 @@ def start_sut(
             fr_timer_ms=5000,
             shm_mb=2048,
         )
+        kam.argv += KAMAILIO_SYSTEMS[system]
         procs.add(kam).start()
         return kam.wait_ready().addresses
     if system == "sipedge":
@@ -1486,27 +1498,30 @@ def render(rows: list[Row], plan: Plan, quick: bool, versions: dict[str, str]) -
         )
     by = {(r.system, r.transport): r for r in rows if r.runnable}
     turns: list[str] = []
-    for transport in ("udp", "tls"):
-        s, k = by.get(("sipedge", transport)), by.get(("kamailio", transport))
-        if s is not None and k is not None:
+    for reference in KAMAILIO_SYSTEMS:
+        label = "sipedge/" + reference.replace("kamailio", "Kamailio")
+        for transport in ("udp", "tls"):
+            s, k = by.get(("sipedge", transport)), by.get((reference, transport))
+            if s is None or k is None:
+                continue
             at = "".join(
                 f"{_ratio(s.cpu_per_1000_at.get(rate), k.cpu_per_1000_at.get(rate))} | "
                 for rate in extra
             )
             lines.append(
-                f"| sipedge/Kamailio | {transport} | {_ratio(s.max_cps, k.max_cps)} | "
+                f"| {label} | {transport} | {_ratio(s.max_cps, k.max_cps)} | "
                 f"{_ratio(s.cpu_per_1000, k.cpu_per_1000)} | {at}- | - | - | - | - |"
             )
             runs = "; ".join(
                 _ratio(a, b) for a, b in zip(s.cpu_per_1000_runs, k.cpu_per_1000_runs, strict=False)
             )
             if runs:
-                turns.append(f"{transport} {runs}")
+                turns.append(f"{label} {transport} {runs}")
     if turns:
         lines += [
             "",
-            f"CPU at {plan.fixed_rate} cps, sipedge/Kamailio run by run (each pair of runs "
-            "back to back): " + "; ".join(turns) + ".",
+            f"CPU at {plan.fixed_rate} cps, sipedge against each reference run by run (runs "
+            "taken in turns): " + "; ".join(turns) + ".",
         ]
     steps = [st for r in rows for st in r.steps]
     wall = sum(st["seconds"] for st in steps)
@@ -1524,7 +1539,11 @@ def render(rows: list[Row], plan: Plan, quick: bool, versions: dict[str, str]) -
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a short run (under a minute)")
-    parser.add_argument("--systems", default="kamailio,sipedge")
+    parser.add_argument(
+        "--systems",
+        default=None,
+        help="default kamailio,kamailio-tlsf,sipedge (with --media: kamailio,sipedge)",
+    )
     parser.add_argument("--transports", default="udp,tls", help="default udp,tls")
     parser.add_argument(
         "--media",
@@ -1545,7 +1564,11 @@ def main() -> int:
     if len(os.sched_getaffinity(0)) < 2 or (os.cpu_count() or 1) < 2:
         print("bench_proxy: needs two CPUs (SUT on 0, load on 1)", file=sys.stderr)
         return 2
-    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    default = "kamailio,sipedge" if args.media else ",".join([*KAMAILIO_SYSTEMS, "sipedge"])
+    systems = [s.strip() for s in (args.systems or default).split(",") if s.strip()]
+    known = {"kamailio", "sipedge"} if args.media else {*KAMAILIO_SYSTEMS, "sipedge"}
+    if not set(systems) <= known:
+        parser.error(f"--systems: one of {', '.join(sorted(known))}")
     if args.media:
         # This runner (capture parsing, /proc sampling) keeps off the SUT's CPU too.
         os.sched_setaffinity(0, {LOAD_CPU})
