@@ -256,9 +256,10 @@ def _is_uuid(value: str) -> bool:
     the regex [0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12} by hand.
 
     Compiled, the dash checks are a few instructions each; what is left of the
-    text after deleting hex digits and dashes is one C loop over its bytes
-    (``str.strip`` with a set of characters searched the set once per character:
-    four times the cost, measured with callgrind).
+    text after deleting hex digits and dashes is one C loop over its bytes.
+    ``str.strip`` with a set of characters searches the set once per character:
+    with it, the four ids of a call's two events took 17.8k instructions, with
+    this 9.6k (callgrind).
     """
     return (
         len(value) == 36
