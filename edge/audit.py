@@ -79,7 +79,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Collection, Mapping
-from typing import Any, Final, TextIO
+from typing import Any, Final, TextIO, TypeVar
 
 from edge.log import REDACTED, is_secret_name, redact, redact_text
 from edge.timestamps import iso_millis as _timestamp
@@ -147,6 +147,17 @@ _DETAIL_MAX: Final = 1024
 _FILE_FLAGS: Final = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 
 
+_V = TypeVar("_V")
+
+
+def _keep(cache: dict[str, _V], key: str, value: _V, limit: int) -> None:
+    """Remember ``value`` in one of this module's caches: plain dicts emptied when
+    full, so that a flood of distinct keys only costs refills."""
+    if len(cache) >= limit:
+        cache.clear()
+    cache[key] = value
+
+
 def call_resource_id(call_id: str) -> str:
     """A stable UUID for a SIP Call-ID: the ``resource_id`` of its call events.
 
@@ -168,9 +179,7 @@ def call_resource_id(call_id: str) -> str:
     h = raw.hex()
     found = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
     if len(call_id) <= _RESOURCE_ID_KEY_MAX:  # the cache's memory stays bounded too
-        if len(_resource_ids) >= _RESOURCE_IDS_MAX:
-            _resource_ids.clear()
-        _resource_ids[call_id] = found
+        _keep(_resource_ids, call_id, found, _RESOURCE_IDS_MAX)
     return found
 
 
@@ -278,9 +287,7 @@ def _short_str(value: str) -> str:
     text = _short_texts.get(value)
     if text is None:
         text = _encode_str(redact_text(value))
-        if len(_short_texts) >= _CACHE_MAX:
-            _short_texts.clear()
-        _short_texts[value] = text
+        _keep(_short_texts, value, text, _CACHE_MAX)
     return text
 
 
@@ -292,9 +299,7 @@ def _detail_key(key: str) -> tuple[str, bool]:
     found = _detail_keys.get(key)
     if found is None:
         found = (_encode_str(key) + ":", is_secret_name(key))
-        if len(_detail_keys) >= _CACHE_MAX:
-            _detail_keys.clear()
-        _detail_keys[key] = found
+        _keep(_detail_keys, key, found, _CACHE_MAX)
     return found
 
 
