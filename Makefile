@@ -9,7 +9,8 @@ SHELL := bash
 .DEFAULT_GOAL := help
 MAKEFLAGS += --no-builtin-rules
 
-PYTHON ?= python3
+# Debian's python3 (PGO + LTO) over a pyenv build first on PATH: scripts/pick-python says why.
+PYTHON ?= $(shell scripts/pick-python)
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.sipedge-installed
