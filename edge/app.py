@@ -37,8 +37,6 @@ from typing import Any
 from edge import __version__
 from edge.config import Config, ConfigError, HostPort
 from edge.log import LogFn, Logger
-from edge.overload import OverloadGate
-from edge.overload import watch as watch_overload
 from sip import _compiled
 
 EXIT_OK = 0
@@ -332,7 +330,6 @@ class _App:
         except ConfigError as e:
             raise StartupError(e.key, e.problem) from None
         self._started.append(("proxy", self.proxy.close))
-        self._start_overload(cfg)
         if parts is not None:
             parts.echo, parts.router, parts.transport, parts.proxy = (
                 self.echo,
@@ -343,21 +340,6 @@ class _App:
             self.proxy.metrics = self._metrics
         if comps.control is not None:
             await self._start_control(comps.control)
-
-    def _start_overload(self, cfg: Config) -> None:
-        """503 to new calls while messages wait too long to be read (edge/overload.py)."""
-        if cfg.limits.overload_delay <= 0 or not hasattr(self.transport, "watch_probe"):
-            return  # off, or a test's fake transport
-        gate = OverloadGate(cfg.limits.overload_delay, cfg.limits.overload_retry_after)
-        self.proxy.overload = gate
-        task = asyncio.create_task(watch_overload(gate, self.transport, self.log))
-
-        async def stop() -> None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-        self._started.append(("overload", stop))
 
     async def _start_control(self, make_server: Callable[..., Any]) -> None:
         """The local control socket: ``sipedge bans``, ``sipedge calls``, ``sipedge reload``."""

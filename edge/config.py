@@ -154,10 +154,6 @@ class LimitsConfig:
     idle_timeout: float = 120.0
     header_timeout: float = 10.0
     tls_handshake_timeout: float = 5.0
-    # New calls get 503 + Retry-After while messages wait this long (seconds)
-    # before the edge reads them (edge/overload.py); 0 turns the protection off.
-    overload_delay: float = 0.25
-    overload_retry_after: int = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -580,8 +576,6 @@ def _parse_limits(t: Mapping[str, Any]) -> LimitsConfig:
         idle_timeout=_seconds(t, s, "idle_timeout", d.idle_timeout),
         header_timeout=_seconds(t, s, "header_timeout", d.header_timeout),
         tls_handshake_timeout=_seconds(t, s, "tls_handshake_timeout", d.tls_handshake_timeout),
-        overload_delay=_seconds(t, s, "overload_delay", d.overload_delay, allow_zero=True),
-        overload_retry_after=_int(t, s, "overload_retry_after", d.overload_retry_after, 1, 3600),
     )
 
 

@@ -118,8 +118,6 @@ METRIC_NAMES: Final = frozenset(
         "sipedge_sip_transactions",
         "sipedge_dialogs",
         "sipedge_draining",
-        "sipedge_overloaded",
-        "sipedge_overload_refused_total",
         # calls (hooks in edge/proxy.py)
         "sipedge_calls_started_total",
         "sipedge_calls_answered_total",
@@ -386,17 +384,6 @@ class _Collector:
             "sipedge_draining",
             "1 while shutting down (new calls get 503)",
             value=1 if getattr(proxy, "draining", False) else 0,
-        )
-        overload = getattr(proxy, "overload", None)
-        yield GaugeMetricFamily(
-            "sipedge_overloaded",
-            "1 while messages wait too long to be read (new calls get 503)",
-            value=1 if overload is not None and overload.shedding else 0,
-        )
-        yield CounterMetricFamily(
-            "sipedge_overload_refused",
-            "New calls refused with 503 because the edge was overloaded",
-            value=counters.get("overload_refused", 0),
         )
 
     def _admission(self) -> Iterator[Metric]:

@@ -162,8 +162,6 @@ class Proxy(MediaMixin):
         self.registrar = Registrar(table=getattr(self.admission.store, "registrations", None))
         self.metrics: Any = None  # edge.metrics.Metrics, set by the app
         self.draining = False
-        # edge.overload.OverloadGate, set by the app when [limits] overload_delay > 0.
-        self.overload: Any = None
         self.counters: dict[str, int] = {}
         self._server: dict[TransactionKey, _ServerCtx] = {}
         self._client: dict[TransactionKey, _ClientCtx] = {}
@@ -350,17 +348,9 @@ class Proxy(MediaMixin):
             # except through the WebSocket they hold open (RFC 7118, RFC 5626).
             self._register(ctx, req)
             return
-        if req.method == "INVITE" and not in_dialog:
-            if self.draining:
-                self._reply(ctx, 503, [("Retry-After", "60")])
-                return
-            overload = self.overload
-            if overload is not None and overload.shedding:
-                # Behind on the calls it holds: a new one would fail anyway, and
-                # its work would fail the others (edge/overload.py).
-                self._count("overload_refused")
-                self._reply(ctx, 503, [("Retry-After", str(overload.retry_after))])
-                return
+        if self.draining and req.method == "INVITE" and not in_dialog:
+            self._reply(ctx, 503, [("Retry-After", "60")])
+            return
         mf = fwd_req.max_forwards
         fwd_req.headers.set("Max-Forwards", str((self.max_forwards if mf is None else mf) - 1))
 

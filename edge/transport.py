@@ -190,23 +190,6 @@ def _grow_receive_buffer(sock: socket.socket) -> None:
             continue  # not permitted: the kernel default (or rmem_max) stays
 
 
-# getsockopt(SO_MEMINFO) (Linux 4.6+): the socket's memory counters, the first of
-# which is what its receive queue holds (bytes of kernel buffers, headers included).
-SO_MEMINFO: Final = getattr(socket, "SO_MEMINFO", 55)
-_MEMINFO_SIZE: Final = 9 * 4
-
-
-def _queued_bytes(sock: Any) -> int:
-    """Bytes waiting in ``sock``'s receive queue; 0 where the kernel will not say."""
-    if sock is None:
-        return 0
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO_SIZE)
-    except (OSError, ValueError):
-        return 0
-    return memoryview(raw[:4]).cast("I")[0] if len(raw) >= 4 else 0  # native u32
-
-
 class _RateLimitedLog:
     """At most ``burst`` lines per event per ``period`` seconds; the next line
     that gets through says how many were suppressed."""
@@ -438,7 +421,6 @@ class _Conn(asyncio.Protocol):
             self.queued_bytes += len(data)
 
     def feed(self, data: bytes) -> None:
-        self.layer._stream_read += len(data)  # the overload watch's rate (edge/overload.py)
         if self.ws is not None:
             self._feed_ws(data)
             return
@@ -621,11 +603,6 @@ class TransportLayer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._counters: Counter[str] = Counter(dict.fromkeys(COUNTERS, 0))
         self._closed = False
-        # The overload watch (edge/overload.py): bytes read from connections, and
-        # the source of its UDP probes with what to call when one arrives.
-        self._stream_read = 0
-        self._probe_from: tuple[str, int] | None = None
-        self._on_probe: Callable[[], None] | None = None
         # Called with a connection id when an open connection goes away.
         self.on_connection_closed: Callable[[int], None] | None = None
 
@@ -756,37 +733,6 @@ class TransportLayer:
         if conn is not None:
             conn.close("closed_by_proxy")
 
-    # ------------------------------------------------------------ overload watch
-
-    def probe_target(self) -> tuple[str, int] | None:
-        """Where the overload watch sends its UDP probes: the first IPv4 UDP
-        listener, reached over loopback when it listens on every address."""
-        for listener in self._udp:
-            if listener.family == socket.AF_INET:
-                host, port = listener.local
-                return ("127.0.0.1" if listener.wildcard else host, port)
-        return None
-
-    def watch_probe(self, source: tuple[str, int] | None, on_probe: Callable[[], None]) -> None:
-        """Keepalive-shaped datagrams from ``source`` are probes: ``on_probe`` is
-        called when one is read (how late the loop is, edge/overload.py)."""
-        self._probe_from = source
-        self._on_probe = on_probe
-
-    @property
-    def stream_bytes_read(self) -> int:
-        """Bytes read from TCP, TLS and WebSocket connections since start."""
-        return self._stream_read
-
-    def stream_backlog(self, active_since: float) -> int:
-        """Bytes the kernel holds unread for the connections active since
-        ``active_since`` (loop time): their receive queues, headers included."""
-        total = 0
-        for conn in self._conns.values():
-            if conn.tr is not None and conn.last >= active_since:
-                total += _queued_bytes(conn.tr.get_extra_info("socket"))
-        return total
-
     @property
     def counters(self) -> dict[str, int]:
         """Event counts for metrics, one per name in :data:`COUNTERS` (a copy)."""
@@ -848,11 +794,6 @@ class TransportLayer:
             return
         # The first-byte test keeps is_keepalive's copy off the hot path.
         if not data or (data[0] in b"\r\n" and is_keepalive(data)):
-            probe = self._probe_from
-            if probe is not None and addr[1] == probe[1] and addr[0] == probe[0]:
-                if self._on_probe is not None:
-                    self._on_probe()
-                return
             self._counters["udp_keepalives"] += 1
             return
         self._deliver(data, Source("udp", (addr[0], addr[1]), listener.local))

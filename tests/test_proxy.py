@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from edge.config_security import AuditConfig, AuthConfig, BanConfig, RateLimitConfig, ScannerConfig
-from edge.overload import CALM_SECONDS, OverloadGate
 from edge.proxy import Proxy
 from edge.transport import Destination, Source
 from sip.message import Request, Response, parse_message
@@ -339,53 +338,6 @@ async def test_draining_refuses_new_calls(proxy: Proxy) -> None:
     proxy.on_message(invite(), udp(CALLER))
     statuses = [m.status for m, _ in t.take() if isinstance(m, Response)]
     assert statuses == [100, 503]
-
-
-async def test_overload_refuses_new_calls_and_keeps_the_live_one(proxy: Proxy) -> None:
-    t: FakeTransport = proxy.transport
-    gate = proxy.overload = OverloadGate(threshold=0.25, retry_after=7)
-    proxy.on_message(invite(), udp(CALLER))  # before the overload: forwarded
-    ((fwd, _),) = only(t.take(), Request)
-    gate.sample(0.0, 1.0)
-    assert gate.sample(0.1, 1.5) == "overload_start"
-    # A new call: 100, then 503 with the configured Retry-After, nothing upstream.
-    proxy.on_message(invite("z9hG4bKnew").replace(b"call-1@", b"call-2@"), udp(CALLER))
-    sent = t.take()
-    assert only(sent, Request) == []
-    assert [m.status for m, _ in sent] == [100, 503]
-    assert sent[1][0].headers.get("Retry-After") == "7"
-    assert proxy.counters["overload_refused"] == 1
-    # The call taken before goes on: its answer, the ACK and a BYE all pass.
-    proxy.on_message(answer(fwd, 200), udp(PBX1))
-    ((ok, dest),) = t.take()
-    assert isinstance(ok, Response) and ok.status == 200 and dest == Destination("udp", *CALLER)
-    routes = ok.headers.get_all("Record-Route")
-    in_dialog = (
-        *(f"Route: {r}" for r in routes),
-        "Max-Forwards: 70",
-        "From: <sip:alice@127.0.0.1:5070>;tag=a1",
-        "To: <sip:1000@127.0.0.1:5060>;tag=b1",
-        "Call-ID: call-1@127.0.0.1",
-        "Content-Length: 0",
-    )
-    via = "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK{};rport"
-    proxy.on_message(
-        build("ACK sip:pbx@127.0.0.2:5080 SIP/2.0", via.format("ack1"), *in_dialog, "CSeq: 1 ACK"),
-        udp(CALLER),
-    )
-    ((ack, dest),) = t.take()
-    assert isinstance(ack, Request) and ack.method == "ACK" and dest == Destination("udp", *PBX1)
-    proxy.on_message(
-        build("BYE sip:pbx@127.0.0.2:5080 SIP/2.0", via.format("bye1"), *in_dialog, "CSeq: 2 BYE"),
-        udp(CALLER),
-    )
-    ((bye, dest),) = only(t.take(), Request)
-    assert bye.method == "BYE" and dest == Destination("udp", *PBX1)
-    # Calm for CALM_SECONDS: new calls are forwarded again.
-    assert gate.sample(0.2, 0) is None
-    assert gate.sample(0.2 + CALM_SECONDS, 0) == "overload_end"
-    proxy.on_message(invite("z9hG4bKlater").replace(b"call-1@", b"call-3@"), udp(CALLER))
-    assert [m.method for m, _ in only(t.take(), Request)] == ["INVITE"]
 
 
 async def test_malformed_request_gets_400_only_from_known_peers(proxy: Proxy) -> None:
