@@ -147,7 +147,8 @@ def test_a_tick_left_with_only_cancelled_timers_does_not_wake_the_loop(
         await until(lambda: len(fired) == 2)
         # A's dead tick was dropped, not run; B's entry fired stale with B2.
         assert [name for name, _ in fired] == ["B", "B2"]
-        assert fired[0][1] == fired[1][1] == b2 >> 20
+        # In one pass, B2's tick or (a loop running late) a later one.
+        assert fired[0][1] == fired[1][1] >= b2 >> 20
         assert wheel._armed == c >> 20
         wheel.cancel(c)  # nothing live: no loop timer, and C's dead tick is dropped
         assert wheel._handle is None and len(wheel) == 0
@@ -157,7 +158,9 @@ def test_a_tick_left_with_only_cancelled_timers_does_not_wake_the_loop(
         assert len(fired) == 2
         d = wheel.start(None, "D", 0.0)
         await until(lambda: len(fired) == 3)
-        assert fired[2] == ("D", d >> 20)
+        # Its own tick, or a later one when the loop ran late (_run takes every tick
+        # that has passed): never an earlier one.
+        assert fired[2][0] == "D" and fired[2][1] >= d >> 20
 
     run(main())
 
