@@ -735,9 +735,12 @@ se_fp_add(se_fp_plane *p, int fd, int rtcp_fd, unsigned flags, int loop)
     memset(leg, 0, sizeof *leg);
     leg->rtcp_fd = -1;
     leg->flags = flags;
-    /* a new leg may punt its whole burst at once, from either side */
+    /* a new leg may punt its whole burst at once, from either side, and relay its
+     * whole RTCP burst (as media/relay.py's reference does); left at zero, the RTCP
+     * bucket would start with (seconds since boot * rate) tokens */
     leg->punt_tokens = leg->own_tokens = p->punt_burst;
-    leg->punt_stamp = leg->own_stamp = (double)se_fp_now(p) / 1e9;
+    leg->rtcp_tokens = p->rtcp_burst;
+    leg->punt_stamp = leg->own_stamp = leg->rtcp_stamp = (double)se_fp_now(p) / 1e9;
     if ((leg->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0
         || (rtcp_fd >= 0 && (leg->rtcp_fd = fcntl(rtcp_fd, F_DUPFD_CLOEXEC, 0)) < 0)) {
         err = errno;

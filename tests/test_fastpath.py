@@ -414,7 +414,10 @@ def test_echo_leg_reflects_to_its_sender_reencrypted(fast: FastPath) -> None:
 
 
 def test_rtcp_flood_no_destination_and_dtls_pending_in_c() -> None:
-    with FastPath(loops=1, rtcp_burst=5, rtcp_rate=0.001) as fp:
+    # A rate that refills nothing within any uptime: a new leg's burst must be there
+    # from the start.  (The bucket once started empty, its tokens then refilled from
+    # a stamp of 0: uptime * rate, under 5 here in a machine's first 83 minutes.)
+    with FastPath(loops=1, rtcp_burst=5, rtcp_rate=1e-9) as fp:
         caller, callee, r1, r2 = udp(CALLER), udp(CALLEE), udp(RELAY), udp(RELAY)
         a, b = fp.add_leg(r1, mux=True), fp.add_leg(r2, mux=True)
         fp.latch(a, addr(caller))
