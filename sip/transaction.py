@@ -404,7 +404,7 @@ _START_OP: Final = _Op.START
 _TO_TU_OP: Final = _Op.TO_TU
 _TIMER_NAMES: Final[tuple[TimerName, ...]] = typing.get_args(TimerName)
 # Each timer's bit in a transaction's set of running timers (an int, in order).
-_TIMER_BITS: Final[dict[str, int]] = {name: 1 << i for i, name in enumerate(_TIMER_NAMES)}
+_TIMER_BITS: Final[dict[TimerName, int]] = {name: 1 << i for i, name in enumerate(_TIMER_NAMES)}
 
 
 @functools.lru_cache(maxsize=64)
@@ -457,7 +457,7 @@ class _Transaction:
         if next_state is _TERMINATED:
             running = self._running
             if running:
-                out.extend(CancelTimer(n) for n in _TIMER_NAMES if running & _TIMER_BITS[n])
+                out.extend(CancelTimer(n) for n, bit in _TIMER_BITS.items() if running & bit)
             self._running = 0
             out.append(Terminated())
         # Rule 4: a zero-length timer fires now, through its own row.
