@@ -464,8 +464,9 @@ loop_main(void *arg)
     const uint64_t poll_ns = p->poll_ns;
     const uint64_t busy_pct = p->poll_busy_pct;
     int polling = poll_ns != 0 && busy_pct == 0;
-    uint64_t poll_until = 0, win_start = now_ns(), win_busy = 0;
+    uint64_t poll_until = 0, win_start = now_ns(), win_busy = 0, last_end = win_start;
     SET(lp->stats.polling, (uint64_t)polling);
+    SET(lp->stats.poll_mode, (uint64_t)polling);
     for (;;) {
         int timeout = polling && now_ns() < poll_until ? 0 : -1, n, punted = 0;
         uint64_t ns_now, t0, t1;
@@ -486,6 +487,18 @@ loop_main(void *arg)
         pthread_mutex_lock(&lp->mu);
         t0 = now_ns();
         ADD(lp->stats.wakeups, 1);
+        if (t0 - last_end >= SE_FP_BUSY_WINDOW_NS) {
+            /* Idle for a whole window: that window's busy share was nil.  Leave poll
+             * mode now, not after this batch on a share that still counts the batches
+             * before the quiet spell (a lone packet then would be followed by a poll). */
+            if (poll_ns != 0 && busy_pct != 0 && polling) {
+                polling = 0;
+                SET(lp->stats.poll_mode, 0);
+                SET(lp->stats.polling, 0);
+            }
+            win_start = t0;
+            win_busy = 0;
+        }
         /* The legs of all ready sockets asked for at once: their misses overlap
          * instead of coming one per socket (the checks below are unchanged; this
          * only reads, under the mutex). */
@@ -525,14 +538,17 @@ loop_main(void *arg)
             if (poll_ns != 0 && busy_pct != 0) {
                 uint64_t share = win_busy * 100u / (t1 - win_start);
                 int now_polling = polling ? share * 4u >= busy_pct * 3u : share >= busy_pct;
-                if (now_polling != polling)
+                if (now_polling != polling) {
                     SET(lp->stats.polling, (uint64_t)now_polling);
+                    SET(lp->stats.poll_mode, (uint64_t)now_polling);
+                }
                 polling = now_polling;
             }
             win_start = t1;
             win_busy = 0;
         }
         poll_until = t1 + poll_ns;
+        last_end = t1;
     }
     return NULL;
 }

@@ -204,6 +204,8 @@ typedef struct {
     uint64_t wakeups, recv_calls, send_calls, packets, sent;
     uint64_t busy_ns;   /* time spent on batches (not in epoll_wait, not polling) */
     uint64_t polling;   /* 1 while the loop polls after its batches, else 0 */
+    uint64_t poll_mode; /* 1 while it is in poll mode (polls after each batch), even
+                         * while asleep after a poll that found nothing; else 0 */
 } se_fp_loop_stats;
 
 struct se_fp_plane;

@@ -361,7 +361,8 @@ class FastPath:
     def loop_stats(self) -> list[dict[str, Any]]:
         """Per loop: wake-ups, recvmmsg and sendmmsg calls, packets read and sent,
         ``busy_ns`` (time on batches, not waiting or polling), whether it is
-        ``polling`` now, legs owned."""
+        ``polling`` now and whether it is in ``poll_mode`` (polls after each batch,
+        asleep or not), legs owned."""
         return self._plane.loop_stats()
 
     # ---------------------------------------------------------------- punted

@@ -678,13 +678,14 @@ Plane_loop_stats(PyObject *op, PyObject *Py_UNUSED(ignored))
     for (unsigned i = 0; i < self->plane->n_loops; i++) {
         se_fp_loop *lp = &self->plane->loops[i];
         PyObject *d = Py_BuildValue(
-            "{sKsKsKsKsKsKsOsIsO}", "wakeups", (unsigned long long)se_fp_read(&lp->stats.wakeups),
+            "{sKsKsKsKsKsKsOsOsIsO}", "wakeups", (unsigned long long)se_fp_read(&lp->stats.wakeups),
             "recv_calls", (unsigned long long)se_fp_read(&lp->stats.recv_calls), "send_calls",
             (unsigned long long)se_fp_read(&lp->stats.send_calls), "packets",
             (unsigned long long)se_fp_read(&lp->stats.packets), "sent",
             (unsigned long long)se_fp_read(&lp->stats.sent), "busy_ns",
             (unsigned long long)se_fp_read(&lp->stats.busy_ns), "polling",
-            se_fp_read(&lp->stats.polling) ? Py_True : Py_False, "legs", lp->n_legs, "running",
+            se_fp_read(&lp->stats.polling) ? Py_True : Py_False, "poll_mode",
+            se_fp_read(&lp->stats.poll_mode) ? Py_True : Py_False, "legs", lp->n_legs, "running",
             lp->running ? Py_True : Py_False);
         if (d == NULL) {
             Py_DECREF(list);
