@@ -898,10 +898,11 @@ class MediaSut:
 def start_media_sut(
     system: str, workdir: Path, certs: TestCerts, uas_uri: str, procs: ProcGroup
 ) -> MediaSut:
-    """The SUT with media: Kamailio + rtpengine, or sipedge with its relay; both on CPU 0."""
+    """The SUT with media: Kamailio (either memory manager) + rtpengine, or sipedge
+    with its relay; all on CPU 0."""
     if not PCAP.is_file():
         raise NotRunnable(f"{PCAP} missing (Debian package sip-tester)")
-    if system == "kamailio":
+    if system in KAMAILIO_SYSTEMS:
         if find_binary("kamailio") is None:
             raise NotRunnable(missing_binary_message("kamailio", "kamailio"))
         if find_binary("rtpengine") is None:
@@ -919,11 +920,11 @@ def start_media_sut(
             shm_mb=2048,
             config=RTPENGINE_CFG,
         )
-        kam.argv += ["-A", f'RTPENGINE_SOCK="{rtpe.ng_socket}"']
+        kam.argv += ["-A", f'RTPENGINE_SOCK="{rtpe.ng_socket}"', *KAMAILIO_SYSTEMS[system]]
         procs.add(kam).start()
         kam.wait_ready()
         return MediaSut(
-            system="kamailio+rtpengine",
+            system=media_label(system),
             addresses=kam.addresses,
             pids={"kamailio": kam.pid, "rtpengine": rtpe.pid},
             relay_range=RTPENGINE_PORTS,
@@ -1230,11 +1231,15 @@ class MediaRow:
     steps: list[dict[str, Any]] = field(default_factory=list)
 
 
+def media_label(system: str) -> str:
+    """A --media system's name in the report: the Kamailios with rtpengine added."""
+    return f"{system}+rtpengine" if system in KAMAILIO_SYSTEMS else "sipedge relay"
+
+
 def measure_media_row(
     system: str, transport: Transport, plan: MediaPlan, workdir: Path, certs: TestCerts
 ) -> MediaRow:
-    label = "kamailio+rtpengine" if system == "kamailio" else "sipedge relay"
-    row = MediaRow(label, transport)
+    row = MediaRow(media_label(system), transport)
     for binary, package in (("sipp", "sip-tester"), ("tshark", "tshark")):
         if find_binary(binary) is None:
             row.runnable, row.reason = False, missing_binary_message(binary, package)
@@ -1270,7 +1275,7 @@ def measure_media_row(
                 kind=kind,
             )
             row.steps.append(asdict(step))
-            _media_progress(label, transport, step)
+            _media_progress(row.system, transport, step)
             return step
 
         # First a short run with tshark on lo: does the media flow, all four hops?
@@ -1349,7 +1354,9 @@ def render_media(
         f"{2 * PCAP_PACKETS} packets ({PCAP_PACKETS} each way), receiving and sending each "
         "once. kamailio+rtpengine: bench/kamailio/proxy-rtpengine.cfg (rtpengine_offer / "
         "_answer / _delete, replace-origin replace-session-connection) and rtpengine "
-        "(userspace only, --table=-1); sipedge relay: [media] enabled, plain RTP on both "
+        "(userspace only, --table=-1); kamailio-tlsf+rtpengine: the same with both of "
+        "Kamailio's memory pools on TLSF (-x tlsf -X tlsf); sipedge relay: [media] enabled, "
+        "plain RTP on both "
         "sides. "
         f"CPU: SUT utime+stime (Kamailio's processes + rtpengine; sipedge's one process) per "
         f"1000 calls, {plan.calls} calls per run, median of {plan.runs}. "
@@ -1385,14 +1392,16 @@ def render_media(
             f"{_fmt(r.other_cpu_share, '.0%')} | {r.verified} |"
         )
     by = {(r.system, r.transport): r for r in rows if r.runnable}
-    for transport in ("udp", "tls"):
-        s, k = by.get(("sipedge relay", transport)), by.get(("kamailio+rtpengine", transport))
-        if s is not None and k is not None:
-            lines.append(
-                f"| sipedge/(Kamailio+rtpengine) | {transport} | "
-                f"{_ratio(s.cpu_per_1000, k.cpu_per_1000)} | - | "
-                f"{_ratio(s.us_per_packet, k.us_per_packet)} | - | - | - | - | - | - | - | - |"
-            )
+    for kamailio in KAMAILIO_SYSTEMS:
+        for transport in ("udp", "tls"):
+            s = by.get(("sipedge relay", transport))
+            k = by.get((media_label(kamailio), transport))
+            if s is not None and k is not None:
+                lines.append(
+                    f"| sipedge/({kamailio}+rtpengine) | {transport} | "
+                    f"{_ratio(s.cpu_per_1000, k.cpu_per_1000)} | - | "
+                    f"{_ratio(s.us_per_packet, k.us_per_packet)} | - | - | - | - | - | - | - | - |"
+                )
     lines += [
         "",
         f"Machine load before the run (uptime): {load}",
@@ -1555,7 +1564,7 @@ def main() -> int:
     parser.add_argument(
         "--systems",
         default=None,
-        help="default kamailio,kamailio-tlsf,sipedge (with --media: kamailio,sipedge)",
+        help="default kamailio,kamailio-tlsf,sipedge (the same with --media)",
     )
     parser.add_argument("--transports", default="udp,tls", help="default udp,tls")
     parser.add_argument(
@@ -1577,7 +1586,7 @@ def main() -> int:
     if len(os.sched_getaffinity(0)) < 2 or (os.cpu_count() or 1) < 2:
         print("bench_proxy: needs two CPUs (SUT on 0, load on 1)", file=sys.stderr)
         return 2
-    known = ["kamailio", "sipedge"] if args.media else [*KAMAILIO_SYSTEMS, "sipedge"]
+    known = [*KAMAILIO_SYSTEMS, "sipedge"]
     systems = [s.strip() for s in (args.systems or ",".join(known)).split(",") if s.strip()]
     if not set(systems) <= set(known):
         parser.error(f"--systems: one of {', '.join(sorted(known))}")
