@@ -31,6 +31,11 @@ PONG: Final = b"\r\n"
 _CONTENT_LENGTH_RE: Final = re.compile(
     rb"\r\n(?:content-length|l)[ \t]*:[ \t]*([0-9]+)[ \t]*(?=\r\n)", re.I
 )
+# Any Content-Length line, whatever its value, looked for only when there is not
+# exactly one valid: a line whose value is no number ("-5", "ten") deserves its
+# own answer, not "missing".  (One valid beside a malformed one frames by the
+# valid one; the full parse then refuses the second line.)
+_CONTENT_LENGTH_NAME_RE: Final = re.compile(rb"\r\n(?:content-length|l)[ \t]*:", re.I)
 
 
 class KeepAlive(enum.Enum):
@@ -116,11 +121,12 @@ class StreamFramer:
                     break
                 lengths = _CONTENT_LENGTH_RE.findall(src, pos, end + 2)
                 if len(lengths) != 1:
-                    raise SipError(
-                        "missing Content-Length on a stream transport"
-                        if not lengths
-                        else "Content-Length must appear once"
-                    )
+                    named = len(_CONTENT_LENGTH_NAME_RE.findall(src, pos, end))
+                    if named == 0:
+                        raise SipError("missing Content-Length on a stream transport")
+                    if named > 1:
+                        raise SipError("Content-Length must appear once")
+                    raise SipError("Content-Length is not a number")
                 if len(lengths[0]) > 10:
                     raise SipError("Content-Length out of range")
                 total = end + 4 + int(lengths[0]) - pos

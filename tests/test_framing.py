@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from sip.errors import SipError
 from sip.framing import KeepAlive, StreamFramer, is_keepalive
 from sip.message import parse_message
@@ -70,6 +72,25 @@ def test_missing_content_length_is_fatal() -> None:
     fails(framer.feed(no_length), "Content-Length")
     assert framer.failed is not None
     assert framer.feed(INVITE) == []  # the connection is done
+
+
+@pytest.mark.parametrize("value", [b"-5", b"ten", b"1 2", b"0x10", b""])
+def test_a_content_length_that_is_no_number_says_so(value: bytes) -> None:
+    """Found from outside: "Content-Length: -5" over TCP was answered "missing"."""
+    framer = StreamFramer()
+    bad = INVITE.replace(
+        INVITE[INVITE.index(b"Content-Length: ") :].split(b"\r\n")[0], b"Content-Length: " + value
+    )
+    fails(framer.feed(bad), "Content-Length is not a number")
+    assert framer.failed is not None
+
+
+def test_a_malformed_content_length_beside_a_valid_one_is_refused_by_the_parse() -> None:
+    framer = StreamFramer()
+    two = INVITE.replace(b"Subject: call", b"Content-Length: many")
+    (frame,) = framer.feed(two)
+    with pytest.raises(SipError, match="(?i)content-length must appear once"):
+        parse_message(frame, stream=True)
 
 
 def test_two_content_lengths_are_fatal() -> None:
