@@ -89,7 +89,7 @@ def test_a_malformed_content_length_beside_a_valid_one_is_refused_by_the_parse()
     framer = StreamFramer()
     two = INVITE.replace(b"Subject: call", b"Content-Length: many")
     (frame,) = framer.feed(two)
-    with pytest.raises(SipError, match="(?i)content-length must appear once"):
+    with pytest.raises(SipError, match=r"(?i)content-length must appear once"):
         parse_message(frame, stream=True)
 
 
