@@ -81,7 +81,6 @@ from tests.peers import (
     Stunnel,
     TestCerts,
     cpu_seconds,
-    cpu_split,
     find_binary,
     free_port,
     free_udp_block,
@@ -188,7 +187,6 @@ class Step:
     note: str = ""
     total_s: float = 0.0  # with the set-up and tear-down of the peers
     sut_cpu_drained_s: float | None = None  # CPU runs: sut_cpu_s plus the drain after
-    sut_kernel_drained_s: float | None = None  # CPU runs: of that, in the kernel (stime)
 
     @property
     def failed_ratio(self) -> float:
@@ -218,7 +216,6 @@ class Row:
     other_cpu_at_max: float | None = None
     cpu_per_1000: float | None = None
     cpu_per_1000_runs: list[float] = field(default_factory=list)
-    kernel_share: float | None = None  # of the CPU at the fixed rate, median of the runs
     fixed_failed: int = 0
     # The further CPU rates: rate (as text, for JSON) -> median, and every run.
     cpu_per_1000_at: dict[str, float] = field(default_factory=dict)
@@ -548,7 +545,6 @@ def measure_cpu(
                 median = statistics.median(per_1000)
                 if rate == plan.fixed_rate:
                     row.cpu_per_1000, row.cpu_per_1000_runs = median, per_1000
-                    row.kernel_share = _kernel_share(row.steps, rate)
                 else:
                     row.cpu_per_1000_at[str(rate)] = median
                     row.cpu_per_1000_runs_at[str(rate)] = per_1000
@@ -564,19 +560,15 @@ def _cpu_runs(
     workdir: Path,
     certs: TestCerts,
 ) -> dict[str, list[float]]:
-    """``plan.fixed_runs`` runs of each SUT at ``rate``, in turns: CPU s per 1000 calls
-    (and each run's kernel time, in its step)."""
+    """``plan.fixed_runs`` runs of each SUT at ``rate``, in turns: CPU s per 1000 calls."""
     runs: dict[str, list[float]] = {sut.system: [] for sut in suts}
-    # Per SUT, its run still draining: (user, kernel) CPU at its start, when its load
-    # ended, the step.
-    draining: dict[str, tuple[tuple[float, float], float, Step]] = {}
+    # Per SUT, its run still draining: CPU at its start, when its load ended, the step.
+    draining: dict[str, tuple[float, float, Step]] = {}
 
     def settle(sut: _CpuSut) -> None:
-        (user0, kernel0), ended, step = draining.pop(sut.system)
+        cpu0, ended, step = draining.pop(sut.system)
         time.sleep(max(0.0, ended + plan.drain_s - time.monotonic()))
-        user, kernel = cpu_split(sut.pid)
-        step.sut_cpu_drained_s = user + kernel - user0 - kernel0
-        step.sut_kernel_drained_s = kernel - kernel0
+        step.sut_cpu_drained_s = cpu_seconds(sut.pid) - cpu0
         runs[sut.system].append(step.sut_cpu_drained_s / step.calls * 1000)
         row = rows[sut.system]
         row.steps.append({"kind": f"cpu@{rate}", **asdict(step)})
@@ -588,7 +580,7 @@ def _cpu_runs(
         for sut in suts:
             if sut.system in draining:
                 settle(sut)
-            cpu0 = cpu_split(sut.pid)
+            cpu0 = cpu_seconds(sut.pid)
             t_load = time.monotonic()
             step = run_load(
                 workdir=workdir,
@@ -1476,19 +1468,6 @@ def _ratio(a: float | int | None, b: float | int | None) -> str:
     return f"{a / b:.2f}x"
 
 
-def _kernel_share(steps: list[dict[str, Any]], rate: int) -> float | None:
-    """The kernel's share of the SUT's CPU over the CPU runs at ``rate``: the median of
-    the runs' stime / (utime + stime)."""
-    shares = [
-        st["sut_kernel_drained_s"] / st["sut_cpu_drained_s"]
-        for st in steps
-        if st["kind"] == f"cpu@{rate}"
-        and st.get("sut_cpu_drained_s")
-        and st.get("sut_kernel_drained_s") is not None
-    ]
-    return statistics.median(shares) if shares else None
-
-
 def render(rows: list[Row], plan: Plan, quick: bool, versions: dict[str, str]) -> str:
     now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     lines = [
@@ -1565,18 +1544,6 @@ def render(rows: list[Row], plan: Plan, quick: bool, versions: dict[str, str]) -
             "",
             f"CPU at {plan.fixed_rate} cps, sipedge against each reference run by run (runs "
             "taken in turns): " + "; ".join(turns) + ".",
-        ]
-    shares = [
-        f"{r.system} {r.transport} {r.kernel_share:.0%}"
-        for r in rows
-        if r.runnable and r.kernel_share is not None
-    ]
-    if shares:
-        lines += [
-            "",
-            f"Of that CPU at {plan.fixed_rate} cps, the share in the kernel (stime, median of "
-            "the runs; the rest is user space; on loopback a send also pays the receiver's "
-            "delivery and wake-up): " + "; ".join(shares) + ".",
         ]
     steps = [st for r in rows for st in r.steps]
     wall = sum(st["seconds"] for st in steps)

@@ -425,21 +425,14 @@ class ProcGroup:
 def cpu_seconds(pid: int, *, tree: bool = True) -> float:
     """utime + stime of ``pid`` from /proc/PID/stat, with its live descendants if ``tree``
     (Kamailio works in forked children).  Processes that vanish are skipped."""
-    user, kernel = cpu_split(pid, tree=tree)
-    return user + kernel
-
-
-def cpu_split(pid: int, *, tree: bool = True) -> tuple[float, float]:
-    """(utime, stime) in seconds: :func:`cpu_seconds` in user space and in the kernel."""
     tick = os.sysconf("SC_CLK_TCK")
     pids = descendants(pid) | {pid} if tree else {pid}
-    user = kernel = 0
+    total = 0
     for p in pids:
         fields = _stat_fields(p)
         if fields is not None:
-            user += int(fields[11])  # utime (field 14)
-            kernel += int(fields[12])  # stime (field 15)
-    return user / tick, kernel / tick
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / tick
 
 
 def _stat_fields(pid: int) -> list[str] | None:
