@@ -441,6 +441,15 @@ drain_socket(se_fp_loop *lp, se_fp_leg *leg, int on_rtcp_socket, double now, uin
     return punted;
 }
 
+/* The loop's mode and its gauge change together (the gauge then drops on its own
+ * while the loop sleeps, and rises when it wakes in poll mode). */
+static void
+set_poll_mode(se_fp_loop *lp, int on)
+{
+    SET(lp->stats.poll_mode, (uint64_t)on);
+    SET(lp->stats.polling, (uint64_t)on);
+}
+
 static void *
 loop_main(void *arg)
 {
@@ -463,10 +472,10 @@ loop_main(void *arg)
      * fixed clock must not keep a loop polling forever. */
     const uint64_t poll_ns = p->poll_ns;
     const uint64_t busy_pct = p->poll_busy_pct;
+    const int adaptive = poll_ns != 0 && busy_pct != 0; /* else the mode never changes */
     int polling = poll_ns != 0 && busy_pct == 0;
     uint64_t poll_until = 0, win_start = now_ns(), win_busy = 0, last_end = win_start;
-    SET(lp->stats.polling, (uint64_t)polling);
-    SET(lp->stats.poll_mode, (uint64_t)polling);
+    set_poll_mode(lp, polling);
     for (;;) {
         int timeout = polling && now_ns() < poll_until ? 0 : -1, n, punted = 0;
         uint64_t ns_now, t0, t1;
@@ -491,10 +500,9 @@ loop_main(void *arg)
             /* Idle for a whole window: that window's busy share was nil.  Leave poll
              * mode now, not after this batch on a share that still counts the batches
              * before the quiet spell (a lone packet then would be followed by a poll). */
-            if (poll_ns != 0 && busy_pct != 0 && polling) {
+            if (adaptive && polling) {
                 polling = 0;
-                SET(lp->stats.poll_mode, 0);
-                SET(lp->stats.polling, 0);
+                set_poll_mode(lp, 0);
             }
             win_start = t0;
             win_busy = 0;
@@ -535,14 +543,13 @@ loop_main(void *arg)
         ADD(lp->stats.busy_ns, t1 - t0);
         win_busy += t1 - t0;
         if (t1 - win_start >= SE_FP_BUSY_WINDOW_NS) {
-            if (poll_ns != 0 && busy_pct != 0) {
+            if (adaptive) {
                 uint64_t share = win_busy * 100u / (t1 - win_start);
                 int now_polling = polling ? share * 4u >= busy_pct * 3u : share >= busy_pct;
                 if (now_polling != polling) {
-                    SET(lp->stats.polling, (uint64_t)now_polling);
-                    SET(lp->stats.poll_mode, (uint64_t)now_polling);
+                    polling = now_polling;
+                    set_poll_mode(lp, polling);
                 }
-                polling = now_polling;
             }
             win_start = t1;
             win_busy = 0;

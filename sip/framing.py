@@ -28,14 +28,15 @@ PONG: Final = b"\r\n"
 # here it only has to say where the message ends.
 # The closing CRLF is a lookahead: consuming it would hide a second
 # Content-Length on the very next line (a request-smuggling desync).
+_CONTENT_LENGTH_NAME: Final = rb"\r\n(?:content-length|l)[ \t]*:"
 _CONTENT_LENGTH_RE: Final = re.compile(
-    rb"\r\n(?:content-length|l)[ \t]*:[ \t]*([0-9]+)[ \t]*(?=\r\n)", re.I
+    _CONTENT_LENGTH_NAME + rb"[ \t]*([0-9]+)[ \t]*(?=\r\n)", re.I
 )
 # Any Content-Length line, whatever its value, looked for only when there is not
 # exactly one valid: a line whose value is no number ("-5", "ten") deserves its
 # own answer, not "missing".  (One valid beside a malformed one frames by the
 # valid one; the full parse then refuses the second line.)
-_CONTENT_LENGTH_NAME_RE: Final = re.compile(rb"\r\n(?:content-length|l)[ \t]*:", re.I)
+_CONTENT_LENGTH_NAME_RE: Final = re.compile(_CONTENT_LENGTH_NAME, re.I)
 
 
 class KeepAlive(enum.Enum):
