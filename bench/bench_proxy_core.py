@@ -116,12 +116,15 @@ def answer(req: Request | Response, status: int, reason: str, tag: str, body: st
 
 
 class Run:
-    def __init__(self, proxy: Proxy, transport: KeepBytes) -> None:
+    def __init__(self, proxy: Proxy, transport: KeepBytes, gap: float = 0.0) -> None:
         self.proxy = proxy
         self.transport = transport
+        self.gap = gap
         self.spent: dict[str, float] = {}
 
     def on(self, kind: str, data: bytes, remote: tuple[str, int]) -> list[Request | Response]:
+        if self.gap:
+            time.sleep(self.gap)  # untimed: the CPU idles, as between datagrams live
         t0 = time.process_time()
         self.proxy.on_message(data, Source("udp", remote, EDGE))
         self.spent[kind] = self.spent.get(kind, 0.0) + time.process_time() - t0
@@ -159,7 +162,7 @@ class Run:
         self.on("200 BYE", answer(bye, 200, "OK", f"uas{i}"), UPSTREAM)
 
 
-async def measure(calls: int, rounds: int, workdir: Path) -> dict[str, Any]:
+async def measure(calls: int, rounds: int, workdir: Path, gap: float = 0.0) -> dict[str, Any]:
     path = workdir / "bench.toml"
     path.write_text(CONFIG.format(dir=workdir))
     cfg = config_mod.load(str(path))
@@ -177,7 +180,7 @@ async def measure(calls: int, rounds: int, workdir: Path) -> dict[str, Any]:
             for path_name in ("c", "python") if r % 2 == 0 else ("python", "c"):
                 message.use_accelerator(path_name == "c")
                 message.clear_parse_caches()
-                run = Run(proxy, transport)
+                run = Run(proxy, transport, gap)
                 for _ in range(max(50, calls // 10)):  # warm-up: memos, caches
                     run.call(number)
                     number += 1
@@ -200,6 +203,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=2000, help="calls per round and path")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--gap-us",
+        type=float,
+        default=0.0,
+        help="idle this long before each message (untimed), as a live proxy does between "
+        "datagrams: at 200 cps about 800",
+    )
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
@@ -207,11 +217,12 @@ def main() -> int:
         print("media._srtp does not import: run `make install`", file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory(prefix="sipedge-bench-core-") as tmp:
-        out = asyncio.run(measure(args.calls, args.rounds, Path(tmp)))
+        out = asyncio.run(measure(args.calls, args.rounds, Path(tmp), args.gap_us / 1e6))
     results = out["results"]
     print(
         f"proxy core, in-process, {args.calls} calls x {args.rounds} rounds per path "
-        f"(INVITE/100/180/200/ACK/BYE/200, audit on), µs CPU in Proxy.on_message, medians:"
+        f"(INVITE/100/180/200/ACK/BYE/200, audit on), {args.gap_us:.0f} µs idle before each "
+        "message, µs CPU in Proxy.on_message, medians:"
     )
     totals = {p: statistics.median(sum(r.values()) for r in rs) for p, rs in results.items()}
     kinds = list(results["c"][0])
