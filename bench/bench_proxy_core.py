@@ -162,11 +162,15 @@ class Run:
         self.on("200 BYE", answer(bye, 200, "OK", f"uas{i}"), UPSTREAM)
 
 
-async def measure(calls: int, rounds: int, workdir: Path, gap: float = 0.0) -> dict[str, Any]:
+async def measure(
+    calls: int, rounds: int, workdir: Path, gap: float = 0.0, audit: bool = True
+) -> dict[str, Any]:
     path = workdir / "bench.toml"
     path.write_text(CONFIG.format(dir=workdir))
     cfg = config_mod.load(str(path))
     admission, close = open_admission(cfg, log=lambda *a, **k: None)
+    if not audit:
+        admission.audit = None  # what the proxy skips without a log: a call's two lines
     transport = KeepBytes()
     proxy = Proxy(cfg, transport, Router(cfg, log=lambda *a, **k: None), admission=admission)
     await proxy.start()
@@ -210,6 +214,11 @@ def main() -> int:
         help="idle this long before each message (untimed), as a live proxy does between "
         "datagrams: at 200 cps about 800",
     )
+    parser.add_argument(
+        "--no-audit",
+        action="store_true",
+        help="without the audit log (each call writes two lines): what it costs per call",
+    )
     args = parser.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
@@ -217,12 +226,14 @@ def main() -> int:
         print("media._srtp does not import: run `make install`", file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory(prefix="sipedge-bench-core-") as tmp:
-        out = asyncio.run(measure(args.calls, args.rounds, Path(tmp), args.gap_us / 1e6))
+        out = asyncio.run(
+            measure(args.calls, args.rounds, Path(tmp), args.gap_us / 1e6, not args.no_audit)
+        )
     results = out["results"]
     print(
         f"proxy core, in-process, {args.calls} calls x {args.rounds} rounds per path "
-        f"(INVITE/100/180/200/ACK/BYE/200, audit on), {args.gap_us:.0f} µs idle before each "
-        "message, µs CPU in Proxy.on_message, medians:"
+        f"(INVITE/100/180/200/ACK/BYE/200, audit {'off' if args.no_audit else 'on'}), "
+        f"{args.gap_us:.0f} µs idle before each message, µs CPU in Proxy.on_message, medians:"
     )
     totals = {p: statistics.median(sum(r.values()) for r in rs) for p, rs in results.items()}
     kinds = list(results["c"][0])

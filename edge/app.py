@@ -99,7 +99,11 @@ def open_admission(cfg: Config, *, log: LogFn) -> tuple[Any, Callable[[], None]]
     except Exception as e:  # sqlite3.Error or OSError: the operator's to fix
         raise StartupError("auth.database", f"cannot open {cfg.auth.database!r}: {e}") from None
     try:
-        audit = AuditLog(cfg.audit.path, per_source=cfg.audit.max_per_second)
+        audit = AuditLog(
+            cfg.audit.path,
+            per_source=cfg.audit.max_per_second,
+            flush_interval=cfg.audit.flush_interval,
+        )
     except OSError as e:
         credentials.close()
         raise StartupError("audit.path", f"cannot open {cfg.audit.path!r}: {e.strerror}") from None

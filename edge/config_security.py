@@ -20,7 +20,7 @@ import re
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from edge.config_values import (
     ConfigError,
@@ -122,6 +122,9 @@ class AuditConfig:
     path: str = "-"
     # Lines per second per event type and source before the rest are summarised.
     max_per_second: int = 20
+    # Lines are written together at most this long after their events (0: each at
+    # once); what the process holds is lost if it is killed outright (edge/audit.py).
+    flush_interval: float = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,7 +295,18 @@ def parse_audit(t: Mapping[str, Any]) -> AuditConfig:
     s = "audit"
     d = AuditConfig()
     _no_unknown_keys(t, s, {f.name for f in dataclasses.fields(d)})
+    flush_interval = _seconds(t, s, "flush_interval", d.flush_interval, allow_zero=True)
+    if flush_interval > MAX_AUDIT_FLUSH_INTERVAL:
+        raise ConfigError(
+            f"{s}.flush_interval",
+            f"{flush_interval:g} s is more than {MAX_AUDIT_FLUSH_INTERVAL:g} s of lines to lose",
+        )
     return AuditConfig(
         path=_str(t, s, "path", d.path) or d.path,
         max_per_second=_int(t, s, "max_per_second", d.max_per_second, 1, 1_000_000),
+        flush_interval=flush_interval,
     )
+
+
+#: The longest [audit] flush_interval: lines held longer are too many to lose.
+MAX_AUDIT_FLUSH_INTERVAL: Final = 5.0

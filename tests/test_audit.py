@@ -1,7 +1,9 @@
-"""The audit log: reference format, redaction, files and rotation, flood caps, failures."""
+"""The audit log: reference format, redaction, files and rotation, flood caps, failures,
+batched writes."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -591,3 +593,122 @@ def test_uuid_check_is_the_regex() -> None:
     samples += ["", "-" * 36, "0" * 36, "00000000-0000-0000-0000-00000000000-"]
     for text in samples:
         assert audit._is_uuid(text) == (pattern.fullmatch(text) is not None), text
+
+
+# ---------------------------------------------------------------- batched writes
+
+
+class CountingStream(io.StringIO):
+    """A stream that counts its writes: one per batch is what batching is for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, s: str) -> int:
+        self.writes += 1
+        return super().write(s)
+
+
+async def test_held_lines_go_out_together_within_the_interval_with_their_own_times() -> None:
+    out = CountingStream()
+    clock = Clock()
+    log = AuditLog(None, clock=clock, stream=out, flush_interval=0.05)
+    for i in range(3):
+        clock.now = T0 + i
+        log.event(CALL_CREATED, action="create", source_ip=f"192.0.2.{i}")
+    assert out.getvalue() == ""  # held back, not written yet
+    assert log.lines_written == 0
+    clock.now = T0 + 60
+    # The loop's timer for the interval is due before this sleep's: it has run.
+    await asyncio.sleep(0.2)
+    records = lines(out.getvalue())
+    assert [r["source_ip"] for r in records] == ["192.0.2.0", "192.0.2.1", "192.0.2.2"]
+    assert [r["timestamp"] for r in records] == [
+        "2023-11-14T22:13:20.250Z",
+        "2023-11-14T22:13:21.250Z",
+        "2023-11-14T22:13:22.250Z",
+    ]
+    assert out.writes == 1
+    assert log.lines_written == 3
+    # The next event starts a new interval.
+    log.event(CALL_ENDED, action="delete", source_ip="192.0.2.9")
+    assert out.writes == 1
+    await asyncio.sleep(0.2)
+    assert out.writes == 2
+    assert lines(out.getvalue())[-1]["source_ip"] == "192.0.2.9"
+
+
+def test_without_a_running_loop_each_line_is_written_at_once() -> None:
+    # The command line tools write audit lines with no event loop to flush later.
+    log, out, _ = memory_log(flush_interval=0.05)
+    log.event(AUTH_SUCCESS, action="authenticate", source_ip="192.0.2.1")
+    assert lines(out.getvalue())[0]["source_ip"] == "192.0.2.1"
+
+
+async def test_max_pending_lines_are_written_at_once() -> None:
+    out = CountingStream()
+    log = AuditLog(None, clock=Clock(), stream=out, flush_interval=30.0, max_pending=3)
+    log.event(AUTH_SUCCESS, action="authenticate", source_ip="192.0.2.1")
+    log.event(AUTH_SUCCESS, action="authenticate", source_ip="192.0.2.2")
+    assert out.getvalue() == ""
+    log.event(AUTH_SUCCESS, action="authenticate", source_ip="192.0.2.3")
+    assert [r["source_ip"] for r in lines(out.getvalue())] == [
+        "192.0.2.1",
+        "192.0.2.2",
+        "192.0.2.3",
+    ]
+    assert out.writes == 1
+
+
+async def test_close_and_reopen_write_what_is_held(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    log = AuditLog(str(path), clock=Clock(), flush_interval=30.0)
+    log.event(AUTH_SUCCESS, action="authenticate", source_ip="192.0.2.1")
+    assert path.read_text() == ""
+    # Rotation: the held line is older than the reopen, so it ends the old file.
+    path.rename(tmp_path / "audit.log.1")
+    assert log.reopen()
+    assert lines((tmp_path / "audit.log.1").read_text())[0]["source_ip"] == "192.0.2.1"
+    log.event(AUTH_SUCCESS, action="authenticate", source_ip="192.0.2.2")
+    assert path.read_text() == ""
+    log.close()  # a clean stop writes what is held
+    assert [r["source_ip"] for r in lines(path.read_text())] == ["192.0.2.2"]
+    assert log.lines_written == 2
+
+
+async def test_a_short_write_of_a_batch_counts_whole_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "audit.log"
+    log = AuditLog(str(path), clock=Clock(), flush_interval=30.0)
+    real_write = os.write
+    calls = 0
+
+    def short_once(fd: int, data: bytes) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the first line and the head of the second get out
+            return real_write(fd, data[: data.index(b"\n") + 11])
+        return real_write(fd, data)
+
+    monkeypatch.setattr(audit.os, "write", short_once)
+    for i in range(3):
+        log.event(AUTH_SUCCESS, action="authenticate", source_ip=f"192.0.2.{i}")
+    log.flush()
+    assert (log.lines_written, log.write_errors) == (1, 1)
+    log.event(AUTH_SUCCESS, action="authenticate", source_ip="192.0.2.9")
+    log.close()
+    first, torn, *rest = path.read_text().splitlines()
+    assert json.loads(first)["source_ip"] == "192.0.2.0"
+    assert torn == '{"timestam'
+    records = [json.loads(line) for line in rest]
+    assert records[0]["source_ip"] == "192.0.2.9"
+    assert records[1]["details"] == {"lost": 2}  # the torn line and the one after it
+
+
+def test_flush_interval_is_checked() -> None:
+    with pytest.raises(ValueError):
+        AuditLog(None, stream=io.StringIO(), flush_interval=-1.0)
+    with pytest.raises(ValueError):
+        AuditLog(None, stream=io.StringIO(), max_pending=0)

@@ -374,6 +374,10 @@ def _set(extra: str = "", target: str = 'uri = "sip:10.0.0.1"') -> str:
         ("[media]\nfastpath_poll_busy_pct = 101\n" + ECHO, "media.fastpath_poll_busy_pct"),
         ("[media]\nfastpath_poll_busy_pct = 0.5\n" + ECHO, "media.fastpath_poll_busy_pct"),
         ('[media]\nfastpath_poll_busy_pct = "40%"\n' + ECHO, "media.fastpath_poll_busy_pct"),
+        ("[audit]\nflush_interval = -0.1\n" + ECHO, "audit.flush_interval"),
+        ("[audit]\nflush_interval = 6\n" + ECHO, "audit.flush_interval"),
+        ('[audit]\nflush_interval = "50ms"\n' + ECHO, "audit.flush_interval"),
+        ("[audit]\nflush_interval = nan\n" + ECHO, "audit.flush_interval"),
     ],
 )
 def test_parse_rejects(text: str, key: str) -> None:
@@ -553,3 +557,9 @@ def test_fastpath_poll_busy_pct() -> None:
     assert str(error_of("[media]\nfastpath_poll_busy_pct = 101\n" + ECHO)) == (
         "media.fastpath_poll_busy_pct: 101 out of range 0-100"
     )
+
+
+def test_audit_flush_interval() -> None:
+    assert parse(ECHO).audit.flush_interval == 0.05
+    assert parse("[audit]\nflush_interval = 0\n" + ECHO).audit.flush_interval == 0.0
+    assert parse("[audit]\nflush_interval = 5\n" + ECHO).audit.flush_interval == 5.0

@@ -150,7 +150,9 @@ def start_edge(
         trunks=[{"name": "carrier", "allow": [f"{CARRIER}/32"]}],
         extra={
             "auth": auth,
-            "audit": {"path": str(audit_path)},
+            # Each line at once (no batching): the checks that an event is absent
+            # must see every line the moment they look.
+            "audit": {"path": str(audit_path), "flush_interval": 0},
             "bans": {"auth_failures": AUTH_FAILURES},
             "proxy": {"timer_t1": 0.1},
         },

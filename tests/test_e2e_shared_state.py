@@ -54,7 +54,8 @@ def start_edge(
         name=name,
         extra={
             "state": {"backend": "redis", "url": url, "key_prefix": "e2e:"},
-            "audit": {"path": str(workdir / "audit.jsonl")},
+            # Each line at once: B's audit log is checked for a line it must not have.
+            "audit": {"path": str(workdir / "audit.jsonl"), "flush_interval": 0},
             "ratelimit": {"requests_per_minute": RATE},
             "bans": {"flood_drops": FLOOD_DROPS, "flood_window": 10.0},
             "proxy": {"timer_t1": 0.1},
