@@ -618,11 +618,14 @@ class AuditLog:
 
     def _hold(self, event: _Pending) -> bool:
         """Keep ``event`` for the next flush; False when no loop can run one."""
+        # Asked for every event, not only the first of a batch: a thread without a
+        # loop (a tool, a helper thread) writes at once and never touches the list
+        # the loop's flush swaps out.
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
         if not self._pending:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                return False
             loop.call_later(self._flush_interval, self.flush)
         self._pending.append(event)
         if len(self._pending) >= self._max_pending:

@@ -646,6 +646,22 @@ def test_without_a_running_loop_each_line_is_written_at_once() -> None:
     assert lines(out.getvalue())[0]["source_ip"] == "192.0.2.1"
 
 
+async def test_a_thread_without_a_loop_writes_at_once_while_the_loop_holds() -> None:
+    import threading
+
+    out = io.StringIO()
+    log = AuditLog(None, clock=Clock(), stream=out, flush_interval=30.0)
+    log.event(AUTH_SUCCESS, action="authenticate", source_ip="192.0.2.1")  # held
+    helper = threading.Thread(
+        target=log.event, args=(AUTH_SUCCESS,), kwargs={"action": "a", "source_ip": "192.0.2.2"}
+    )
+    helper.start()
+    helper.join()
+    assert [r["source_ip"] for r in lines(out.getvalue())] == ["192.0.2.2"]
+    log.flush()
+    assert [r["source_ip"] for r in lines(out.getvalue())] == ["192.0.2.2", "192.0.2.1"]
+
+
 async def test_max_pending_lines_are_written_at_once() -> None:
     out = CountingStream()
     log = AuditLog(None, clock=Clock(), stream=out, flush_interval=30.0, max_pending=3)
