@@ -93,7 +93,8 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Collection, Mapping
-from typing import Any, Final, TextIO, TypeAlias, TypeVar
+from dataclasses import dataclass
+from typing import Any, Final, TextIO, TypeVar
 
 from edge.log import REDACTED, is_secret_name, redact, redact_text
 from edge.timestamps import iso_millis as _timestamp
@@ -163,25 +164,22 @@ _FILE_FLAGS: Final = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 
 _V = TypeVar("_V")
 
-#: An event held back by flush_interval: AuditLog._format's fields, in its order
-#: (time, event type, action, source, customer, agent, resource type and id,
-#: user agent, request id, details).
-_Pending: TypeAlias = tuple[
-    float,
-    str,
-    str,
-    str | None,
-    str | None,
-    str | None,
-    str | None,
-    str | None,
-    str | None,
-    str | None,
-    Mapping[str, Any] | None,
-]
 
-#: The seven optional fields of an event without them (source to request id).
-_NO_FIELDS: Final = (None, None, None, None, None, None, None)
+@dataclass(slots=True)
+class _Event:
+    """One event's fields, from the call to the line: held back by flush_interval."""
+
+    now: float
+    event_type: str
+    action: str
+    source_ip: str | None = None
+    customer_id: str | None = None
+    agent_id: str | None = None
+    resource_type: str | None = None
+    resource_id: str | None = None
+    user_agent: str | None = None
+    request_id: str | None = None
+    details: Mapping[str, Any] | None = None
 
 
 def _keep(cache: dict[str, _V], key: str, value: _V, limit: int) -> None:
@@ -438,7 +436,7 @@ class AuditLog:
         self._flush_interval = flush_interval
         self._max_pending = max_pending
         # Events held back by flush_interval, oldest first, as _format's arguments.
-        self._pending: list[_Pending] = []
+        self._pending: list[_Event] = []
         self._fd: int | None = os.open(path, _FILE_FLAGS, 0o600) if path is not None else None
         # A short write left a line without its newline; the next line ends it.
         self._torn = False
@@ -599,7 +597,7 @@ class AuditLog:
         request_id: str | None = None,
         details: Mapping[str, Any] | None = None,
     ) -> None:
-        event: _Pending = (
+        event = _Event(
             now,
             event_type,
             action,
@@ -616,7 +614,7 @@ class AuditLog:
             return
         self._write([self._format(event)])
 
-    def _hold(self, event: _Pending) -> bool:
+    def _hold(self, event: _Event) -> bool:
         """Keep ``event`` for the next flush; False when no loop can run one."""
         # Asked for every event, not only the first of a batch: a thread without a
         # loop (a tool, a helper thread) writes at once and never touches the list
@@ -640,36 +638,24 @@ class AuditLog:
         self._pending = []
         self._write([self._format(event) for event in pending])
 
-    def _format(self, event: _Pending) -> str:
-        (
-            now,
-            event_type,
-            action,
-            source_ip,
-            customer_id,
-            agent_id,
-            resource_type,
-            resource_id,
-            user_agent,
-            request_id,
-            details,
-        ) = event
+    def _format(self, event: _Event) -> str:
         # The reference document's order.  Every field is redacted (short repeated
         # values hit redact_text's cache) and the line is put together by hand: the
         # same text json.dumps gives, at a fraction of its cost per line.
         # _field by its name, not through a local: compiled, that is a direct C call.
         head = (
-            f'{{"timestamp":"{_timestamp(now)}"'
-            f',"event_type":{_field(event_type, _FIELD_MAX)}'
-            f',"customer_id":{_field(customer_id, _FIELD_MAX)}'
-            f',"agent_id":{_field(agent_id, _FIELD_MAX)}'
-            f',"resource_type":{_field(resource_type, _FIELD_MAX)}'
-            f',"resource_id":{_field(resource_id, _FIELD_MAX)}'
-            f',"action":{_field(action, _FIELD_MAX)}'
-            f',"source_ip":{_field(source_ip, _FIELD_MAX)}'
-            f',"user_agent":{_field(user_agent, _USER_AGENT_MAX)}'
-            f',"request_id":{_field(request_id, _FIELD_MAX)}'
+            f'{{"timestamp":"{_timestamp(event.now)}"'
+            f',"event_type":{_field(event.event_type, _FIELD_MAX)}'
+            f',"customer_id":{_field(event.customer_id, _FIELD_MAX)}'
+            f',"agent_id":{_field(event.agent_id, _FIELD_MAX)}'
+            f',"resource_type":{_field(event.resource_type, _FIELD_MAX)}'
+            f',"resource_id":{_field(event.resource_id, _FIELD_MAX)}'
+            f',"action":{_field(event.action, _FIELD_MAX)}'
+            f',"source_ip":{_field(event.source_ip, _FIELD_MAX)}'
+            f',"user_agent":{_field(event.user_agent, _USER_AGENT_MAX)}'
+            f',"request_id":{_field(event.request_id, _FIELD_MAX)}'
         )
+        details = event.details
         body = _flat_details(details) if details else "{}"
         if body is None:
             try:
@@ -712,7 +698,7 @@ class AuditLog:
             lost, self._lost = self._lost, 0
             # Written now, not held: the record of a loss must not wait on a flush
             # that may already be the last one (close).
-            loss: _Pending = (self._clock(), WRITE_FAILED, "lose", *_NO_FIELDS, {"lost": lost})
+            loss = _Event(self._clock(), WRITE_FAILED, "lose", details={"lost": lost})
             self._write([self._format(loss)])
 
     @staticmethod
