@@ -435,7 +435,7 @@ class AuditLog:
         self._max_keys = max_keys
         self._flush_interval = flush_interval
         self._max_pending = max_pending
-        # Events held back by flush_interval, oldest first, as _format's arguments.
+        # Events held back by flush_interval, oldest first.
         self._pending: list[_Event] = []
         self._fd: int | None = os.open(path, _FILE_FLAGS, 0o600) if path is not None else None
         # A short write left a line without its newline; the next line ends it.
@@ -471,17 +471,19 @@ class AuditLog:
         if event_type in self._limited and not self._admit(event_type, source_ip, now):
             return
         self._emit(
-            now,
-            event_type,
-            customer_id=customer_id,
-            agent_id=agent_id,
-            resource_type=resource_type,
-            resource_id=resource_id,
-            action=action,
-            source_ip=source_ip,
-            user_agent=user_agent,
-            request_id=request_id,
-            details=details,
+            _Event(
+                now,
+                event_type,
+                action,
+                source_ip,
+                customer_id,
+                agent_id,
+                resource_type,
+                resource_id,
+                user_agent,
+                request_id,
+                details,
+            )
         )
 
     def flush_suppressed(self, *, final: bool = False) -> None:
@@ -568,48 +570,24 @@ class AuditLog:
         if not window.suppressed:
             return
         self._emit(
-            self._clock(),
-            SUPPRESSED,
-            action="suppress",
-            source_ip=source_ip,
-            details={
-                "event_type": event_type,
-                "suppressed": window.suppressed,
-                "first": _timestamp(window.first),
-                "last": _timestamp(window.last),
-                "scope": "source" if source_ip is not None else "all_sources",
-            },
+            _Event(
+                self._clock(),
+                SUPPRESSED,
+                "suppress",
+                source_ip,
+                details={
+                    "event_type": event_type,
+                    "suppressed": window.suppressed,
+                    "first": _timestamp(window.first),
+                    "last": _timestamp(window.last),
+                    "scope": "source" if source_ip is not None else "all_sources",
+                },
+            )
         )
         window.suppressed = 0
 
-    def _emit(
-        self,
-        now: float,
-        event_type: str,
-        *,
-        action: str,
-        source_ip: str | None = None,
-        customer_id: str | None = None,
-        agent_id: str | None = None,
-        resource_type: str | None = None,
-        resource_id: str | None = None,
-        user_agent: str | None = None,
-        request_id: str | None = None,
-        details: Mapping[str, Any] | None = None,
-    ) -> None:
-        event = _Event(
-            now,
-            event_type,
-            action,
-            source_ip,
-            customer_id,
-            agent_id,
-            resource_type,
-            resource_id,
-            user_agent,
-            request_id,
-            details,
-        )
+    def _emit(self, event: _Event) -> None:
+        """Hold ``event`` for the next batch, or write its line now."""
         if self._flush_interval > 0.0 and self._hold(event):
             return
         self._write([self._format(event)])

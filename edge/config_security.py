@@ -291,6 +291,10 @@ def parse_scanners(t: Mapping[str, Any]) -> ScannerConfig:
     return ScannerConfig(enabled=_bool(t, s, "enabled", d.enabled), user_agents=agents)
 
 
+#: The longest [audit] flush_interval: lines held longer are too many to lose.
+MAX_AUDIT_FLUSH_INTERVAL: Final = 5.0
+
+
 def parse_audit(t: Mapping[str, Any]) -> AuditConfig:
     s = "audit"
     d = AuditConfig()
@@ -306,7 +310,3 @@ def parse_audit(t: Mapping[str, Any]) -> AuditConfig:
         max_per_second=_int(t, s, "max_per_second", d.max_per_second, 1, 1_000_000),
         flush_interval=flush_interval,
     )
-
-
-#: The longest [audit] flush_interval: lines held longer are too many to lose.
-MAX_AUDIT_FLUSH_INTERVAL: Final = 5.0
