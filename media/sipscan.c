@@ -102,6 +102,25 @@ typedef struct {
     int single; /* key in SINGLE_HEADERS */
 } name_slot;
 
+/* The cache of whole header lines: a line seen before ("CSeq: 1 INVITE", "Max-Forwards:
+ * 70", a Contact, a trunk's Record-Route) gets the HeaderField built for it then, with
+ * its value string.  The hit saves two strings and a field (made now, freed with the
+ * message), and the value's hash, cached in the shared string, spares the checker's
+ * memo a hash over it.  A field is never changed once built (sip.message edits a
+ * header by replacing its field), so messages may share one.  Two ways per set, the
+ * most recent first: a new line takes the first way and pushes the other out, so two
+ * lines of one message that share a set both stay, and distinct lines (branches,
+ * tags, Call-IDs) cost a hash and a store, never a walk. */
+#define LINE_SLOTS 1024
+#define LINE_MAX_LEN 256
+
+typedef struct {
+    PyObject *field; /* HeaderField; NULL = empty slot */
+    PyObject *value; /* its value */
+    PyObject *raw;   /* its raw text (ASCII), what a line is compared with */
+    uint32_t hash;
+} line_slot;
+
 typedef struct {
     PyObject_HEAD
     PyObject *field_type; /* sip.message.HeaderField */
@@ -115,6 +134,8 @@ typedef struct {
     Py_ssize_t off[4];
     name_slot *names;
     int n_names;
+    line_slot *lines;
+    Py_ssize_t line_hits;
 } ScannerObject;
 
 /* One header field while the head is being scanned: offsets into the head. */
@@ -132,6 +153,26 @@ fnv1a(const unsigned char *p, Py_ssize_t n)
     for (Py_ssize_t i = 0; i < n; i++)
         h = (h ^ p[i]) * 16777619u;
     return h;
+}
+
+/* A header line's hash for the line cache: a word at a time (a line averages
+ * 40-80 bytes).  Not keyed: lines chosen to collide only evict each other. */
+static uint32_t
+line_hash(const unsigned char *p, Py_ssize_t n)
+{
+    uint64_t h = 0x9e3779b97f4a7c15ull ^ (uint64_t)n, w;
+    for (; n >= 8; p += 8, n -= 8) {
+        memcpy(&w, p, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdull;
+        h ^= h >> 29;
+    }
+    if (n > 0) {
+        w = 0;
+        memcpy(&w, p, (size_t)n);
+        h = (h ^ w) * 0xff51afd7ed558ccdull;
+        h ^= h >> 29;
+    }
+    return (uint32_t)(h ^ (h >> 32));
 }
 
 /* Index of the first CR in p[from:to], or to. */
@@ -475,22 +516,59 @@ Scanner_scan(ScannerObject *self, PyObject *const *args, Py_ssize_t nargs)
     for (i = 0; i < nfields; i++) {
         field_span *f = &fields[i];
         PyObject *value, *raw, *field, *group;
+        Py_ssize_t raw_len = f->raw_end - f->line;
+        line_slot *set = NULL;
+        uint32_t h = 0;
+        if (ascii && !f->folded && raw_len <= LINE_MAX_LEN) {
+            h = line_hash(head + f->line, raw_len);
+            set = &self->lines[h & (LINE_SLOTS - 2)];
+            for (int way = 0; way < 2; way++) {
+                line_slot *slot = &set[way];
+                if (slot->field != NULL && slot->hash == h
+                    && PyUnicode_GET_LENGTH(slot->raw) == raw_len
+                    && memcmp(PyUnicode_1BYTE_DATA(slot->raw), head + f->line,
+                              (size_t)raw_len) == 0) {
+                    PyList_SET_ITEM(list, i, Py_NewRef(slot->field));
+                    value = Py_NewRef(slot->value);
+                    if (way == 1) { /* most recent first */
+                        line_slot hit = set[1];
+                        set[1] = set[0];
+                        set[0] = hit;
+                    }
+                    self->line_hits++;
+                    goto group;
+                }
+            }
+        }
         value = f->folded ? folded_value(head, f, ascii)
                           : make_str(head + f->value, f->value_end - f->value, ascii);
         if (value == NULL)
             goto done;
-        raw = make_str(head + f->line, f->raw_end - f->line, ascii);
+        raw = make_str(head + f->line, raw_len, ascii);
         if (raw == NULL) {
             Py_DECREF(value);
             goto done;
         }
         field = make_field(self, f->name, f->key, value, raw);
-        Py_DECREF(raw);
         if (field == NULL) {
+            Py_DECREF(raw);
             Py_DECREF(value);
             goto done;
         }
+        if (set != NULL) {
+            line_slot old = set[1];
+            set[1] = set[0];
+            set[0].field = Py_NewRef(field);
+            set[0].value = Py_NewRef(value);
+            set[0].raw = Py_NewRef(raw);
+            set[0].hash = h;
+            Py_XDECREF(old.field);
+            Py_XDECREF(old.value);
+            Py_XDECREF(old.raw);
+        }
+        Py_DECREF(raw);
         PyList_SET_ITEM(list, i, field);
+    group:
         /* _group: values by key; the first repeat of a single header ends it. */
         if (dup == Py_None) {
             group = PyDict_GetItemWithError(values, f->key);
@@ -630,7 +708,12 @@ Scanner_init(ScannerObject *self, PyObject *args, PyObject *kwds)
             memset(self->off, 0, sizeof(self->off));
     }
     self->names = PyMem_Calloc(NAME_SLOTS, sizeof(name_slot));
-    if (self->names == NULL) {
+    self->lines = PyMem_Calloc(LINE_SLOTS, sizeof(line_slot));
+    if (self->names == NULL || self->lines == NULL) {
+        PyMem_Free(self->names);
+        PyMem_Free(self->lines);
+        self->names = NULL;
+        self->lines = NULL;
         PyErr_NoMemory();
         return -1;
     }
@@ -675,6 +758,14 @@ Scanner_dealloc(ScannerObject *self)
         }
         PyMem_Free(self->names);
     }
+    if (self->lines != NULL) {
+        for (int i = 0; i < LINE_SLOTS; i++) {
+            Py_XDECREF(self->lines[i].field);
+            Py_XDECREF(self->lines[i].value);
+            Py_XDECREF(self->lines[i].raw);
+        }
+        PyMem_Free(self->lines);
+    }
     tp->tp_free((PyObject *)self);
     Py_DECREF(tp);
 }
@@ -682,7 +773,8 @@ Scanner_dealloc(ScannerObject *self)
 static PyObject *
 Scanner_scan_checked(ScannerObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (self->names == NULL || self->field_type == NULL || self->factory == NULL) {
+    if (self->names == NULL || self->lines == NULL || self->field_type == NULL
+        || self->factory == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "SipScanner is not initialised");
         return NULL;
     }
@@ -701,6 +793,12 @@ Scanner_cached_names(ScannerObject *self, void *Py_UNUSED(closure))
     return PyLong_FromLong(self->n_names);
 }
 
+static PyObject *
+Scanner_line_hits(ScannerObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSsize_t(self->line_hits);
+}
+
 static PyMethodDef Scanner_methods[] = {
     {"scan", (PyCFunction)(void (*)(void))Scanner_scan_checked, METH_FASTCALL, scan_doc},
     {NULL, NULL, 0, NULL},
@@ -710,6 +808,8 @@ static PyGetSetDef Scanner_getset[] = {
     {"direct", (getter)Scanner_direct, NULL, "True if fields are built by writing their slots",
      NULL},
     {"cached_names", (getter)Scanner_cached_names, NULL, "header names in the name cache", NULL},
+    {"line_hits", (getter)Scanner_line_hits, NULL,
+     "header lines whose field came from the line cache", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

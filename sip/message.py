@@ -187,16 +187,18 @@ DEFAULT_LIMITS: Final = Limits()
 class HeaderField:
     """One header line: ``name`` as written, ``key`` canonical, ``value`` unfolded.
 
-    ``raw`` is the original text (with any folding) or None once edited.
+    ``raw`` is the original text (with any folding) or None once edited.  A field
+    never changes (an edit replaces it): the C scanner hands the same field to every
+    message with the same line (its line cache).
     """
 
     __slots__ = ("name", "key", "value", "raw")
 
     def __init__(self, name: str, key: str, value: str, raw: str | None) -> None:
-        self.name = name
-        self.key = key
-        self.value = value
-        self.raw = raw
+        self.name: Final = name
+        self.key: Final = key
+        self.value: Final = value
+        self.raw: Final = raw
 
     def line(self) -> str:
         return self.raw if self.raw is not None else f"{self.name}: {self.value}"
@@ -863,8 +865,12 @@ def _parse_fields(lines: list[str], max_line: int) -> list[HeaderField]:
             if not fields:
                 raise SipError("folded line before the first header")
             prev = fields[-1]
-            prev.value = (prev.value + " " + line.strip(_WSP)).strip(_WSP)
-            prev.raw = f"{prev.raw}\r\n{line}"
+            fields[-1] = HeaderField(
+                prev.name,
+                prev.key,
+                (prev.value + " " + line.strip(_WSP)).strip(_WSP),
+                f"{prev.raw}\r\n{line}",
+            )
             continue
         colon = line.find(":")
         if colon <= 0:

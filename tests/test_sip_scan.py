@@ -299,6 +299,74 @@ def test_name_cache_is_bounded_and_transparent() -> None:
     assert_same(sipdata.OK_200.replace(b"Contact:", long.encode() + b":", 1))
 
 
+def fresh_scanner() -> Any:
+    from media._srtp import SipScanner
+
+    c_scan()
+    return SipScanner(
+        HeaderField, SipError, COMPACT_FORMS, SINGLE_HEADERS, factory=message._new_field
+    )
+
+
+def test_a_repeated_line_gets_the_field_built_for_it_before() -> None:
+    scanner = fresh_scanner()
+    first = scanner.scan(sipdata.INVITE, 256, 8192)
+    assert scanner.line_hits == 0
+    second = scanner.scan(sipdata.INVITE, 256, 8192)
+    want = outcome(message._scan, sipdata.INVITE, Limits())
+    assert outcome(lambda *a: second, sipdata.INVITE, Limits()) == want
+    assert scanner.line_hits == len(first[1])
+    assert all(a is b for a, b in zip(first[1], second[1], strict=True))
+    # The values the checker groups are the fields' own strings.
+    for field in second[1]:
+        assert any(v is field.value for v in second[2][field.key])
+    # One changed line: only that field is new.
+    changed = sipdata.INVITE.replace(b"CSeq: 314159 INVITE", b"CSeq: 2 INVITE")
+    assert changed != sipdata.INVITE
+    third = scanner.scan(changed, 256, 8192)
+    fresh = [f for f in third[1] if not any(f is g for g in first[1])]
+    assert [f.key for f in fresh] == ["cseq"]
+    assert fresh[0].value == "2 INVITE"
+
+
+def test_the_line_cache_stays_transparent() -> None:
+    """Lines that evict each other, long, folded and non-ASCII ones: every scan
+    still equals the Python reference, and only plain lines are cached."""
+    scanner = fresh_scanner()
+
+    def same(data: bytes) -> None:
+        for limits in LIMITS:
+            assert outcome(scanner.scan, data, limits) == outcome(message._scan, data, limits)
+
+    # Several times the cache's 1024 slots of distinct lines, then the first ones
+    # again: each slot was overwritten many times over.
+    variants = [
+        sipdata.OK_200.replace(b"Content-Length: 0", f"X-Line: {i}\r\nContent-Length: 0".encode())
+        for i in range(5000)
+    ]
+    for data in variants + variants[:50]:
+        same(data)
+    # A line longer than the cache takes, a folded one and a message with UTF-8:
+    # scanned right, twice, and never served from the cache.
+    long = sipdata.OK_200.replace(
+        b"Content-Length: 0", b"Subject: " + b"x" * 300 + b"\r\nContent-Length: 0"
+    )
+    folded = sipdata.OK_200.replace(b"Content-Length: 0", b"Subject: a\r\n b\r\nContent-Length: 0")
+    utf8 = sipdata.OK_200.replace(b"Content-Length: 0", "Subject: é\r\nContent-Length: 0".encode())
+    for data in (long, folded, utf8):
+        same(data)
+        hits = scanner.line_hits
+        fields = scanner.scan(data, 256, 8192)[1]
+        served = scanner.line_hits - hits
+        subject = next(f for f in fields if f.key == "subject")
+        again = next(f for f in scanner.scan(data, 256, 8192)[1] if f.key == "subject")
+        assert again is not subject and again.value == subject.value
+        if data is utf8:
+            assert served == 0  # a message with any non-ASCII byte is not cached at all
+        else:
+            assert served == len(fields) - 1  # all but the Subject line
+
+
 def test_calling_the_type_gives_the_same_fields() -> None:
     from media._srtp import SipScanner
 
