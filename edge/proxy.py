@@ -45,7 +45,7 @@ from edge.timer_wheel import TimerWheel
 from edge.tls import certificate_matches
 from edge.transport import Destination, Source
 from sip.errors import SipError
-from sip.headers import NameAddr, Via, has_param
+from sip.headers import NameAddr, Via, has_param, set_param
 from sip.message import (
     STANDARD_METHODS,
     Limits,
@@ -894,15 +894,15 @@ class Proxy(MediaMixin):
         """RFC 3261 §18.2.1 and RFC 3581 §4: note where the request really came from."""
         via = req.top_via
         ip = source.remote[0]
-        changed = via
+        params = via.params
         if via.host != ip:
-            changed = changed.with_param("received", ip)
+            params = set_param(params, "received", ip)
         if via.wants_rport and via.rport is None:
-            changed = changed.with_param("rport", str(source.remote[1]))
-        if changed is not via:
-            req.headers.remove_first("Via")
+            params = set_param(params, "rport", str(source.remote[1]))
+        if params is not via.params:
+            changed = via.with_params(params)
             # own_via: the new text parses back (here and in the responses) from the memo.
-            req.headers.prepend_parsed("Via", own_via(changed), changed)
+            req.headers.replace_first_parsed("Via", own_via(changed), changed)
         if source.conn_id is not None and has_param(via.params, "alias"):
             # RFC 5923: the peer offers this connection for requests to its sent-by.
             self.transport.register_alias(source.conn_id, via.host, via.port or 5060)

@@ -470,6 +470,29 @@ class Headers:
         if cached is not None and key in _INCREMENTAL:
             self._typed[key] = [parsed, *cached]
 
+    def replace_first_parsed(self, name: str, text: str, parsed: Any) -> None:
+        """:meth:`remove_first` then :meth:`prepend_parsed`, in one step: the top
+        element of ``name`` (a Via the proxy stamps) becomes ``text``, parsed as
+        ``parsed``, where the old one was."""
+        _check_name(name)
+        key = canonical_name(name)
+        fields = self._fields
+        for i, f in enumerate(fields):
+            if f.key != key:
+                continue
+            new = HeaderField(name, key, _clean_value(text), None)
+            rest = split_first(f.value)[1] if key in LIST_HEADERS else None
+            if rest is None:
+                fields[i] = new
+            else:
+                fields[i] = HeaderField(f.name, key, rest, None)
+                fields.insert(i, new)
+            cached = self._typed.pop(key, None)
+            if cached is not None and key in _INCREMENTAL:
+                self._typed[key] = [parsed, *cached[1:]]
+            return
+        self.prepend_parsed(name, text, parsed)
+
     def _insert_first(self, field: HeaderField) -> None:
         """Above the first field of its header, or at the top if there is none."""
         index = 0

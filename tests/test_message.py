@@ -212,6 +212,48 @@ def test_parsed_views_stay_true_through_proxy_edits() -> None:
     assert len(copy.via) == 3 and len(msg.via) == 2
 
 
+def test_replace_first_parsed_swaps_the_top_element_where_it_was() -> None:
+    """What the proxy does to a request's top Via (received, rport): the element
+    is replaced in its place, the rest of a list line stays, and the parsed view
+    equals parsing the message afresh."""
+    msg = parse_message(
+        build(
+            "BYE sip:a@example.com SIP/2.0",
+            "Max-Forwards: 70",
+            "Via: SIP/2.0/UDP h1.example.com;branch=z9hG4bK1, SIP/2.0/TCP h2.example.com;branch=z9hG4bK2",  # noqa: E501
+            "From: <sip:b@example.com>;tag=1",
+            "Via: SIP/2.0/UDP h3.example.com;branch=z9hG4bK3",
+            "To: <sip:a@example.com>;tag=2",
+            "Call-ID: cid",
+            "CSeq: 2 BYE",
+            "Content-Length: 0",
+        )
+    )
+    assert isinstance(msg, Request)
+    assert len(msg.via) == 3
+    stamped = msg.top_via.with_params((*msg.top_via.params, ("received", "192.0.2.1")))
+    msg.headers.replace_first_parsed("Via", str(stamped), stamped)
+    assert msg.top_via is stamped
+    assert msg.via == _fresh(msg).via
+    assert [v.host for v in msg.via] == ["h1.example.com", "h2.example.com", "h3.example.com"]
+    assert msg.top_via.received == "192.0.2.1"
+    lines = bytes(msg).decode().split("\r\n")
+    assert lines[1:4] == [
+        "Max-Forwards: 70",
+        f"Via: {stamped}",
+        "Via: SIP/2.0/TCP h2.example.com;branch=z9hG4bK2",
+    ]
+    # A one-element line is replaced where it stood, not moved to the next Via.
+    msg.headers.remove_first("Via")
+    top = msg.top_via.with_params((*msg.top_via.params, ("rport", "5070")))
+    msg.headers.replace_first_parsed("Via", str(top), top)
+    assert msg.via == _fresh(msg).via and msg.top_via.rport == 5070
+    assert bytes(msg).decode().split("\r\n")[1:3] == ["Max-Forwards: 70", f"Via: {top}"]
+    # No such header yet: it is added as prepend_parsed would.
+    msg.headers.replace_first_parsed("Record-Route", "<sip:edge.example.com;lr>", None)
+    assert msg.headers.get_all("Record-Route") == ["<sip:edge.example.com;lr>"]
+
+
 @pytest.mark.parametrize("value", ["a\r\nInjected: 1", "a\nb", "a\rb", "a\x00b"])
 def test_header_injection_is_refused(value: str) -> None:
     msg = parse_message(INVITE)
