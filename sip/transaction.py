@@ -36,7 +36,6 @@ Matching (§17.1.3, §17.2.3) is :func:`client_key`, :func:`server_key` and
 
 from __future__ import annotations
 
-import functools
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -407,10 +406,24 @@ _TIMER_NAMES: Final[tuple[TimerName, ...]] = typing.get_args(TimerName)
 _TIMER_BITS: Final[dict[TimerName, int]] = {name: 1 << i for i, name in enumerate(_TIMER_NAMES)}
 
 
-@functools.lru_cache(maxsize=64)
 def _initial_delays(config: TimerConfig, reliable: bool) -> dict[TimerName, float | None]:
     """Every timer's first delay (TimerConfig.initial) for one config and transport kind."""
-    return {name: config.initial(name, reliable) for name in _TIMER_NAMES}
+    # By the config's identity, not its value: every transaction asks, and hashing
+    # the frozen dataclass (its generated __hash__, interpreted) cost more than the
+    # rest of a transaction's construction.  The entry holds the config, so its id
+    # is not reused while the entry lives.
+    key = (id(config), reliable)
+    found = _delays.get(key)
+    if found is not None and found[0] is config:
+        return found[1]
+    delays = {name: config.initial(name, reliable) for name in _TIMER_NAMES}
+    if len(_delays) >= 64:
+        _delays.clear()
+    _delays[key] = (config, delays)
+    return delays
+
+
+_delays: Final[dict[tuple[int, bool], tuple[TimerConfig, dict[TimerName, float | None]]]] = {}
 
 
 class _Transaction:

@@ -100,6 +100,24 @@ def check_ipv4_like(host: str) -> None:
 
 def is_ip_literal(host: str) -> bool:
     """True for an IPv4 address or an IPv6 address without brackets."""
+    # Asked for every next hop and every stamped Via: the same few upstream and
+    # peer addresses, over and over.  A regex match costs about twenty times the
+    # lookup; the cache is bounded like the parse memos (emptied when full).
+    known = _ip_literals.get(host)
+    if known is not None:
+        return known
+    literal = _is_ip_literal(host)
+    if len(_ip_literals) >= _IP_LITERALS_MAX:
+        _ip_literals.clear()
+    _ip_literals[host] = literal
+    return literal
+
+
+_IP_LITERALS_MAX: Final = 1024
+_ip_literals: Final[dict[str, bool]] = {}
+
+
+def _is_ip_literal(host: str) -> bool:
     if IPV4_RE.fullmatch(host) is not None:
         return True
     if ":" not in host:
