@@ -209,7 +209,7 @@ def call_resource_id(call_id: str) -> str:
     raw[6] = (raw[6] & 0x0F) | 0x50
     raw[8] = (raw[8] & 0x3F) | 0x80
     h = raw.hex()
-    found = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    found = _issue(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
     if len(call_id) <= _RESOURCE_ID_KEY_MAX:  # the cache's memory stays bounded too
         _keep(_resource_ids, call_id, found, _RESOURCE_IDS_MAX)
     return found
@@ -226,7 +226,21 @@ def new_request_id() -> str:
     raw[6] = (raw[6] & 0x0F) | 0x40
     raw[8] = (raw[8] & 0x3F) | 0x80
     h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return _issue(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+
+
+# The ids this module made (request ids, call resource ids): UUID text by
+# construction, so a line writes them without the character check of _is_uuid
+# (a fifth of a line's formatting).  Bounded; an id that fell out is checked.
+_ISSUED_MAX: Final = 8192
+_issued: Final[dict[str, None]] = {}
+
+
+def _issue(value: str) -> str:
+    if len(_issued) >= _ISSUED_MAX:
+        _issued.clear()
+    _issued[value] = None
+    return value
 
 
 _encode_str: Final = json.encoder.encode_basestring_ascii  # C, what json.dumps uses by default
@@ -267,7 +281,7 @@ def _field(value: Any, limit: int) -> str:
         return "null"
     if type(value) is str:
         if len(value) <= _SHORT:
-            if len(value) == 36 and _is_uuid(value):
+            if len(value) == 36 and (value in _issued or _is_uuid(value)):
                 return f'"{value}"'  # request and resource ids: nothing to redact or escape
             return _short_str(value)
         return _str(value, limit)
@@ -320,6 +334,47 @@ def _short_str(value: str) -> str:
     if text is None:
         text = _encode_str(redact_text(value))
         _keep(_short_texts, value, text, _CACHE_MAX)
+    return text
+
+
+# The fields around resource_id repeat from line to line (a call's two events, a
+# trunk's calls): their JSON text, redacted and clipped, by the values' tuple.
+_who_texts: Final[dict[tuple[str, str | None, str | None, str | None], str]] = {}
+_how_texts: Final[dict[tuple[str, str | None, str | None], str]] = {}
+
+
+def _who(
+    event_type: str, customer_id: str | None, agent_id: str | None, resource_type: str | None
+) -> str:
+    """``,"event_type":...,"resource_type":...`` of a line."""
+    key = (event_type, customer_id, agent_id, resource_type)
+    text = _who_texts.get(key)
+    if text is None:
+        text = (
+            f',"event_type":{_field(event_type, _FIELD_MAX)}'
+            f',"customer_id":{_field(customer_id, _FIELD_MAX)}'
+            f',"agent_id":{_field(agent_id, _FIELD_MAX)}'
+            f',"resource_type":{_field(resource_type, _FIELD_MAX)}'
+        )
+        if len(_who_texts) >= _CACHE_MAX:
+            _who_texts.clear()
+        _who_texts[key] = text
+    return text
+
+
+def _how(action: str, source_ip: str | None, user_agent: str | None) -> str:
+    """``,"action":...,"user_agent":...`` of a line."""
+    key = (action, source_ip, user_agent)
+    text = _how_texts.get(key)
+    if text is None:
+        text = (
+            f',"action":{_field(action, _FIELD_MAX)}'
+            f',"source_ip":{_field(source_ip, _FIELD_MAX)}'
+            f',"user_agent":{_field(user_agent, _USER_AGENT_MAX)}'
+        )
+        if len(_how_texts) >= _CACHE_MAX:
+            _how_texts.clear()
+        _how_texts[key] = text
     return text
 
 
@@ -623,14 +678,9 @@ class AuditLog:
         # _field by its name, not through a local: compiled, that is a direct C call.
         head = (
             f'{{"timestamp":"{_timestamp(event.now)}"'
-            f',"event_type":{_field(event.event_type, _FIELD_MAX)}'
-            f',"customer_id":{_field(event.customer_id, _FIELD_MAX)}'
-            f',"agent_id":{_field(event.agent_id, _FIELD_MAX)}'
-            f',"resource_type":{_field(event.resource_type, _FIELD_MAX)}'
+            f"{_who(event.event_type, event.customer_id, event.agent_id, event.resource_type)}"
             f',"resource_id":{_field(event.resource_id, _FIELD_MAX)}'
-            f',"action":{_field(event.action, _FIELD_MAX)}'
-            f',"source_ip":{_field(event.source_ip, _FIELD_MAX)}'
-            f',"user_agent":{_field(event.user_agent, _USER_AGENT_MAX)}'
+            f"{_how(event.action, event.source_ip, event.user_agent)}"
             f',"request_id":{_field(event.request_id, _FIELD_MAX)}'
         )
         details = event.details

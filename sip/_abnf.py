@@ -71,6 +71,31 @@ FORBIDDEN_IN_VALUE_RE: Final = re.compile(r"[\r\n]")
 _UNQUOTE_RE: Final = re.compile(r"\\(.)", re.S)
 
 
+_LOWER_NAMES_MAX: Final = 512
+_lower_names: Final[dict[str, str]] = {}
+
+
+def lower_name(name: str) -> str:
+    """``name.lower()`` for a parameter name, remembered (bounded).
+
+    Parameter lookups (a Via's branch and rport, a URI's transport and lr) run
+    dozens of times per proxied call: ``str.lower()`` makes a new string each
+    time, the lookup of a name seen before does not."""
+    found = _lower_names.get(name)
+    if found is None:
+        found = name.lower()
+        if len(_lower_names) < _LOWER_NAMES_MAX:
+            _lower_names[name] = found
+    return found
+
+
+def same_name(key: str, lname: str) -> bool:
+    """``key.lower() == lname`` for a lower-case ASCII ``lname`` (a parameter name
+    we look for): only a key of the same length can match (lower() keeps an ASCII
+    name's length, and a non-ASCII key never lowers to ASCII of another length)."""
+    return key == lname or (len(key) == len(lname) and lower_name(key) == lname)
+
+
 def split_plain_params(text: str) -> tuple[tuple[str, str | None], ...]:
     """``;name[=value]...`` that a regex has already validated (no quoting, no
     empty values), as (name, value-or-None) pairs, in order."""

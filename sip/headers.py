@@ -34,7 +34,9 @@ from sip._abnf import (
     QUOTED_STRING,
     SWS,
     TOKEN,
+    lower_name,
     quote,
+    same_name,
     split_plain_params,
     unquote,
 )
@@ -69,28 +71,27 @@ def format_params(params: tuple[Param, ...]) -> str:
 
 
 def get_param(params: tuple[Param, ...], name: str) -> str | None:
-    name = name.lower()
+    lname = lower_name(name)
     for key, value in params:
-        # Most keys are written in lower case: the equality spares their lower().
-        if key == name or key.lower() == name:
+        if same_name(key, lname):
             return value
     return None
 
 
 def has_param(params: tuple[Param, ...], name: str) -> bool:
-    name = name.lower()
+    lname = lower_name(name)
     for key, _ in params:  # noqa: SIM110 (a plain loop is cheaper than any() here)
-        if key == name or key.lower() == name:
+        if same_name(key, lname):
             return True
     return False
 
 
 def set_param(params: tuple[Param, ...], name: str, value: str | None) -> tuple[Param, ...]:
-    lname = name.lower()
+    lname = lower_name(name)
     out = []
     done = False
     for key, old in params:
-        if key.lower() == lname:
+        if same_name(key, lname):
             if not done:
                 out.append((key, value))
                 done = True

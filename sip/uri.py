@@ -19,7 +19,16 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote as _pct_decode
 
-from sip._abnf import ESCAPED, HOST, HOSTNAME, IPV4_RE, UNRESERVED, split_plain_params
+from sip._abnf import (
+    ESCAPED,
+    HOST,
+    HOSTNAME,
+    IPV4_RE,
+    UNRESERVED,
+    lower_name,
+    same_name,
+    split_plain_params,
+)
 from sip.errors import SipError
 
 MAX_URI_LENGTH: Final = 4096
@@ -270,15 +279,18 @@ class URI:
     # -- access ----------------------------------------------------------
     def param(self, name: str) -> str | None:
         """Value of a parameter (name case-insensitive); None if absent or valueless."""
-        name = name.lower()
+        lname = lower_name(name)
         for key, value in self.params:
-            if key.lower() == name:
+            if same_name(key, lname):
                 return value
         return None
 
     def has_param(self, name: str) -> bool:
-        name = name.lower()
-        return any(key.lower() == name for key, _ in self.params)
+        lname = lower_name(name)
+        for key, _ in self.params:  # noqa: SIM110 (a plain loop is cheaper than any() here)
+            if same_name(key, lname):
+                return True
+        return False
 
     @property
     def is_sip(self) -> bool:

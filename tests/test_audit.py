@@ -551,6 +551,44 @@ def test_whole_line_is_what_json_dumps_writes() -> None:
     assert record["details"] == details
 
 
+def test_lines_stay_what_json_dumps_writes_when_their_fields_repeat() -> None:
+    """The fields around resource_id are remembered by their values, and ids this
+    module made skip the UUID check: each line must still be the reference text,
+    the first time and every time after, with secrets redacted and long text clipped."""
+    stream = io.StringIO()
+    log = AuditLog(None, stream=stream, clock=lambda: 1_767_225_600.25)
+    secret_ua = "sipp Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.e30.c2lnbmF0dXJl"
+    variants = [
+        dict(source_ip="192.0.2.1", customer_id="c1", agent_id=None, user_agent="sipp"),
+        dict(source_ip=None, customer_id=None, agent_id="a", user_agent=secret_ua),
+        dict(source_ip="2001:db8::1", customer_id='q"uote', agent_id=None, user_agent="u" * 900),
+    ]
+    ids = [audit.new_request_id(), call_resource_id("x@y"), str(uuid.uuid4()), "not-a-uuid"]
+    for _ in range(3):
+        for fields in variants:
+            for rid in ids:
+                log.event(
+                    "call.created",
+                    action="create",
+                    resource_type="call",
+                    resource_id=rid,
+                    request_id=ids[0],
+                    **fields,  # type: ignore[arg-type]
+                )
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 36
+    for i, line in enumerate(lines):
+        record = json.loads(line)
+        assert json.dumps(record, separators=(",", ":")) == line
+        fields = variants[(i // 4) % 3]
+        assert record["resource_id"] == ids[i % 4] and record["request_id"] == ids[0]
+        assert record["source_ip"] == fields["source_ip"]
+        assert record["customer_id"] == fields["customer_id"]
+        assert "eyJhbGciOiJIUzI1NiJ9" not in line
+    assert len(json.loads(lines[8])["user_agent"]) < 900  # clipped, from the cache too
+    assert lines[0:12] == lines[12:24] == lines[24:36]
+
+
 @pytest.mark.parametrize(
     "details",
     [
