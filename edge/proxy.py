@@ -427,6 +427,8 @@ class Proxy(MediaMixin):
             if self.metrics is not None:
                 self.metrics.call_started()
         if req.method == "INVITE":
+            # call_later, not call_at: uvloop's call_at is call_later with one more step.
+            fwd.timer_c_due = now + self.timer_c
             fwd.timer_c = self._get_loop().call_later(self.timer_c, self._on_timer_c, fwd)
         plan = self._media_plan(fwd, req, role, decision_policy)
         if plan is not None:
@@ -475,6 +477,12 @@ class Proxy(MediaMixin):
 
     def _on_timer_c(self, fwd: _Forward) -> None:
         """§16.6 item 11: no final response in time: cancel the branch, answer 408."""
+        loop = self._get_loop()
+        left = fwd.timer_c_due - loop.time()
+        if left > 0.0:
+            # A provisional reset it since: wait out the rest.
+            fwd.timer_c = loop.call_later(left, self._on_timer_c, fwd)
+            return
         fwd.timer_c = None
         cctx = fwd.client
         if cctx is not None and cctx.provisional and not cctx.cancelled:
@@ -563,8 +571,7 @@ class Proxy(MediaMixin):
             if status == 100:
                 return  # §16.7 step 5: 100 Trying is hop by hop
             if fwd.timer_c is not None:  # §16.7 step 2: a provisional resets Timer C
-                fwd.timer_c.cancel()
-                fwd.timer_c = self._get_loop().call_later(self.timer_c, self._on_timer_c, fwd)
+                fwd.timer_c_due = self._get_loop().time() + self.timer_c
             self._relay_with_media(fwd, resp)
             return
         if status < 300:

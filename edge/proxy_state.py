@@ -100,6 +100,9 @@ class _Forward:
     final_sent: bool = False
     cancelled: bool = False
     timer_c: asyncio.TimerHandle | None = None
+    # When Timer C runs out (loop time): a provisional pushes it back without a new
+    # loop timer; the one running checks it when it fires (§16.7 step 2).
+    timer_c_due: float = 0.0
     dialog: Dialog | None = None
     # Media: the call's relay session, which side sent the offer, and the
     # answers already rewritten (a retransmitted 2xx repeats its SDP).
@@ -121,6 +124,7 @@ class _Forward:
         final_sent: bool = False,
         cancelled: bool = False,
         timer_c: asyncio.TimerHandle | None = None,
+        timer_c_due: float = 0.0,
         dialog: Dialog | None = None,
         media_key: str | None = None,
         answer_from: str = "callee",
@@ -137,6 +141,7 @@ class _Forward:
         self.final_sent = final_sent
         self.cancelled = cancelled
         self.timer_c = timer_c
+        self.timer_c_due = timer_c_due
         self.dialog = dialog
         self.media_key = media_key
         self.answer_from = answer_from

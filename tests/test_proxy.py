@@ -187,6 +187,43 @@ async def test_invite_is_forwarded_with_via_rr_and_max_forwards(proxy: Proxy) ->
     assert [m.status for m, _ in t.take() if isinstance(m, Response)] == [100]
 
 
+async def test_timer_c_is_reset_by_a_provisional_then_cancels_and_answers_408() -> None:
+    """§16.6 item 11 and §16.7 step 2: Timer C runs from the INVITE, a provisional
+    starts it again, and when it runs out the branch is cancelled and the caller
+    gets a 408."""
+    config = make_config()
+    config.proxy.timer_c = 0.4
+    transport = FakeTransport()
+    p = Proxy(config, transport, StubRouter([PBX1]))
+    await p.start()
+    try:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        p.on_message(invite(), udp(CALLER))
+        ((fwd, _),) = only(transport.take(), Request)
+        await asyncio.sleep(0.25)
+        p.on_message(answer(fwd, 180), udp(PBX1))  # Timer C starts again: due at 0.65 s
+        ringing = transport.take()
+        assert [m.status for m, _ in ringing if isinstance(m, Response)] == [180]
+        await asyncio.sleep(0.25)  # 0.5 s after the INVITE: past the first 0.4 s
+        assert transport.take() == []
+        deadline = start + 3.0
+        sent: list[tuple[Any, Destination]] = []
+        while loop.time() < deadline and not any(
+            isinstance(m, Response) and m.status == 408 for m, _ in sent
+        ):
+            await asyncio.sleep(0.02)
+            sent += transport.take()
+        fired = loop.time() - start
+        assert 0.6 <= fired < 2.0, fired
+        cancels = [(m, d) for m, d in only(sent, Request) if m.method == "CANCEL"]
+        assert [d for _, d in cancels] == [Destination("udp", *PBX1)]
+        finals = [(m, d) for m, d in only(sent, Response) if m.status >= 200]
+        assert [(m.status, d) for m, d in finals] == [(408, Destination("udp", *CALLER))]
+    finally:
+        await p.close()
+
+
 async def test_call_setup_ack_and_bye(proxy: Proxy) -> None:
     t: FakeTransport = proxy.transport
     proxy.on_message(invite(), udp(CALLER))
