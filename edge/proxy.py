@@ -181,6 +181,7 @@ class Proxy(MediaMixin):
         self._tasks: set[asyncio.Task[None]] = set()
         self._late_answers: dict[str, tuple[bytes, bytes]] = {}
         self._loop_secret = secrets.token_hex(4)
+        self._ack_hasher = hashlib.sha256(f"{self._loop_secret}|".encode())
         self._roles: dict[str, tuple[str | None, Any, bool]] = {}
 
     # ------------------------------------------------------------ lifecycle
@@ -755,7 +756,9 @@ class Proxy(MediaMixin):
             return
         # The same ACK retransmitted gets the same branch (§16.11).
         incoming = req.top_via.branch or ""
-        digest = hashlib.sha256(f"{self._loop_secret}|{incoming}|{next_uri}".encode()).hexdigest()
+        hasher = self._ack_hasher.copy()  # the secret read once: no digest fetch per ACK
+        hasher.update(f"{incoming}|{next_uri}".encode())
+        digest = hasher.hexdigest()
         req.headers.prepend("Via", self._our_via(dest.transport, f"{MAGIC_COOKIE}a{digest[:24]}"))
         self.transport.send(req.serialize(), dest)
 

@@ -200,6 +200,12 @@ class Terminated:
     """The transaction is over; drop it from the transaction table."""
 
 
+# Shared: they carry nothing (and a dataclass's generated __init__ runs interpreted).
+_TERMINATED_ACTION: Final = Terminated()
+_TIMEOUT_ACTION: Final = TimeoutToTU()
+_TRANSPORT_ERROR_ACTION: Final = TransportErrorToTU()
+
+
 Action = (
     Send | StartTimer | CancelTimer | DeliverToTU | TimeoutToTU | TransportErrorToTU | Terminated
 )
@@ -472,7 +478,7 @@ class _Transaction:
             if running:
                 out.extend(CancelTimer(n) for n, bit in _TIMER_BITS.items() if running & bit)
             self._running = 0
-            out.append(Terminated())
+            out.append(_TERMINATED_ACTION)
         # Rule 4: a zero-length timer fires now, through its own row.
         for name in zero:
             out.extend(self._fire(name))
@@ -530,9 +536,9 @@ class _Transaction:
             assert message is not None
             out.append(DeliverToTU(message))
         elif op is _Op.TIMEOUT_TO_TU:
-            out.append(TimeoutToTU())
+            out.append(_TIMEOUT_ACTION)
         elif op is _Op.ERROR_TO_TU:
-            out.append(TransportErrorToTU())
+            out.append(_TRANSPORT_ERROR_ACTION)
         else:
             raise AssertionError(f"{op} in a {type(self).__name__} table")
 
