@@ -138,6 +138,11 @@ typedef struct {
     Py_ssize_t line_hits;
 } ScannerObject;
 
+/* Word-at-a-time byte tests (SWAR): a byte value in every byte of a word, and the
+ * high bit of every byte. */
+#define ONES 0x0101010101010101ull
+#define HIGHS 0x8080808080808080ull
+
 /* One header field while the head is being scanned: offsets into the head. */
 typedef struct {
     PyObject *name, *key; /* owned */
@@ -403,25 +408,43 @@ Scanner_scan(ScannerObject *self, PyObject *const *args, Py_ssize_t nargs)
     head = data + start;
     hlen = end - start;
 
-    /* One pass for what the Python path checks on the decoded text. */
-    for (i = 0; i < hlen; i++) {
-        unsigned char k = byte_class[head[i]];
-        if (k == B_PLAIN)
-            continue;
-        if (k == B_HIGH)
-            ascii = 0;
-        else if (k == B_CR) {
-            if (i + 1 < hlen && head[i + 1] == '\n') {
-                crlfs++;
-                i++;
+    /* One pass for what the Python path checks on the decoded text: eight bytes at
+     * a time while they are all printable ASCII (most of a head), byte by byte
+     * through a word that holds anything else (a CRLF, a tab, UTF-8). */
+    for (i = 0; i < hlen;) {
+        Py_ssize_t stop = hlen;
+        if (hlen - i >= 8) {
+            uint64_t w, d;
+            memcpy(&w, head + i, 8);
+            d = w ^ (ONES * 0x7f);
+            /* A byte with the high bit, below 0x20 or equal to 0x7f (DEL); each
+             * test is exact about whether any byte of the word has it. */
+            if (((w & HIGHS) | ((w - ONES * 0x20) & ~w & HIGHS) | ((d - ONES) & ~d & HIGHS))
+                == 0) {
+                i += 8;
+                continue;
             }
-            else
-                bare = 1;
+            stop = i + 8;
         }
-        else if (k == B_LF)
-            bare = 1;
-        else if (i == 0 || head[i - 1] != '\\')
-            ctl = 1;
+        for (; i < stop; i++) {
+            unsigned char k = byte_class[head[i]];
+            if (k == B_PLAIN)
+                continue;
+            if (k == B_HIGH)
+                ascii = 0;
+            else if (k == B_CR) {
+                if (i + 1 < hlen && head[i + 1] == '\n') {
+                    crlfs++;
+                    i++;
+                }
+                else
+                    bare = 1;
+            }
+            else if (k == B_LF)
+                bare = 1;
+            else if (i == 0 || head[i - 1] != '\\')
+                ctl = 1;
+        }
     }
     if (!ascii) {
         PyObject *text = PyUnicode_DecodeUTF8((const char *)head, hlen, "strict");

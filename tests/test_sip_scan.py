@@ -277,6 +277,33 @@ def test_framing_edges() -> None:
         assert_same(data)
 
 
+def test_every_odd_byte_at_every_offset_of_a_word() -> None:
+    """The scanner tests eight bytes at a time and falls back to one at a time: a
+    control byte, DEL, a non-ASCII byte or a lone CR/LF is caught wherever it sits
+    in its word, in the last short stretch too, and a backslash before a control
+    byte is looked at across a word boundary."""
+    base = sipdata.OK_200
+    start = base.index(b"Contact:")
+    for bad in (
+        b"\x00",
+        b"\x01",
+        b"\x1f",
+        b"\x7f",
+        b"\x80",
+        b"\xff",
+        b"\r",
+        b"\n",
+        b"\t",
+        b"\\\x01",
+    ):
+        for offset in range(start, start + 20):
+            assert_same(base[:offset] + bad + base[offset:])
+        # In the last bytes before the empty line (less than a word left).
+        end = base.index(b"\r\n\r\n")
+        for back in range(1, 9):
+            assert_same(base[: end - back] + bad + base[end - back :])
+
+
 def test_limits() -> None:
     lines = [f"X-H{i}: {i}" for i in range(300)]
     data = sipdata.build("OPTIONS sip:a@b SIP/2.0", *lines)
