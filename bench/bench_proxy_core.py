@@ -163,7 +163,12 @@ class Run:
 
 
 async def measure(
-    calls: int, rounds: int, workdir: Path, gap: float = 0.0, audit: bool = True
+    calls: int,
+    rounds: int,
+    workdir: Path,
+    gap: float = 0.0,
+    audit: bool = True,
+    paths: tuple[str, ...] = ("c", "python"),
 ) -> dict[str, Any]:
     path = workdir / "bench.toml"
     path.write_text(CONFIG.format(dir=workdir))
@@ -177,11 +182,11 @@ async def measure(
     gc.collect()
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)  # as edge/app.py tune_gc()
-    results: dict[str, list[dict[str, float]]] = {"c": [], "python": []}
+    results: dict[str, list[dict[str, float]]] = {p: [] for p in paths}
     number = 0
     try:
         for r in range(rounds):
-            for path_name in ("c", "python") if r % 2 == 0 else ("python", "c"):
+            for path_name in paths if r % 2 == 0 else paths[::-1]:
                 message.use_accelerator(path_name == "c")
                 message.clear_parse_caches()
                 run = Run(proxy, transport, gap)
@@ -219,7 +224,17 @@ def main() -> int:
         action="store_true",
         help="without the audit log (each call writes two lines): what it costs per call",
     )
+    parser.add_argument(
+        "--paths",
+        default="c,python",
+        help="which parsing paths to run: c,python (default) or one of them; with c alone, "
+        "valgrind --tool=callgrind --toggle-collect=CPyDef_proxy___Proxy___on_message counts "
+        "the instructions of the compiled path only",
+    )
     args = parser.parse_args()
+    paths = tuple(p for p in args.paths.split(",") if p)
+    if not paths or any(p not in ("c", "python") for p in paths):
+        parser.error("--paths takes c, python or both")
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
     if not message.use_accelerator(True):
@@ -227,7 +242,7 @@ def main() -> int:
         return 1
     with tempfile.TemporaryDirectory(prefix="sipedge-bench-core-") as tmp:
         out = asyncio.run(
-            measure(args.calls, args.rounds, Path(tmp), args.gap_us / 1e6, not args.no_audit)
+            measure(args.calls, args.rounds, Path(tmp), args.gap_us / 1e6, not args.no_audit, paths)
         )
     results = out["results"]
     print(
@@ -236,12 +251,13 @@ def main() -> int:
         f"{args.gap_us:.0f} µs idle before each message, µs CPU in Proxy.on_message, medians:"
     )
     totals = {p: statistics.median(sum(r.values()) for r in rs) for p, rs in results.items()}
-    kinds = list(results["c"][0])
+    kinds = list(results[paths[0]][0])
     print("path     per call  " + "  ".join(f"{k:>10}" for k in kinds))
     for p, rs in results.items():
         per = [statistics.median(r[k] for r in rs) for k in kinds]
         print(f"{p:8} {totals[p]:8.0f}  " + "  ".join(f"{v:10.0f}" for v in per))
-    print(f"C paths / pure Python: {totals['c'] / totals['python']:.2f}x")
+    if len(paths) == 2:
+        print(f"C paths / pure Python: {totals['c'] / totals['python']:.2f}x")
     return 0
 
 
