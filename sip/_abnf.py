@@ -84,8 +84,11 @@ def lower_name(name: str) -> str:
     found = _lower_names.get(name)
     if found is None:
         found = name.lower()
-        if len(_lower_names) < _LOWER_NAMES_MAX:
-            _lower_names[name] = found
+        # Emptied when full, like the parse memos: a flood of invented names costs
+        # refills, and the names the proxy asks for come back at once.
+        if len(_lower_names) >= _LOWER_NAMES_MAX:
+            _lower_names.clear()
+        _lower_names[name] = found
     return found
 
 

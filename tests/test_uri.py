@@ -161,3 +161,22 @@ def test_via_params() -> None:
     ]:
         with pytest.raises(SipError):
             Via.parse(bad)
+
+
+def test_parameter_names_match_case_insensitively_through_the_bounded_memo() -> None:
+    from sip import _abnf
+    from sip.headers import get_param, has_param, set_param
+
+    params = (("Branch", "z9hG4bK1"), ("RPORT", None), ("received", "192.0.2.1"))
+    assert get_param(params, "branch") == "z9hG4bK1"
+    assert get_param(params, "BRANCH") == "z9hG4bK1"
+    assert has_param(params, "rport") and not has_param(params, "rpor")
+    assert get_param(params, "maddr") is None
+    assert set_param(params, "RECEIVED", "192.0.2.2")[2] == ("received", "192.0.2.2")
+    uri = URI.parse("sip:a@b;Transport=TCP;LR")
+    assert uri.param("transport") == "TCP" and uri.has_param("lr") and not uri.has_param("l")
+    # A flood of invented names: the memo stays bounded and the answers stay right.
+    for i in range(3000):
+        assert get_param(((f"X-{i}", "v"),), f"x-{i}") == "v"
+    assert len(_abnf._lower_names) <= _abnf._LOWER_NAMES_MAX
+    assert get_param(params, "Branch") == "z9hG4bK1"
