@@ -163,6 +163,7 @@ _DETAIL_MAX: Final = 1024
 _FILE_FLAGS: Final = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 
 
+_K = TypeVar("_K")
 _V = TypeVar("_V")
 
 
@@ -210,7 +211,7 @@ class _Event:
         self.details = details
 
 
-def _keep(cache: dict[str, _V], key: str, value: _V, limit: int) -> None:
+def _keep(cache: dict[_K, _V], key: _K, value: _V, limit: int) -> None:
     """Remember ``value`` in one of this module's caches: plain dicts emptied when
     full, so that a flood of distinct keys only costs refills."""
     if len(cache) >= limit:
@@ -273,9 +274,7 @@ _issued: Final[dict[str, None]] = {}
 
 
 def _issue(value: str) -> str:
-    if len(_issued) >= _ISSUED_MAX:
-        _issued.clear()
-    _issued[value] = None
+    _keep(_issued, value, None, _ISSUED_MAX)
     return value
 
 
@@ -392,9 +391,7 @@ def _who(
             f',"agent_id":{_field(agent_id, _FIELD_MAX)}'
             f',"resource_type":{_field(resource_type, _FIELD_MAX)}'
         )
-        if len(_who_texts) >= _CACHE_MAX:
-            _who_texts.clear()
-        _who_texts[key] = text
+        _keep(_who_texts, key, text, _CACHE_MAX)
     return text
 
 
@@ -408,9 +405,7 @@ def _how(action: str, source_ip: str | None, user_agent: str | None) -> str:
             f',"source_ip":{_field(source_ip, _FIELD_MAX)}'
             f',"user_agent":{_field(user_agent, _USER_AGENT_MAX)}'
         )
-        if len(_how_texts) >= _CACHE_MAX:
-            _how_texts.clear()
-        _how_texts[key] = text
+        _keep(_how_texts, key, text, _CACHE_MAX)
     return text
 
 
