@@ -171,9 +171,10 @@ class SipScanner:
     ) -> None: ...
     def scan(
         self, data: ReadableBuffer, max_headers: int, max_line_length: int, /
-    ) -> tuple[str, list[Any], dict[str, list[str]], str | None, int]:
-        """(start line, HeaderFields, values by key, first repeated single header or
-        None, body offset) of one message, or ``sip_error``."""
+    ) -> tuple[str, list[Any], list[str], str | None, int]:
+        """(start line, HeaderFields, their keys and values flat (key, value, key,
+        value, ...), first repeated single header or None, body offset) of one
+        message, or ``sip_error``."""
     @property
     def direct(self) -> bool:
         """True if fields are built by writing their slots instead of calling the type."""
@@ -223,7 +224,7 @@ class SipHeaderChecker:
         cseq: Any,
         content_type: Any,
     ) -> None: ...
-    def check(self, msg: Any, values: dict[str, list[str]], duplicate: str | None, /) -> None:
+    def check(self, msg: Any, pairs: list[str], duplicate: str | None, /) -> None:
         """Fill ``msg.headers._typed`` as _check_headers does, or raise its SipError."""
     def split(self, value: str, /) -> list[str]:
         """``sip._abnf.split_list(value)``, the split check() applies to list headers."""

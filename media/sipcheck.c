@@ -306,22 +306,6 @@ split_into(PyObject *out, PyObject *value)
     }
 }
 
-/* [part for value in found for part in split_list(value)] */
-static PyObject *
-split_all(PyObject *found)
-{
-    PyObject *out = PyList_New(0);
-    if (out == NULL)
-        return NULL;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(found); i++) {
-        if (split_into(out, PyList_GET_ITEM(found, i)) < 0) {
-            Py_DECREF(out);
-            return NULL;
-        }
-    }
-    return out;
-}
-
 /* ------------------------------------------------------------ parsers */
 
 /* _Memo.__call__(text) on the memo's own dict. */
@@ -380,15 +364,6 @@ error:
 }
 
 /* _single(values, what): the one value (borrowed), or SipError. */
-static PyObject *
-single(CheckObject *self, PyObject *found, const char *what)
-{
-    Py_ssize_t n = PyList_GET_SIZE(found);
-    if (n != 1)
-        return n ? sip_error(self, "%s must appear once", what) : sip_error(self, "missing %s", what);
-    return PyList_GET_ITEM(found, 0);
-}
-
 /* sip.headers.parse_int: strip, ASCII digits only, at most 12 of them, bounded. */
 static PyObject *
 parse_int(CheckObject *self, PyObject *text, const char *what, unsigned long long maximum)
@@ -531,28 +506,84 @@ flag(PyObject *obj, PyObject *name)
 }
 
 /* The typed value of headers[h] from the values of its lines. */
+/* ------------------------------------------------------------ groups */
+
+/* The fields of one key, from the flat (key, value, ...) list, in the order
+ * _group gives them: a key's group is numbered when the key first appears. */
+typedef struct {
+    PyObject *key; /* owned */
+    Py_hash_t hash;
+    Py_ssize_t first; /* its first pair */
+    Py_ssize_t count;
+} group_t;
+
+/* [value of each pair of group g], a new list. */
 static PyObject *
-typed_value(CheckObject *self, int h, PyObject *found)
+group_list(PyObject *const *vals, const int *group_of, Py_ssize_t n, int g, const group_t *grp)
+{
+    PyObject *out = PyList_New(grp->count);
+    Py_ssize_t j = 0;
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = grp->first; i < n && j < grp->count; i++) {
+        if (group_of[i] == g)
+            PyList_SET_ITEM(out, j++, Py_NewRef(vals[i]));
+    }
+    return out;
+}
+
+/* [part for value in group g for part in split_list(value)] */
+static PyObject *
+group_split(PyObject *const *vals, const int *group_of, Py_ssize_t n, int g, const group_t *grp)
+{
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = grp->first; i < n; i++) {
+        if (group_of[i] == g && split_into(out, vals[i]) < 0) {
+            Py_DECREF(out);
+            return NULL;
+        }
+    }
+    return out;
+}
+
+/* Two keys are equal: mostly the same cached object, else the same text. */
+static int
+same_key(PyObject *a, Py_hash_t ha, PyObject *b, Py_hash_t hb)
+{
+    if (a == b)
+        return 1;
+    if (ha != hb)
+        return 0;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(a);
+    return n == PyUnicode_GET_LENGTH(b) && PyUnicode_KIND(a) == PyUnicode_KIND(b)
+           && memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * PyUnicode_KIND(a)) == 0;
+}
+
+/* ------------------------------------------------------------ check */
+
+/* The _TYPED lambda of headers[h] on group g. */
+static PyObject *
+typed_value(CheckObject *self, int h, PyObject *const *vals, const int *group_of, Py_ssize_t n,
+            int g, const group_t *grp)
 {
     const char *what = headers[h].what;
-    PyObject *one, *parts, *out;
+    PyObject *parts, *out;
     int how = headers[h].how;
 
     if (how == P_SINGLE || how == P_CALL_ID || how == P_INT) {
-        one = single(self, found, what);
-        if (one == NULL)
-            return NULL;
-        if (!PyUnicode_Check(one)) {
-            PyErr_SetString(PyExc_TypeError, "header values must be str");
-            return NULL;
-        }
+        /* _single(v, what): a group has at least one value. */
+        if (grp->count != 1)
+            return sip_error(self, "%s must appear once", what);
+        PyObject *one = vals[grp->first];
         if (how == P_SINGLE)
             return memo_get(self, headers[h].memo, one);
         if (how == P_CALL_ID)
             return parse_call_id(self, one);
         return parse_int(self, one, what, headers[h].maximum);
     }
-    parts = split_all(found);
+    parts = group_split(vals, group_of, n, g, grp);
     if (parts == NULL)
         return NULL;
     if (how == P_TOKENS) {
@@ -586,24 +617,22 @@ typed_value(CheckObject *self, int h, PyObject *found)
     return out;
 }
 
-/* ------------------------------------------------------------ check */
-
-/* One key of values.items(): typed[key] = parser(found) unless known already. */
+/* One key of _group(pairs): typed[key] = parser(values) unless known already
+ * (``prefilled``: typed had entries before this check, which only they can be). */
 static int
-check_key(CheckObject *self, PyObject *typed, PyObject *key, PyObject *found)
+check_group(CheckObject *self, PyObject *typed, int prefilled, PyObject *const *vals,
+            const int *group_of, Py_ssize_t n, int g, const group_t *grp)
 {
-    PyObject *parser, *code, *arg, *value;
+    PyObject *key = grp->key, *parser, *code, *arg, *value;
     int rc, h = -1;
 
     parser = PyDict_GetItemWithError(self->parsers, key);
     if (parser == NULL)
         return PyErr_Occurred() ? -1 : 0;
-    rc = PyDict_Contains(typed, key);
-    if (rc != 0)
-        return rc < 0 ? -1 : 0;
-    if (!PyList_Check(found)) {
-        PyErr_SetString(PyExc_TypeError, "values must be lists of str");
-        return -1;
+    if (prefilled) {
+        rc = PyDict_Contains(typed, key);
+        if (rc != 0)
+            return rc < 0 ? -1 : 0;
     }
     code = PyDict_GetItemWithError(self->codes, key);
     if (code != NULL)
@@ -611,12 +640,14 @@ check_key(CheckObject *self, PyObject *typed, PyObject *key, PyObject *found)
     else if (PyErr_Occurred())
         return -1;
     if (h >= 0 && self->parser[h] == parser) {
-        value = typed_value(self, h, found);
+        value = typed_value(self, h, vals, group_of, n, g, grp);
     } else {
         /* Not one of ours (or replaced): the Python parser, on what it is given there. */
         Py_INCREF(parser);
         rc = PySet_Contains(self->list_headers, key);
-        arg = rc > 0 ? split_all(found) : rc == 0 ? Py_NewRef(found) : NULL;
+        arg = rc > 0    ? group_split(vals, group_of, n, g, grp)
+              : rc == 0 ? group_list(vals, group_of, n, g, grp)
+                        : NULL;
         value = arg != NULL ? PyObject_CallOneArg(parser, arg) : NULL;
         Py_XDECREF(arg);
         Py_DECREF(parser);
@@ -628,17 +659,61 @@ check_key(CheckObject *self, PyObject *typed, PyObject *key, PyObject *found)
     return rc;
 }
 
-PyDoc_STRVAR(check_doc, "check(msg, values, duplicate, /)\n\n"
-                        "sip.message._check_headers(msg, values, duplicate): fills\n"
+/* The value (vals, new references, *held of them) and group (group_of) of each
+ * pair, the groups in order of first appearance (*ngroups, their keys new
+ * references); 0 or -1.  Keys are found through an open-addressing table of
+ * ``mask + 1`` slots (at least twice the pairs), so a message of many distinct
+ * names costs no more per name than one of a few.  Owning what it reads, the
+ * check is safe from a Python parser that changes the list. */
+static int
+make_groups(PyObject *pairs, Py_ssize_t n, PyObject **vals, Py_ssize_t *held, int *group_of,
+            group_t *groups, int *ngroups, int *table, Py_ssize_t mask)
+{
+    memset(table, 0xff, (size_t)(mask + 1) * sizeof(int));
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *key = PyList_GET_ITEM(pairs, 2 * i), *value = PyList_GET_ITEM(pairs, 2 * i + 1);
+        if (!PyUnicode_Check(key) || !PyUnicode_Check(value)) {
+            PyErr_SetString(PyExc_TypeError, "header keys and values must be str");
+            return -1;
+        }
+        Py_hash_t hash = PyObject_Hash(key);
+        if (hash == -1)
+            return -1;
+        Py_ssize_t s = (Py_ssize_t)((size_t)hash & (size_t)mask);
+        for (;; s = (s + 1) & mask) {
+            int g = table[s];
+            if (g < 0) {
+                g = table[s] = (*ngroups)++;
+                groups[g] = (group_t){Py_NewRef(key), hash, i, 0};
+            } else if (!same_key(groups[g].key, groups[g].hash, key, hash)) {
+                continue;
+            }
+            vals[(*held)++] = Py_NewRef(value);
+            group_of[i] = g;
+            groups[g].count++;
+            break;
+        }
+    }
+    return 0;
+}
+
+#define STACK_PAIRS 64
+
+PyDoc_STRVAR(check_doc, "check(msg, pairs, duplicate, /)\n\n"
+                        "sip.message._check_headers(msg, pairs, duplicate): fills\n"
                         "msg.headers._typed or raises the same SipError.");
 
 static PyObject *
 Check_check(CheckObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *msg, *values, *duplicate, *headers_obj = NULL, *typed = NULL;
-    PyObject *key, *found, *result = NULL;
-    Py_ssize_t pos = 0;
-    int rc;
+    PyObject *msg, *pairs, *duplicate, *headers_obj = NULL, *typed = NULL, *result = NULL;
+    int stack_group_of[STACK_PAIRS], stack_table[4 * STACK_PAIRS];
+    PyObject *stack_vals[STACK_PAIRS], **vals = stack_vals;
+    group_t stack_groups[STACK_PAIRS];
+    int *group_of = stack_group_of, *table = stack_table;
+    group_t *groups = stack_groups;
+    Py_ssize_t n = 0, held = 0, mask;
+    int rc, ngroups = 0, prefilled;
 
     if (!self->ready) {
         PyErr_SetString(PyExc_RuntimeError, "SipHeaderChecker is not initialised");
@@ -649,23 +724,51 @@ Check_check(CheckObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     msg = args[0];
-    values = args[1];
+    pairs = args[1];
     duplicate = args[2];
-    if (!PyDict_Check(values)) {
-        PyErr_SetString(PyExc_TypeError, "values must be a dict");
+    if (!PyList_Check(pairs) || PyList_GET_SIZE(pairs) % 2 != 0) {
+        PyErr_SetString(PyExc_TypeError, "pairs must be a list of keys and values");
         return NULL;
     }
     if (duplicate != Py_None)
         return sip_error(self, "%S must appear once", duplicate);
+    n = PyList_GET_SIZE(pairs) / 2;
+    if (n > STACK_PAIRS) {
+        for (mask = 1; mask < 2 * n; mask <<= 1)
+            ;
+        mask--;
+        group_of = PyMem_Malloc((size_t)n * sizeof(int));
+        vals = PyMem_Malloc((size_t)n * sizeof(PyObject *));
+        groups = PyMem_Malloc((size_t)n * sizeof(group_t));
+        table = PyMem_Malloc((size_t)(mask + 1) * sizeof(int));
+        if (group_of == NULL || vals == NULL || groups == NULL || table == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    } else {
+        /* Few pairs: a table of twice as many slots, from the stack. */
+        for (mask = 16; mask < 2 * n; mask <<= 1)
+            ;
+        mask--;
+    }
+    if (make_groups(pairs, n, vals, &held, group_of, groups, &ngroups, table, mask) < 0)
+        goto done;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(self->required); i++) {
         PyObject *req = PyTuple_GET_ITEM(self->required, i);
-        rc = PyDict_Contains(values, req);
-        if (rc <= 0)
-            return rc < 0 ? NULL : sip_error(self, "missing %S header", req);
+        Py_hash_t hash = PyObject_Hash(req);
+        int found = 0;
+        if (hash == -1)
+            goto done;
+        for (int g = 0; g < ngroups && !found; g++)
+            found = same_key(groups[g].key, groups[g].hash, req, hash);
+        if (!found) {
+            sip_error(self, "missing %S header", req);
+            goto done;
+        }
     }
     headers_obj = PyObject_GetAttr(msg, self->s_headers);
     if (headers_obj == NULL)
-        return NULL;
+        goto done;
     typed = PyObject_GetAttr(headers_obj, self->s_typed);
     if (typed == NULL)
         goto done;
@@ -673,14 +776,9 @@ Check_check(CheckObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "headers._typed must be a dict");
         goto done;
     }
-    while (PyDict_Next(values, &pos, &key, &found)) {
-        /* Held across the Python parsers this may call. */
-        Py_INCREF(key);
-        Py_INCREF(found);
-        rc = check_key(self, typed, key, found);
-        Py_DECREF(key);
-        Py_DECREF(found);
-        if (rc < 0)
+    prefilled = PyDict_GET_SIZE(typed) != 0;
+    for (int g = 0; g < ngroups; g++) {
+        if (check_group(self, typed, prefilled, vals, group_of, n, g, &groups[g]) < 0)
             goto done;
     }
     /* isinstance(msg, Request) and typed["cseq"].method != msg.method */
@@ -718,7 +816,17 @@ Check_check(CheckObject *self, PyObject *const *args, Py_ssize_t nargs)
     result = Py_NewRef(Py_None);
 done:
     Py_XDECREF(typed);
-    Py_DECREF(headers_obj);
+    Py_XDECREF(headers_obj);
+    for (Py_ssize_t i = 0; i < held; i++)
+        Py_DECREF(vals[i]);
+    for (int g = 0; g < ngroups; g++)
+        Py_DECREF(groups[g].key);
+    if (group_of != stack_group_of) {
+        PyMem_Free(vals);
+        PyMem_Free(group_of);
+        PyMem_Free(groups);
+        PyMem_Free(table);
+    }
     return result;
 }
 

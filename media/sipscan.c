@@ -3,9 +3,9 @@
  * sip.message.parse_message (RFC 3261 §7, §7.3.1, §7.5, §25).
  *
  * One call takes the bytes of one message and gives back its start line, its
- * header fields (sip.message.HeaderField objects), the values grouped by
- * canonical name and the offset of the body.  The Python reference is
- * sip.message._scan (with _group): same results, same SipError texts, in the
+ * header fields (sip.message.HeaderField objects), each field's key and value in
+ * one flat list, the first repeated single header and the offset of the body.
+ * The Python reference is sip.message._scan (with _pairs): same results, same SipError texts, in the
  * same order of checks, which tests/test_sip_scan.py proves on the test corpus
  * and on random mutations.  Everything past tokenizing (start line, typed
  * headers, Content-Length) stays in Python.
@@ -216,6 +216,17 @@ make_str(const unsigned char *p, Py_ssize_t n, int ascii)
     return s;
 }
 
+/* Two keys (str) are the same: most often the same cached object. */
+static int
+same_key(PyObject *a, PyObject *b)
+{
+    if (a == b)
+        return 1;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(a);
+    return n == PyUnicode_GET_LENGTH(b) && PyUnicode_KIND(a) == PyUnicode_KIND(b)
+           && memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * PyUnicode_KIND(a)) == 0;
+}
+
 /* Name and key of a header name (already known to be a token), with its
  * single flag; new references in *name and *key. */
 static int
@@ -363,8 +374,8 @@ make_field(ScannerObject *self, PyObject *name, PyObject *key, PyObject *value, 
 
 PyDoc_STRVAR(scan_doc,
              "scan(data, max_headers, max_line_length, /)\n\n"
-             "(start_line, fields, values, duplicate, body_start) of one message, as\n"
-             "sip.message._scan and _group give them, or SipError.");
+             "(start_line, fields, pairs, duplicate, body_start) of one message, as\n"
+             "sip.message._scan and _pairs give them, or SipError.");
 
 static PyObject *
 Scanner_scan(ScannerObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -533,12 +544,12 @@ Scanner_scan(ScannerObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
 
     list = PyList_New(nfields);
-    values = PyDict_New();
+    values = PyList_New(2 * nfields);
     if (list == NULL || values == NULL)
         goto done;
     for (i = 0; i < nfields; i++) {
         field_span *f = &fields[i];
-        PyObject *value, *raw, *field, *group;
+        PyObject *value, *raw, *field;
         Py_ssize_t raw_len = f->raw_end - f->line;
         line_slot *set = NULL;
         uint32_t h = 0;
@@ -559,7 +570,7 @@ Scanner_scan(ScannerObject *self, PyObject *const *args, Py_ssize_t nargs)
                         set[0] = hit;
                     }
                     self->line_hits++;
-                    goto group;
+                    goto pair;
                 }
             }
         }
@@ -591,33 +602,18 @@ Scanner_scan(ScannerObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
         Py_DECREF(raw);
         PyList_SET_ITEM(list, i, field);
-    group:
-        /* _group: values by key; the first repeat of a single header ends it. */
-        if (dup == Py_None) {
-            group = PyDict_GetItemWithError(values, f->key);
-            if (group == NULL) {
-                if (PyErr_Occurred())
-                    group = NULL;
-                else {
-                    group = PyList_New(1);
-                    if (group != NULL) {
-                        PyList_SET_ITEM(group, 0, Py_NewRef(value));
-                        if (PyDict_SetItem(values, f->key, group) < 0)
-                            Py_CLEAR(group);
-                        else
-                            Py_DECREF(group);
-                    }
+    pair:
+        /* _pairs: key and value, flat; the first single header seen twice. */
+        PyList_SET_ITEM(values, 2 * i, Py_NewRef(f->key));
+        PyList_SET_ITEM(values, 2 * i + 1, Py_NewRef(value));
+        if (dup == Py_None && f->single) {
+            /* At most one of each single key comes before the first repeat, so
+             * this stays short whatever the message (SINGLE_HEADERS is small). */
+            for (Py_ssize_t j = 0; j < i; j++) {
+                if (fields[j].single && same_key(fields[j].key, f->key)) {
+                    dup = f->key;
+                    break;
                 }
-                if (group == NULL) {
-                    Py_DECREF(value);
-                    goto done;
-                }
-            }
-            else if (f->single)
-                dup = f->key;
-            else if (PyList_Append(group, value) < 0) {
-                Py_DECREF(value);
-                goto done;
             }
         }
         Py_DECREF(value);

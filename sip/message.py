@@ -381,7 +381,9 @@ class Headers:
 
     @classmethod
     def _from_fields(cls, fields: list[HeaderField]) -> Headers:
-        self = cls()
+        # Headers(), not cls(): compiled, that is a direct constructor call, where
+        # cls() goes through the type's generic call and argument parsing.
+        self = Headers()
         self._fields = fields
         return self
 
@@ -774,13 +776,13 @@ def parse_message(
     if len(data) > limits.max_message_size:
         raise SipError("message too large", 413)
     scan = _scan_c if _scan_c is not None else _scan
-    start_line, fields, values, duplicate, body_start = scan(
+    start_line, fields, pairs, duplicate, body_start = scan(
         data, limits.max_headers, limits.max_line_length
     )
     headers = Headers._from_fields(fields)
     msg = _parse_start_line(start_line, headers, limits)
     check = _check_c if _check_c is not None else _check_headers
-    check(msg, values, duplicate)
+    check(msg, pairs, duplicate)
     if "content-length" in headers._typed:
         length: int = headers._typed["content-length"]
         available = len(data) - body_start
@@ -796,10 +798,11 @@ def parse_message(
     return msg
 
 
-# What tokenizing one message gives: start line, header fields, their values
-# grouped by key (list headers not yet split), the first repeated single
-# header (or None) and where the body starts.
-_Scan: TypeAlias = tuple[str, list[HeaderField], dict[str, list[str]], str | None, int]
+# What tokenizing one message gives: start line, header fields, each field's key
+# and value in one flat list (key, value, key, value, ...: the C scanner builds
+# it in one allocation, where values grouped by key cost a dict and a list per
+# header), the first repeated single header (or None) and where the body starts.
+_Scan: TypeAlias = tuple[str, list[HeaderField], list[str], str | None, int]
 
 
 def _scan(data: bytes, max_headers: int, max_line_length: int) -> _Scan:
@@ -834,21 +837,32 @@ def _scan(data: bytes, max_headers: int, max_line_length: int) -> _Scan:
         fields = _parse_fields_fast(text[first_end + 2 :], len(lines) - 1, max_line_length)
     if fields is None:
         fields = _parse_fields(lines, max_line_length)
-    values, duplicate = _group(fields)
-    return lines[0], fields, values, duplicate, end + 4
+    pairs, duplicate = _pairs(fields)
+    return lines[0], fields, pairs, duplicate, end + 4
 
 
-def _group(fields: list[HeaderField]) -> tuple[dict[str, list[str]], str | None]:
-    """Values by key, and the first header that may appear once but did not."""
-    values: dict[str, list[str]] = {}
+def _pairs(fields: list[HeaderField]) -> tuple[list[str], str | None]:
+    """Each field's key and value, flat, and the first header that may appear
+    once but did not."""
+    pairs: list[str] = []
+    seen: set[str] = set()
+    duplicate: str | None = None
     for f in fields:
-        if f.key in values:
-            if f.key in SINGLE_HEADERS:
-                return values, f.key
-            values[f.key].append(f.value)
-        else:
-            values[f.key] = [f.value]
-    return values, None
+        pairs.append(f.key)
+        pairs.append(f.value)
+        if duplicate is None and f.key in SINGLE_HEADERS:
+            if f.key in seen:
+                duplicate = f.key
+            seen.add(f.key)
+    return pairs, duplicate
+
+
+def _group(pairs: list[str]) -> dict[str, list[str]]:
+    """Values by key, keys in the order they first appear."""
+    values: dict[str, list[str]] = {}
+    for i in range(0, len(pairs), 2):
+        values.setdefault(pairs[i], []).append(pairs[i + 1])
+    return values
 
 
 # One header line and its CRLF: (line, name, value).  findall resumes where
@@ -961,15 +975,14 @@ def _parse_start_line(line: str, headers: Headers, limits: Limits) -> Request | 
     return Request(method, uri, headers)
 
 
-def _check_headers(
-    msg: Request | Response, values: dict[str, list[str]], duplicate: str | None
-) -> None:
+def _check_headers(msg: Request | Response, pairs: list[str], duplicate: str | None) -> None:
     """Refuse repeated single and missing required headers, parse the typed ones
     into ``msg.headers._typed``: the Python reference of
     ``media._srtp.SipHeaderChecker.check`` (tests/test_sip_check.py compares them).
     """
     if duplicate is not None:
         raise SipError(f"{duplicate} must appear once")
+    values = _group(pairs)
     for key in REQUIRED_HEADERS:
         if key not in values:
             raise SipError(f"missing {key} header")
@@ -993,8 +1006,13 @@ _ScanFn: TypeAlias = Callable[[bytes, int, int], _Scan]
 _scan_c: _ScanFn | None = None
 
 
-@functools.cache  # one scanner per process: it holds the name caches
+@functools.cache  # one scanner per process: it holds the name and line caches
 def _load_scanner() -> _ScanFn | None:
+    return _new_scanner()
+
+
+def _new_scanner() -> _ScanFn | None:
+    """A scanner of its own (fuzz/fuzz_sipscan.py: its caches go when it does)."""
     try:
         from media._srtp import SipScanner
     except ImportError:
@@ -1026,7 +1044,7 @@ def _load_values() -> Any:
 
 
 ENV_PURE_PYTHON_CHECK: Final = "SIPEDGE_PURE_PYTHON_CHECK"
-_CheckFn: TypeAlias = Callable[[Request | Response, dict[str, list[str]], str | None], None]
+_CheckFn: TypeAlias = Callable[[Request | Response, list[str], str | None], None]
 _check_c: _CheckFn | None = None
 
 

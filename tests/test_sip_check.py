@@ -33,6 +33,7 @@ from sip.errors import SipError
 from sip.message import Headers, Limits, parse_message
 from tests.peers import c_part, python_output
 from tests.test_sip_scan import CORPUS
+from tests.test_sip_scan import assert_same as scan_same
 from tests.test_sip_scan import mutate as mutate_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -310,6 +311,87 @@ def test_switches_and_the_parsers_they_leave_to_python() -> None:
     finally:
         message._TYPED["supported"] = was
     assert "supported" in c_check().__self__.handled
+
+
+def _append(data: bytes, *lines: str) -> bytes:
+    head, sep, body = data.partition(b"\r\n\r\n")
+    return b"\r\n".join([head, *(line.encode() for line in lines)]) + sep + body
+
+
+def test_many_distinct_and_repeated_headers_agree() -> None:
+    """More fields than the C scanner and check keep on their stacks (48, 64),
+    most of them distinct names and some repeated, after the typed ones: the same
+    tokens, typed values and order as the references."""
+    extra = [f"X-Extension-{i}: {i}" for i in range(90)]
+    extra += [f"Record-Route: <sip:p{i}.example.com;lr>" for i in range(12)]
+    extra += ["Supported: a, b", "Supported: c", "Require: d"]
+    for base in (sipdata.INVITE, sipdata.OK_200):
+        data = _append(base, *extra)
+        assert scan_same(data)
+        expected = assert_same(data)
+        assert expected is not None and expected[0] == "ok", expected
+        assert_same_parse(data)
+        # A single header repeated past the first 64 fields.
+        twice = _append(data, "Expires: 60", "X-Other: 1", "Expires: 60")
+        assert not scan_same(twice)
+        assert_same_parse(twice)
+        assert parsed(twice)[1] == "expires must appear once"
+
+
+def test_typed_values_already_there_are_kept() -> None:
+    """A key whose typed value headers._typed already holds is not parsed again,
+    on either path (the checker skips it as the reference does)."""
+    start, fields, pairs, duplicate, _ = message._scan(sipdata.INVITE, 256, 8192)
+    outcomes = []
+    for check in (message._check_headers, c_check()):
+        headers = Headers._from_fields(list(fields))
+        msg = message._parse_start_line(start, headers, DEFAULT_LIMITS)
+        headers._typed["user-agent"] = "kept"
+        headers._typed["max-forwards"] = 7
+        check(msg, pairs, duplicate)
+        outcomes.append([(k, shape(v)) for k, v in headers._typed.items()])
+    assert outcomes[0] == outcomes[1]
+    assert dict(outcomes[1])["max-forwards"] == (int, 7)
+
+
+def test_a_parser_that_changes_the_pairs_changes_nothing() -> None:
+    """The C check owns what it reads: a Python parser that empties the list it
+    was handed the pairs in leaves the check's results as the reference's."""
+    start, fields, pairs, duplicate, _ = message._scan(
+        _with(sipdata.OK_200, "Date: Sat, 13 Nov 2010 23:29:00 GMT"), 256, 8192
+    )
+    date = message._TYPED["date"]
+    outcomes = []
+    try:
+        for check in (message._check_headers, c_check()):
+            mine = list(pairs)
+
+            def emptying(values: list[str], mine: list[str] = mine) -> Any:
+                mine.clear()
+                return date(values)
+
+            message._TYPED["date"] = emptying
+            headers = Headers._from_fields(list(fields))
+            msg = message._parse_start_line(start, headers, DEFAULT_LIMITS)
+            check(msg, mine, duplicate)
+            assert mine == []
+            outcomes.append([(k, shape(v)) for k, v in headers._typed.items()])
+    finally:
+        message._TYPED["date"] = date
+    assert outcomes[0] == outcomes[1]
+    assert "date" in dict(outcomes[1]) and "via" in dict(outcomes[1])
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [{"via": ["x"]}, ("via", "x"), ["via"], ["via", b"x"], [1, "x"]],
+    ids=["dict", "tuple", "odd", "bytes value", "int key"],
+)
+def test_pairs_of_the_wrong_shape_are_a_type_error(pairs: Any) -> None:
+    start, fields, _, _, _ = message._scan(sipdata.OK_200, 256, 8192)
+    msg = message._parse_start_line(start, Headers._from_fields(fields), DEFAULT_LIMITS)
+    with pytest.raises(TypeError):
+        c_check()(msg, pairs, None)
 
 
 def test_memo_policy_is_shared() -> None:

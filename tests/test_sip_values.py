@@ -109,12 +109,13 @@ def _header_values() -> dict[str, dict[str, None]]:
     found: dict[str, dict[str, None]] = {kind: {} for kind in PYTHON}
     for data in CORPUS:
         try:
-            start, _, values, _, _ = message._scan(data, 10_000, 100_000)
+            start, _, pairs, _, _ = message._scan(data, 10_000, 100_000)
         except SipError:
             continue
         parts = start.split(" ")
         if len(parts) == 3:
             found["uri"][parts[1]] = None
+        values = message._group(pairs)
         for key, kinds in KINDS.items():
             for value in values.get(key, []):
                 for part in split_list(value) if key in LIST_HEADERS else [value]:
