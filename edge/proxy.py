@@ -163,6 +163,8 @@ class Proxy(MediaMixin):
         self.metrics: Any = None  # edge.metrics.Metrics, set by the app
         self.draining = False
         self.counters: dict[str, int] = {}
+        self._request_names: dict[str, dict[str, str]] = {}
+        self._response_names: dict[str, dict[int, str]] = {}
         self._server: dict[TransactionKey, _ServerCtx] = {}
         self._client: dict[TransactionKey, _ClientCtx] = {}
         self._forwards: set[_Forward] = set()
@@ -238,6 +240,28 @@ class Proxy(MediaMixin):
     def _count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
 
+    # The per-message counters' names, each put together once (an f-string per
+    # message cost a new string and its hash).  Their parts come from closed sets
+    # (known methods or "other", status classes, transports), so the tables stay small.
+    def _count_request(self, method: str, transport: str) -> None:
+        names = self._request_names.get(transport)
+        if names is None:
+            names = self._request_names[transport] = {}
+        name = names.get(method)
+        if name is None:
+            name = names[method] = f"requests_{method}_{transport}"
+        self._count(name)
+
+    def _count_response(self, status: int, transport: str) -> None:
+        names = self._response_names.get(transport)
+        if names is None:
+            names = self._response_names[transport] = {}
+        status_class = status // 100
+        name = names.get(status_class)
+        if name is None:
+            name = names[status_class] = f"responses_{status_class}xx_{transport}"
+        self._count(name)
+
     # ------------------------------------------------------------ entry point
     def on_message(self, data: bytes, source: Source) -> None:
         """The transport layer's callback: one whole message from ``source``."""
@@ -270,7 +294,7 @@ class Proxy(MediaMixin):
         now = self._get_loop().time()
         # Known methods only: a stranger's invented ones must not grow the table.
         method = req.method.lower() if req.method in KNOWN_METHODS else "other"
-        self._count(f"requests_{method}_{source.transport}")
+        self._count_request(method, source.transport)
         self._stamp_via(req, source)
         if req.method in ("ACK", "CANCEL") and not self.admission.metered(
             source.remote[0], self._role(source) is not None
@@ -775,7 +799,7 @@ class Proxy(MediaMixin):
         port = nxt.rport or nxt.port or DEFAULT_PORTS[transport]
         if not is_ip_literal(host):
             return
-        self._count(f"responses_{resp.status // 100}xx_{transport}")
+        self._count_response(resp.status, transport)
         self.transport.send(resp.serialize(), Destination(transport, host, port))
 
     # ------------------------------------------------------------ replies
@@ -807,7 +831,7 @@ class Proxy(MediaMixin):
             extra.append(("Server", self.server_header))
         resp = make_response(req, status, to_tag=token_hex(6), headers=extra)
         dest = self._source_destination(source, req.top_via)
-        self._count(f"responses_{status // 100}xx_{dest.transport}")
+        self._count_response(status, dest.transport)
         self.transport.send(resp.serialize(), dest)
 
     # ------------------------------------------------------------ the action loop
@@ -889,7 +913,7 @@ class Proxy(MediaMixin):
         dest = ctx.dest if isinstance(ctx, _ClientCtx) else ctx.reply
         loop = self._get_loop()
         if type(message) is Response:
-            self._count(f"responses_{message.status // 100}xx_{dest.transport}")
+            self._count_response(message.status, dest.transport)
 
         def failed() -> None:
             loop.call_soon(self._transport_failed, ctx)

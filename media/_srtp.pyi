@@ -182,6 +182,9 @@ class SipScanner:
     def cached_names(self) -> int:
         """Header names in the name cache (at most 1024)."""
 
+def sip_join(lines: list[str], body: bytes, /) -> bytes:
+    """``"\\r\\n".join(lines).encode() + body`` (sip.message.Message.serialize)."""
+
 @final
 class SipValueParser:
     """C fast paths of the typed SIP header values (media/sipvalues.c); sip.message

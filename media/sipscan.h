@@ -7,7 +7,7 @@
 
 #include "srtp_core.h" /* SE_HIDDEN */
 
-/* Adds media._srtp.SipScanner to the module; 0 or -1. (sipscan.c) */
+/* Adds media._srtp.SipScanner and sip_join to the module; 0 or -1. (sipscan.c) */
 SE_HIDDEN int se_sipscan_register(PyObject *module);
 
 #endif /* SIPEDGE_SIPSCAN_H */

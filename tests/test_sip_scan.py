@@ -530,3 +530,39 @@ def test_sip_works_without_the_extension() -> None:
         "print(message.accelerated(), message.parse_message(INVITE).method)\n"
     )
     assert python_output(code) == "False INVITE"
+
+
+def test_sip_join_gives_the_bytes_of_the_python_expression() -> None:
+    """media._srtp.sip_join, serialize's last step, against the expression it
+    replaces: ASCII (its own path), UTF-8, a str subclass, and the same error for
+    a lone surrogate."""
+    c_scan()  # fails the test, saying what to run, without the extension
+    import media._srtp
+
+    join = message._load_join()
+    assert join is media._srtp.sip_join
+    assert message._join_c is join  # serialize uses it with the C paths on
+
+    class Text(str):
+        pass
+
+    rng = random.Random(5)
+    alphabet = ["a", "Z", ":", " ", "\r\n", "é", "😀", "\t"]
+    cases: list[tuple[list[str], bytes]] = [([], b""), ([], b"body"), (["\r\n"], b"")]
+    cases += [([Text("x"), "y"], b"z"), (["SIP/2.0 200 OK", "Via: a", "\r\n"], b"v=0\r\n")]
+    for _ in range(300):
+        lines = [
+            "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+            for _ in range(rng.randint(0, 6))
+        ]
+        cases.append((lines, rng.randbytes(rng.randint(0, 20))))
+    for lines, body in cases:
+        got = join(lines, body)
+        assert type(got) is bytes
+        assert got == "\r\n".join(lines).encode() + body, (lines, body)
+    with pytest.raises(UnicodeEncodeError):
+        join(["ok", "\udc80"], b"")
+    with pytest.raises(TypeError):
+        join(("a",), b"")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        join(["a"], "body")  # type: ignore[arg-type]
