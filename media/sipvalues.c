@@ -455,6 +455,10 @@ static const char *const type_args[T_COUNT] = {"via", "uri", "name_addr", "conta
 typedef struct {
     PyObject_HEAD
     PyObject *types[T_COUNT];
+    /* A function per type that makes one from the same arguments, or NULL: a
+     * compiled (mypyc) class cannot have its slots written, and a compiled
+     * function reaches its native constructor for a fraction of the type call. */
+    PyObject *factory[T_COUNT];
     int nfields[T_COUNT];
     /* Slot offsets per type, or off[t][0] == 0 to call the type instead. */
     Py_ssize_t off[T_COUNT][MAX_FIELDS];
@@ -481,9 +485,15 @@ build(ValuesObject *self, int t, PyObject **vals)
     for (int i = 0; i < n; i++)
         if (vals[i] == NULL)
             goto done;
-    if (self->off[t][0] == 0)
-        obj = PyObject_Vectorcall(self->types[t], vals, (size_t)n, NULL);
-    else {
+    if (self->off[t][0] == 0) {
+        PyObject *make = self->factory[t] != NULL ? self->factory[t] : self->types[t];
+        obj = PyObject_Vectorcall(make, vals, (size_t)n, NULL);
+        if (obj != NULL && !Py_IS_TYPE(obj, (PyTypeObject *)self->types[t])) {
+            PyErr_Format(PyExc_TypeError, "the %s factory made a %.100s", type_args[t],
+                         Py_TYPE(obj)->tp_name);
+            Py_CLEAR(obj);
+        }
+    } else {
         /* A slotted dataclass's __init__ only stores its arguments: write the slots. */
         PyTypeObject *tp = (PyTypeObject *)self->types[t];
         obj = tp->tp_alloc(tp, 0);
@@ -934,27 +944,44 @@ slot_offset(PyObject *type, const char *attr)
 }
 
 PyDoc_STRVAR(Values_doc,
-             "SipValueParser(via, uri, name_addr, contact, cseq, direct=True)\n\n"
+             "SipValueParser(via, uri, name_addr, contact, cseq, direct=True, factories=None)\n\n"
              "C fast paths of Via.parse, URI.parse, NameAddr.parse, Contact.parse and\n"
              "CSeq.parse (the classes are passed in); each method returns what the\n"
              "Python parser returns, or None to ask it.  direct=False calls the classes\n"
-             "instead of writing their slots (a test's comparison).");
+             "instead of writing their slots (a test's comparison); factories, a tuple of\n"
+             "five callables (or None each) taking the classes' arguments, are called\n"
+             "instead of the classes whose slots are not written.");
 
 static int
 Values_init(ValuesObject *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"via", "uri", "name_addr", "contact", "cseq", "direct", NULL};
-    PyObject *types[T_COUNT];
+    static char *kwlist[] = {"via",    "uri",    "name_addr", "contact", "cseq",
+                             "direct", "factories", NULL};
+    PyObject *types[T_COUNT], *factories = Py_None;
     int direct = 1;
 
     if (self->ready) {
         PyErr_SetString(PyExc_RuntimeError, "SipValueParser is already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!O!|p", kwlist, &PyType_Type, &types[0],
-                                     &PyType_Type, &types[1], &PyType_Type, &types[2],
-                                     &PyType_Type, &types[3], &PyType_Type, &types[4], &direct))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!O!O!|pO", kwlist, &PyType_Type,
+                                     &types[0], &PyType_Type, &types[1], &PyType_Type, &types[2],
+                                     &PyType_Type, &types[3], &PyType_Type, &types[4], &direct,
+                                     &factories))
         return -1;
+    if (factories != Py_None
+        && (!PyTuple_Check(factories) || PyTuple_GET_SIZE(factories) != T_COUNT)) {
+        PyErr_SetString(PyExc_TypeError, "factories must be None or a tuple of five");
+        return -1;
+    }
+    for (int t = 0; t < T_COUNT; t++) {
+        PyObject *f = factories == Py_None ? Py_None : PyTuple_GET_ITEM(factories, t);
+        if (f != Py_None && !PyCallable_Check(f)) {
+            PyErr_Format(PyExc_TypeError, "the %s factory is not callable", type_args[t]);
+            return -1;
+        }
+        Py_XSETREF(self->factory[t], f == Py_None ? NULL : Py_NewRef(f));
+    }
     for (int t = 0; t < T_COUNT; t++) {
         int n = 0, all = 1;
         while (type_fields[t][n] != NULL)
@@ -983,8 +1010,10 @@ static int
 Values_traverse(ValuesObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
-    for (int t = 0; t < T_COUNT; t++)
+    for (int t = 0; t < T_COUNT; t++) {
         Py_VISIT(self->types[t]);
+        Py_VISIT(self->factory[t]);
+    }
     return 0;
 }
 
@@ -992,8 +1021,10 @@ static int
 Values_clear(ValuesObject *self)
 {
     self->ready = 0;
-    for (int t = 0; t < T_COUNT; t++)
+    for (int t = 0; t < T_COUNT; t++) {
         Py_CLEAR(self->types[t]);
+        Py_CLEAR(self->factory[t]);
+    }
     return 0;
 }
 

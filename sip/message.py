@@ -1056,7 +1056,45 @@ def _load_values() -> Any:
         from media._srtp import SipValueParser
     except ImportError:
         return None
-    return SipValueParser(Via, URI, NameAddr, Contact, CSeq)
+    factories = (_new_via, _new_uri, _new_name_addr, _new_contact, _new_cseq)
+    return SipValueParser(Via, URI, NameAddr, Contact, CSeq, factories=factories)
+
+
+# What the value parser calls (for the classes whose slots it cannot write, the
+# compiled build) with each class's arguments, as _new_field for the scanner.
+_Params: TypeAlias = tuple[tuple[str, str | None], ...]
+
+
+def _new_via(transport: str, host: str, port: int | None, params: _Params, text: str) -> Via:
+    return Via(transport, host, port, params, text)
+
+
+def _new_uri(
+    scheme: str,
+    user: str | None,
+    password: str | None,
+    host: str,
+    port: int | None,
+    params: _Params,
+    headers: tuple[tuple[str, str], ...],
+    opaque: str | None,
+    text: str,
+) -> URI:
+    return URI(scheme, user, password, host, port, params, headers, opaque, text)
+
+
+def _new_name_addr(
+    uri: URI, display_name: str | None, params: _Params, bracketed: bool, text: str
+) -> NameAddr:
+    return NameAddr(uri, display_name, params, bracketed, text)
+
+
+def _new_contact(address: NameAddr | None, star: bool) -> Contact:
+    return Contact(address, star)
+
+
+def _new_cseq(number: int, method: str) -> CSeq:
+    return CSeq(number, method)
 
 
 ENV_PURE_PYTHON_CHECK: Final = "SIPEDGE_PURE_PYTHON_CHECK"

@@ -357,6 +357,33 @@ def test_calling_the_types_gives_the_same_objects() -> None:
             check(kind, text, getattr(slow, kind))
 
 
+def test_factories_give_the_same_objects() -> None:
+    """The factories sip.message passes, called instead of the classes (direct=False
+    makes every class take that path): the same objects; a factory that makes
+    something else, or is not callable, is a TypeError."""
+    from media._srtp import SipValueParser
+
+    factories = (
+        message._new_via,
+        message._new_uri,
+        message._new_name_addr,
+        message._new_contact,
+        message._new_cseq,
+    )
+    made = SipValueParser(Via, URI, NameAddr, Contact, CSeq, direct=False, factories=factories)
+    for kind, texts in VALUES.items():
+        for text in (*texts, *EDGES[kind]):
+            check(kind, text, getattr(made, kind))
+    wrong = (None, None, None, None, lambda number, method: (number, method))
+    odd = SipValueParser(Via, URI, NameAddr, Contact, CSeq, direct=False, factories=wrong)
+    assert odd.via("SIP/2.0/UDP h") == Via.parse("SIP/2.0/UDP h")
+    with pytest.raises(TypeError, match="cseq factory"):
+        odd.cseq("1 INVITE")
+    for bad in ((None,) * 4, [None] * 5, (None, None, None, None, 42)):
+        with pytest.raises(TypeError, match="factor"):
+            SipValueParser(Via, URI, NameAddr, Contact, CSeq, factories=bad)
+
+
 def test_arguments() -> None:
     from media._srtp import SipValueParser
 
