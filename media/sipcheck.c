@@ -759,8 +759,14 @@ Check_check(CheckObject *self, PyObject *const *args, Py_ssize_t nargs)
         int found = 0;
         if (hash == -1)
             goto done;
-        for (int g = 0; g < ngroups && !found; g++)
-            found = same_key(groups[g].key, groups[g].hash, req, hash);
+        for (Py_ssize_t s = (Py_ssize_t)((size_t)hash & (size_t)mask); table[s] >= 0;
+             s = (s + 1) & mask) {
+            const group_t *grp = &groups[table[s]];
+            if (same_key(grp->key, grp->hash, req, hash)) {
+                found = 1;
+                break;
+            }
+        }
         if (!found) {
             sip_error(self, "missing %S header", req);
             goto done;

@@ -371,6 +371,7 @@ make_field(ScannerObject *self, PyObject *name, PyObject *key, PyObject *value, 
 }
 
 #define STACK_FIELDS 48
+#define MAX_SINGLES 16
 
 PyDoc_STRVAR(scan_doc,
              "scan(data, max_headers, max_line_length, /)\n\n"
@@ -386,6 +387,8 @@ Scanner_scan(ScannerObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_ssize_t line_end, i;
     int ascii = 1, bare = 0, ctl = 0;
     field_span stack_fields[STACK_FIELDS], *fields = stack_fields;
+    Py_ssize_t singles[MAX_SINGLES]; /* the single fields seen, while no repeat */
+    int nsingles = 0;
     PyObject *start_line = NULL, *list = NULL, *values = NULL, *dup = Py_None, *result = NULL;
 
     if (nargs != 3) {
@@ -607,13 +610,17 @@ Scanner_scan(ScannerObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyList_SET_ITEM(values, 2 * i, Py_NewRef(f->key));
         PyList_SET_ITEM(values, 2 * i + 1, Py_NewRef(value));
         if (dup == Py_None && f->single) {
-            /* At most one of each single key comes before the first repeat, so
-             * this stays short whatever the message (SINGLE_HEADERS is small). */
-            for (Py_ssize_t j = 0; j < i; j++) {
-                if (fields[j].single && same_key(fields[j].key, f->key)) {
-                    dup = f->key;
-                    break;
-                }
+            /* Against the single fields before it: at most one of each key comes
+             * before the first repeat, so few (SINGLE_HEADERS is small). */
+            if (nsingles < MAX_SINGLES) {
+                for (int j = 0; j < nsingles && dup == Py_None; j++)
+                    if (same_key(fields[singles[j]].key, f->key))
+                        dup = f->key;
+                singles[nsingles++] = i;
+            } else { /* more single keys than MAX_SINGLES: every field before */
+                for (Py_ssize_t j = 0; j < i && dup == Py_None; j++)
+                    if (fields[j].single && same_key(fields[j].key, f->key))
+                        dup = f->key;
             }
         }
         Py_DECREF(value);

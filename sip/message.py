@@ -291,7 +291,7 @@ _MEMOS: Final = (_via, _name_addr, _contact, _cseq, _content_type, _request_uri)
 def own_via(via: Via) -> str:
     """The text of a Via we write, remembered so that parsing it back (in the
     responses that return through us) costs a lookup."""
-    text = str(via)
+    text = via.text or via._build()  # str(via), as a direct call when compiled
     _via.remember(text, via)
     return text
 

@@ -37,7 +37,6 @@ Matching (§17.1.3, §17.2.3) is :func:`client_key`, :func:`server_key` and
 from __future__ import annotations
 
 import typing
-from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import ClassVar, Final, Literal, cast
@@ -295,7 +294,9 @@ _ERROR_TO_TU: Final = _Step(_Op.ERROR_TO_TU)
 _E_AT_T2: Final = _Step(_Op.AT_T2, "E")
 
 _Row = tuple[State, tuple[_Step, ...]]
-_Table = Mapping[tuple[State, Event], _Row]
+# A dict, not a Mapping, though never changed: compiled, a dict's get is a direct
+# call where a Mapping's is a generic method call, and every event looks one up.
+_Table = dict[tuple[State, Event], _Row]
 
 _S: Final = State
 
