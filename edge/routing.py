@@ -111,7 +111,10 @@ def is_e164(user: str | None) -> bool:
     return user is not None and _E164.fullmatch(normalize_number(user)) is not None
 
 
-@functools.lru_cache(maxsize=4096)
+_IP_CACHE_MAX: Final = 4096
+
+
+@functools.lru_cache(maxsize=_IP_CACHE_MAX)
 def _ip(text: str) -> IPAddress | None:
     """An address from a source or a config host; IPv4-mapped IPv6 becomes IPv4.
 
@@ -216,6 +219,7 @@ class Router:
         self._upstream_ips: frozenset[IPAddress] = frozenset(
             ip for s in config.upstream.sets for t in s.targets if (ip := _ip(t.host)) is not None
         )
+        self._upstream_sources: dict[str, bool] = {}  # is_upstream_source by text
         self._allow: tuple[tuple[IPNetwork, TrunkConfig], ...] = ()
         self._trunks: dict[str, TrunkConfig] = {}
         self._prefixes: tuple[tuple[str, TrunkConfig], ...] = ()
@@ -251,8 +255,16 @@ class Router:
 
     def is_upstream_source(self, ip: str) -> bool:
         """The request came from one of our upstream targets (by IP)."""
-        addr = _ip(ip)
-        return addr is not None and addr in self._upstream_ips
+        # By the source's text first: an address's hash runs interpreted
+        # (ipaddress), once per initial request.  Bounded like _ip's cache.
+        known = self._upstream_sources.get(ip)
+        if known is None:
+            addr = _ip(ip)
+            known = addr is not None and addr in self._upstream_ips
+            if len(self._upstream_sources) >= _IP_CACHE_MAX:
+                self._upstream_sources.clear()
+            self._upstream_sources[ip] = known
+        return known
 
     def trunk_for_source(self, ip: str) -> TrunkConfig | None:
         """The trunk whose allowlist holds ``ip``; the longest matching prefix wins."""

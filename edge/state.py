@@ -59,6 +59,11 @@ class StateStore(Protocol):
     #: The registrar's bindings (browsers over WebSocket; per process, see there).
     registrations: RegistrationTable
 
+    #: The bans by address, each entry's ``until`` when it ends (some may have
+    #: ended, until :meth:`expire`).  Read for every packet: a lookup here is
+    #: what :meth:`banned` does, without the call (edge.admission).
+    ban_entries: dict[str, _BanEntry]
+
     def take(self, key: str, rate_per_minute: float, now: float, cost: float = 1.0) -> bool:
         """Take ``cost`` tokens from ``key``'s bucket; False, taking nothing, if too few.
 
@@ -330,7 +335,7 @@ def table_stats(store: Any) -> dict[str, int]:
     return {
         "buckets": len(store._buckets),
         "windows": len(store._windows),
-        "bans": len(store._bans),
+        "bans": len(store.ban_entries),
         "nonces": len(store._nonces),
         "bucket_evictions": store.bucket_evictions,
         "window_evictions": store.window_evictions,
@@ -376,7 +381,7 @@ class MemoryStateStore:
     __slots__ = (
         "_buckets",
         "_windows",
-        "_bans",
+        "ban_entries",
         "_table",
         "_nonces",
         "registrations",
@@ -411,7 +416,7 @@ class MemoryStateStore:
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
         self._windows: OrderedDict[str, _Window] = OrderedDict()
         self._table = BanTable(max_bans)
-        self._bans = self._table.entries  # banned(): one dict lookup
+        self.ban_entries = self._table.entries  # banned(): one dict lookup
         self.registrations = RegistrationTable()
         self._nonces = MemoryNonceCountStore(ttl=nonce_ttl, max_entries=max_nonces)
 
@@ -482,7 +487,7 @@ class MemoryStateStore:
         return self._table.add(address, until, reason, now)
 
     def banned(self, address: str, now: float) -> bool:
-        entry = self._bans.get(address)
+        entry = self.ban_entries.get(address)
         return entry is not None and now < entry.until
 
     def bans(self, now: float) -> list[Ban]:

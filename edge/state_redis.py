@@ -334,7 +334,7 @@ class RedisStateStore:
         # Registrations stay in this process: a binding names one of its sockets.
         self.registrations = RegistrationTable()
         self._table = BanTable(max_bans)
-        self._bans = self._table.entries  # banned(): one dict lookup, no lock
+        self.ban_entries = self._table.entries  # banned(): one dict lookup, no lock
         self._ban_heap = self._table.heap
         self._nonces = MemoryNonceCountStore(ttl=nonce_ttl, max_entries=max_nonces)
         # ("ban", address, until, reason, now) | ("unban", address) | ("clear", key)
@@ -519,7 +519,7 @@ class RedisStateStore:
 
     def banned(self, address: str, now: float) -> bool:
         # No lock: one dict lookup (atomic under the GIL), for every packet.
-        entry = self._bans.get(address)
+        entry = self.ban_entries.get(address)
         return entry is not None and now < entry.until
 
     def bans(self, now: float) -> list[Ban]:
@@ -528,7 +528,7 @@ class RedisStateStore:
 
     def unban(self, address: str) -> bool:
         with self._lock:
-            removed = self._bans.pop(address, None) is not None
+            removed = self.ban_entries.pop(address, None) is not None
             self._queue(("unban", address))
             self._unpushed[address] = self._unpushed.get(address, 0) + 1
         self._wake.set()
@@ -657,7 +657,7 @@ class RedisStateStore:
             with self._lock:
                 live = [
                     ("ban", e.address, e.until, e.reason, e.since)
-                    for e in self._bans.values()
+                    for e in self.ban_entries.values()
                     if e.until > self._now
                 ]
                 for op in live:
@@ -676,17 +676,17 @@ class RedisStateStore:
             for address, (until, since, reason) in remote.items():
                 if address not in self._unpushed:
                     self._apply_ban(address, until, since, reason)
-            for address, entry in list(self._bans.items()):
+            for address, entry in list(self.ban_entries.items()):
                 # Not in Redis, nothing of ours on its way, still live: lifted
                 # by another instance while we missed the message.
                 if address not in remote and address not in self._unpushed and entry.until > now:
-                    del self._bans[address]
+                    del self.ban_entries[address]
         self._resync_due = False
         self._next_resync = time.monotonic() + self.resync_interval
 
     def _apply_ban(self, address: str, until: float, since: float, reason: str) -> None:
         """A ban another instance made (caller holds the lock)."""
-        entry = self._bans.get(address)
+        entry = self.ban_entries.get(address)
         if entry is not None and since < entry.until:
             if until > entry.until:
                 entry.until = until
@@ -695,7 +695,7 @@ class RedisStateStore:
         if until <= since:
             return
         heap = self._ban_heap
-        if len(self._bans) >= self.max_bans and heap and heap[0][0] >= until:
+        if len(self.ban_entries) >= self.max_bans and heap and heap[0][0] >= until:
             # Full, and this one would end first: it would make room for itself.
             return
         self._ban_locally(address, until, reason, since)
@@ -843,7 +843,7 @@ class RedisStateStore:
                     self._apply_ban(address, *parsed)
             elif kind == "unban":
                 if rest not in self._unpushed:
-                    self._bans.pop(rest, None)
+                    self.ban_entries.pop(rest, None)
             elif kind == "clear":
                 self._windows.pop(rest, None)
                 self._dirty_windows.pop(rest, None)

@@ -238,6 +238,39 @@ def test_brute_force_is_banned_after_the_configured_failures(env: Env) -> None:
     assert env.types()[-1] == events.BAN_EXPIRED
 
 
+def test_banned_reads_the_ban_table_or_asks_a_store_without_one(env: Env) -> None:
+    """banned() looks the store's ban table up itself: a ban past its end no longer
+    drops, before expire() has run.  A stand-in store that shows no table is asked."""
+    env.store.ban(STRANGER, env.clock.now + 10, "test", env.clock.now)
+    assert env.adm.banned(STRANGER)
+    assert not env.adm.banned("192.0.2.99")
+    env.clock.now += 11
+    assert not env.adm.banned(STRANGER)
+
+    class Asked:
+        """The store, less its ban table; counts the banned() calls."""
+
+        def __init__(self, inner: MemoryStateStore) -> None:
+            self.inner = inner
+            self.asked: list[str] = []
+
+        def banned(self, address: str, now: float) -> bool:
+            self.asked.append(address)
+            return self.inner.banned(address, now)
+
+        def __getattr__(self, name: str) -> Any:
+            if name == "ban_entries":
+                raise AttributeError(name)
+            return getattr(self.inner, name)
+
+    store = Asked(MemoryStateStore())
+    adm = Admission(env.config, store, clock=env.clock)  # type: ignore[arg-type]
+    store.inner.ban(STRANGER, env.clock.now + 10, "test", env.clock.now)
+    assert adm.banned(STRANGER)
+    assert not adm.banned("192.0.2.99")
+    assert store.asked == [STRANGER, "192.0.2.99"]
+
+
 def test_a_success_resets_the_failure_count(env: Env) -> None:
     for round_ in range(3):
         for i in range(env.config.bans.auth_failures - 1):
