@@ -742,6 +742,10 @@ class Request(Message):
         return f"<Request {self.method} {self.uri}>"
 
 
+# Response status lines by status: (reason, line).
+_status_texts: Final[dict[int, tuple[str, str]]] = {}
+
+
 class Response(Message):
     __slots__ = ("status", "reason")
 
@@ -759,7 +763,16 @@ class Response(Message):
         self.reason = reason or REASON_PHRASES.get(status, "")
 
     def _start_line(self) -> str:
-        return f"{_VERSION} {self.status} {self.reason}"
+        # A proxy writes the same few status lines over and over: each is put
+        # together once (bounded: reasons are free text from the wire).
+        known = _status_texts.get(self.status)
+        if known is not None and known[0] == self.reason:
+            return known[1]
+        line = f"{_VERSION} {self.status} {self.reason}"
+        if len(_status_texts) >= _START_LINES_MAX:
+            _status_texts.clear()
+        _status_texts[self.status] = (self.reason, line)
+        return line
 
     def __repr__(self) -> str:
         return f"<Response {self.status} {self.reason}>"

@@ -449,3 +449,17 @@ def test_standard_methods_are_tokens() -> None:
         assert message._TOKEN_RE.fullmatch(method)
     with pytest.raises(SipError, match="malformed method"):
         Request("IN VITE", "sip:a@b")
+
+
+def test_status_lines_follow_status_and_reason() -> None:
+    """Response status lines are remembered by status: a new reason, or a status
+    or reason changed after a first serialize, still writes what the response holds."""
+    ok = Response(200, "OK")
+    fine = Response(200, "Fine")
+    assert bytes(ok).startswith(b"SIP/2.0 200 OK\r\n")
+    assert bytes(fine).startswith(b"SIP/2.0 200 Fine\r\n")
+    assert bytes(ok).startswith(b"SIP/2.0 200 OK\r\n")
+    ok.status, ok.reason = 486, "Busy Here"
+    assert bytes(ok).startswith(b"SIP/2.0 486 Busy Here\r\n")
+    ok.reason = "Busy"
+    assert bytes(ok).startswith(b"SIP/2.0 486 Busy\r\n")
