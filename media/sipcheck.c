@@ -9,8 +9,9 @@
  * Python function, for every input: tests/test_sip_check.py compares the two on
  * the corpus and on random mutations, fuzz/fuzz_sipcheck.py under ASan.
  *
- * What C does itself, per key (the Python lambda it mirrors is named in the table
- * below): the comma split of sip._abnf.split_list, _parse_list's empty element
+ * What C does itself: _group's grouping of the scanner's flat (key, value, ...)
+ * list by key, through a small open-addressing table; then per key (the Python
+ * lambda it mirrors is named in the table below): the comma split of sip._abnf.split_list, _parse_list's empty element
  * check, _single, parse_int, parse_call_id, parse_token_list, the Route <> and
  * Contact * checks, and the memo lookups.  A memo is read and filled here through
  * its very _cache dict, with _Memo.__call__'s policy (hit; else its _fast, else
@@ -363,7 +364,6 @@ error:
     return NULL;
 }
 
-/* _single(values, what): the one value (borrowed), or SipError. */
 /* sip.headers.parse_int: strip, ASCII digits only, at most 12 of them, bounded. */
 static PyObject *
 parse_int(CheckObject *self, PyObject *text, const char *what, unsigned long long maximum)
@@ -505,7 +505,6 @@ flag(PyObject *obj, PyObject *name)
     return rc;
 }
 
-/* The typed value of headers[h] from the values of its lines. */
 /* ------------------------------------------------------------ groups */
 
 /* The fields of one key, from the flat (key, value, ...) list, in the order
