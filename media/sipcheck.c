@@ -34,6 +34,7 @@
 #include <string.h>
 
 #include "sipcheck.h"
+#include "sipscan.h" /* se_same_key */
 
 /* ------------------------------------------------------------ characters */
 
@@ -547,17 +548,11 @@ group_split(PyObject *const *vals, const int *group_of, Py_ssize_t n, int g, con
     return out;
 }
 
-/* Two keys are equal: mostly the same cached object, else the same text. */
+/* se_same_key, with the hashes compared first. */
 static int
 same_key(PyObject *a, Py_hash_t ha, PyObject *b, Py_hash_t hb)
 {
-    if (a == b)
-        return 1;
-    if (ha != hb)
-        return 0;
-    Py_ssize_t n = PyUnicode_GET_LENGTH(a);
-    return n == PyUnicode_GET_LENGTH(b) && PyUnicode_KIND(a) == PyUnicode_KIND(b)
-           && memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * PyUnicode_KIND(a)) == 0;
+    return a == b || (ha == hb && se_same_key(a, b));
 }
 
 /* ------------------------------------------------------------ check */

@@ -5,8 +5,8 @@
  * One call takes the bytes of one message and gives back its start line, its
  * header fields (sip.message.HeaderField objects), each field's key and value in
  * one flat list, the first repeated single header and the offset of the body.
- * The Python reference is sip.message._scan (with _pairs): same results, same SipError texts, in the
- * same order of checks, which tests/test_sip_scan.py proves on the test corpus
+ * The Python reference is sip.message._scan (with _pairs): same results, same
+ * SipError texts, in the same order of checks, which tests/test_sip_scan.py proves on the test corpus
  * and on random mutations.  Everything past tokenizing (start line, typed
  * headers, Content-Length) stays in Python.
  *
@@ -216,9 +216,9 @@ make_str(const unsigned char *p, Py_ssize_t n, int ascii)
     return s;
 }
 
-/* Two keys (str) are the same: most often the same cached object. */
-static int
-same_key(PyObject *a, PyObject *b)
+/* Declared in sipscan.h. */
+int
+se_same_key(PyObject *a, PyObject *b)
 {
     if (a == b)
         return 1;
@@ -389,7 +389,7 @@ Scanner_scan(ScannerObject *self, PyObject *const *args, Py_ssize_t nargs)
     field_span stack_fields[STACK_FIELDS], *fields = stack_fields;
     Py_ssize_t singles[MAX_SINGLES]; /* the single fields seen, while no repeat */
     int nsingles = 0;
-    PyObject *start_line = NULL, *list = NULL, *values = NULL, *dup = Py_None, *result = NULL;
+    PyObject *start_line = NULL, *list = NULL, *pairs = NULL, *dup = Py_None, *result = NULL;
 
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "scan() takes 3 arguments");
@@ -547,8 +547,8 @@ Scanner_scan(ScannerObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
 
     list = PyList_New(nfields);
-    values = PyList_New(2 * nfields);
-    if (list == NULL || values == NULL)
+    pairs = PyList_New(2 * nfields);
+    if (list == NULL || pairs == NULL)
         goto done;
     for (i = 0; i < nfields; i++) {
         field_span *f = &fields[i];
@@ -607,19 +607,19 @@ Scanner_scan(ScannerObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyList_SET_ITEM(list, i, field);
     pair:
         /* _pairs: key and value, flat; the first single header seen twice. */
-        PyList_SET_ITEM(values, 2 * i, Py_NewRef(f->key));
-        PyList_SET_ITEM(values, 2 * i + 1, Py_NewRef(value));
+        PyList_SET_ITEM(pairs, 2 * i, Py_NewRef(f->key));
+        PyList_SET_ITEM(pairs, 2 * i + 1, Py_NewRef(value));
         if (dup == Py_None && f->single) {
             /* Against the single fields before it: at most one of each key comes
              * before the first repeat, so few (SINGLE_HEADERS is small). */
             if (nsingles < MAX_SINGLES) {
                 for (int j = 0; j < nsingles && dup == Py_None; j++)
-                    if (same_key(fields[singles[j]].key, f->key))
+                    if (se_same_key(fields[singles[j]].key, f->key))
                         dup = f->key;
                 singles[nsingles++] = i;
             } else { /* more single keys than MAX_SINGLES: every field before */
                 for (Py_ssize_t j = 0; j < i && dup == Py_None; j++)
-                    if (fields[j].single && same_key(fields[j].key, f->key))
+                    if (fields[j].single && se_same_key(fields[j].key, f->key))
                         dup = f->key;
             }
         }
@@ -628,7 +628,7 @@ Scanner_scan(ScannerObject *self, PyObject *const *args, Py_ssize_t nargs)
     {
         PyObject *body = PyLong_FromSsize_t(end + 4);
         if (body != NULL) {
-            result = PyTuple_Pack(5, start_line, list, values, dup, body);
+            result = PyTuple_Pack(5, start_line, list, pairs, dup, body);
             Py_DECREF(body);
         }
     }
@@ -642,7 +642,7 @@ done:
         PyMem_Free(fields);
     Py_XDECREF(start_line);
     Py_XDECREF(list);
-    Py_XDECREF(values);
+    Py_XDECREF(pairs);
     PyBuffer_Release(&buf);
     return result;
 }

@@ -10,4 +10,8 @@
 /* Adds media._srtp.SipScanner and sip_join to the module; 0 or -1. (sipscan.c) */
 SE_HIDDEN int se_sipscan_register(PyObject *module);
 
+/* Two header keys (str) are equal: most often the same cached object, else the
+ * same text.  (sipscan.c; sipcheck.c groups keys with it too.) */
+SE_HIDDEN int se_same_key(PyObject *a, PyObject *b);
+
 #endif /* SIPEDGE_SIPSCAN_H */
