@@ -93,6 +93,8 @@ DEFAULT_PORTS: Final = {"udp": 5060, "tcp": 5060, "tls": 5061}
 KNOWN_METHODS: Final = STANDARD_METHODS
 # What a browser's side speaks (issue 6): DTLS-SRTP with ICE-lite.
 WEBRTC_POLICY: Final = "dtls-srtp"
+#: Bound on Proxy._is_us's answers by URI text.
+_US_CACHE_MAX: Final = 4096
 
 
 def _noop_log(level: str, event: str, **fields: Any) -> None:
@@ -176,6 +178,7 @@ class Proxy(MediaMixin):
                 self._local_ports.add(hp.port)
         if self.advertise:
             self._local_hosts.add(self.advertise.lower())
+        self._us: dict[str, bool] = {}  # _is_us by URI text
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wheel: TimerWheel | None = None
         self._probe_task: asyncio.Task[None] | None = None
@@ -966,7 +969,7 @@ class Proxy(MediaMixin):
 
     def _new_via(self, transport: str, branch: str) -> Via:
         host, port = self._local(transport)
-        return Via(transport.upper(), host, port, (("branch", branch), ("rport", None)))
+        return Via.ours(transport.upper(), host, port, branch)
 
     def _rr_value(self, transport: str, user: str | None = None) -> str:
         host, port = self._local(transport)
@@ -1041,6 +1044,21 @@ class Proxy(MediaMixin):
         return self.flows.check(user, self.transport.connection_remote)
 
     def _is_us(self, uri: URI) -> bool:
+        # By the URI's text: the answer follows from it (the listeners are fixed at
+        # start), and a call asks about the same few URIs (our Record-Route values,
+        # the Request-URIs) at each hop.  Bounded: the texts come from the network.
+        text = uri.text
+        known = self._us.get(text) if text else None
+        if known is not None:
+            return known
+        answer = self._names_us(uri)
+        if text:
+            if len(self._us) >= _US_CACHE_MAX:
+                self._us.clear()
+            self._us[text] = answer
+        return answer
+
+    def _names_us(self, uri: URI) -> bool:
         if not uri.is_sip or uri.host.lower() not in self._local_hosts:
             return False
         transport = uri.transport or ("tls" if uri.scheme == "sips" else "udp")

@@ -254,6 +254,14 @@ class Via:
         via.text = via._build()
         return via
 
+    @staticmethod
+    def ours(transport: str, host: str, port: int, branch: str) -> Via:
+        """The Via a proxy puts on what it sends: its branch and an empty rport
+        (RFC 3581 §3), the text written in one step instead of by ``_build``."""
+        via = Via(transport, host, port, (("branch", branch), ("rport", None)))
+        via.text = f"SIP/2.0/{transport} {format_host(host)}:{port};branch={branch};rport"
+        return via
+
     def replace(self, **changes: object) -> Via:
         changed = dataclasses.replace(self, **changes)  # type: ignore[arg-type]
         return dataclasses.replace(changed, text=changed._build())

@@ -254,6 +254,22 @@ def test_replace_first_parsed_swaps_the_top_element_where_it_was() -> None:
     assert msg.headers.get_all("Record-Route") == ["<sip:edge.example.com;lr>"]
 
 
+@pytest.mark.parametrize(
+    ("transport", "host", "port"),
+    [("UDP", "127.0.0.1", 5060), ("TLS", "edge.example.com", 5061), ("TCP", "2001:db8::1", 5060)],
+)
+def test_the_proxys_own_via_writes_what_build_and_parse_give(
+    transport: str, host: str, port: int
+) -> None:
+    """Via.ours writes its text in one step: the same text _build writes for the same
+    fields, and that text parses back to an equal Via."""
+    via = Via.ours(transport, host, port, "z9hG4bK-abc.1")
+    assert via.params == (("branch", "z9hG4bK-abc.1"), ("rport", None))
+    assert via.text == via._build()
+    assert Via.parse(via.text) == via
+    assert via.branch == "z9hG4bK-abc.1" and via.wants_rport and via.rport is None
+
+
 @pytest.mark.parametrize("value", ["a\r\nInjected: 1", "a\nb", "a\rb", "a\x00b"])
 def test_header_injection_is_refused(value: str) -> None:
     msg = parse_message(INVITE)

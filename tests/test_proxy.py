@@ -603,3 +603,38 @@ async def test_a_stranger_cannot_end_or_cancel_other_peoples_calls(proxy: Proxy)
     assert only(sent, Request) == []  # not forwarded to the callee
     assert all(r.status == 407 for r, _ in only(sent, Response))
     assert len(proxy.dialogs) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "ours"),
+    [
+        ("sip:127.0.0.1;lr", True),
+        ("sip:127.0.0.1:5060;transport=tcp;lr", True),
+        ("sips:127.0.0.1;lr", True),  # TLS's default port, 5061
+        ("sip:127.0.0.1:5062;lr", False),
+        ("sip:127.0.0.1;transport=tls", True),
+        ("sip:127.0.0.2;lr", False),
+        ("sip:user@127.0.0.1:5061;transport=tls", True),
+        ("tel:+15551234567", False),
+    ],
+)
+async def test_is_us_answers_the_same_from_its_memo(proxy: Proxy, text: str, ours: bool) -> None:
+    """_is_us remembers its answer by the URI's text; the second answer is the
+    first, and a URI without text (built, not parsed) is worked out each time."""
+    from sip.uri import URI
+
+    uri = URI.parse(text)
+    assert proxy._is_us(uri) is ours
+    assert proxy._us[text] is ours
+    assert proxy._is_us(URI.parse(text)) is ours
+    assert proxy._is_us(dataclasses.replace(uri, text="")) is ours
+
+
+async def test_is_us_memo_stays_bounded(proxy: Proxy) -> None:
+    from edge import proxy as proxy_module
+    from sip.uri import URI
+
+    for i in range(proxy_module._US_CACHE_MAX + 10):
+        proxy._is_us(URI.parse(f"sip:u{i}@127.0.0.2"))
+    assert len(proxy._us) <= proxy_module._US_CACHE_MAX
+    assert proxy._is_us(URI.parse("sip:127.0.0.1;lr")) is True
