@@ -238,11 +238,10 @@ def call_resource_id(call_id: str) -> str:
     # (OpenSSL 3 looks the algorithm up again for each new hasher).
     hasher = _NAMESPACE_SHA1.copy()
     hasher.update(call_id.encode("utf-8"))
-    raw = bytearray(hasher.digest()[:16])
-    raw[6] = (raw[6] & 0x0F) | 0x50
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    h = raw.hex()
-    found = _issue(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    # Version 5 and the variant set in the text, as new_request_id does: compiled,
+    # a bytearray's items are generic calls.
+    h = hasher.hexdigest()
+    found = _issue(f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}")
     if len(call_id) <= _RESOURCE_ID_KEY_MAX:  # the cache's memory stays bounded too
         _keep(_resource_ids, call_id, found, _RESOURCE_IDS_MAX)
     return found

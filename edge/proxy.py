@@ -45,7 +45,7 @@ from edge.timer_wheel import TimerWheel
 from edge.tls import certificate_matches
 from edge.transport import Destination, Source
 from sip.errors import SipError
-from sip.headers import NameAddr, Via, has_param, set_param
+from sip.headers import NameAddr, Via, has_param
 from sip.message import (
     STANDARD_METHODS,
     Limits,
@@ -186,7 +186,9 @@ class Proxy(MediaMixin):
         self._tasks: set[asyncio.Task[None]] = set()
         self._late_answers: dict[str, tuple[bytes, bytes]] = {}
         self._loop_secret = secrets.token_hex(4)
-        self._ack_hasher = hashlib.sha256(f"{self._loop_secret}|".encode())
+        # Keyed BLAKE2s (hashlib's own): a copy, an update and a digest of 12 bytes
+        # cost half what SHA-256 through OpenSSL did for the same 24 hex digits.
+        self._ack_hasher = hashlib.blake2s(key=self._loop_secret.encode(), digest_size=12)
         self._roles: dict[str, tuple[str | None, Any, bool]] = {}
 
     # ------------------------------------------------------------ lifecycle
@@ -783,10 +785,10 @@ class Proxy(MediaMixin):
             return
         # The same ACK retransmitted gets the same branch (§16.11).
         incoming = req.top_via.branch or ""
-        hasher = self._ack_hasher.copy()  # the secret read once: no digest fetch per ACK
+        hasher = self._ack_hasher.copy()  # keyed once, at start
         hasher.update(f"{incoming}|{next_uri}".encode())
-        digest = hasher.hexdigest()
-        req.headers.prepend("Via", self._our_via(dest.transport, f"{MAGIC_COOKIE}a{digest[:24]}"))
+        branch = f"{MAGIC_COOKIE}a{hasher.hexdigest()}"
+        req.headers.prepend("Via", self._our_via(dest.transport, branch))
         self.transport.send(req.serialize(), dest)
 
     def _forward_response_stateless(self, resp: Response) -> None:
@@ -931,13 +933,10 @@ class Proxy(MediaMixin):
         """RFC 3261 §18.2.1 and RFC 3581 §4: note where the request really came from."""
         via = req.top_via
         ip = source.remote[0]
-        params = via.params
-        if via.host != ip:
-            params = set_param(params, "received", ip)
-        if via.wants_rport and via.rport is None:
-            params = set_param(params, "rport", str(source.remote[1]))
-        if params is not via.params:
-            changed = via.with_params(params)
+        received = ip if via.host != ip else None
+        rport = str(source.remote[1]) if via.wants_rport and via.rport is None else None
+        if received is not None or rport is not None:
+            changed = via.stamped(received, rport)
             # own_via: the new text parses back (here and in the responses) from the memo.
             req.headers.replace_first_parsed("Via", own_via(changed), changed)
         if source.conn_id is not None and has_param(via.params, "alias"):

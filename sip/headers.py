@@ -254,6 +254,40 @@ class Via:
         via.text = via._build()
         return via
 
+    def stamped(self, received: str | None, rport: str | None) -> Via:
+        """This Via with ``received`` (RFC 3261 §18.2.1) and the value of ``rport``
+        (RFC 3581 §4) set where given: what a server notes on a request it gets.
+
+        The same Via as ``with_params`` of ``set_param`` for each.  Most clients
+        end their Via with a bare ``rport``: its text then takes the value (and a
+        new ``received``) at its end, where the parameters would be written out
+        again, and the text parses back to this Via.
+        """
+        params = self.params
+        text = self.text
+        if rport is not None and params and text:
+            name, value = params[-1]
+            if (
+                value is None
+                and lower_name(name) == "rport"
+                and text.endswith(name)
+                and (received is None or not has_param(params, "received"))
+            ):
+                if received is None:
+                    params = (*params[:-1], (name, rport))
+                    text = f"{text}={rport}"
+                else:
+                    params = (*params[:-1], (name, rport), ("received", received))
+                    text = f"{text}={rport};received={received}"
+                via = Via(self.transport, self.host, self.port, params)
+                via.text = text
+                return via
+        if received is not None:
+            params = set_param(params, "received", received)
+        if rport is not None:
+            params = set_param(params, "rport", rport)
+        return self.with_params(params)
+
     @staticmethod
     def ours(transport: str, host: str, port: int, branch: str) -> Via:
         """The Via a proxy puts on what it sends: its branch and an empty rport

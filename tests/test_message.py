@@ -8,7 +8,7 @@ import pytest
 
 from sip._abnf import split_first, split_list
 from sip.errors import SipError
-from sip.headers import CSeq, NameAddr, Via
+from sip.headers import CSeq, NameAddr, Via, set_param
 from sip.message import (
     Limits,
     Request,
@@ -268,6 +268,40 @@ def test_the_proxys_own_via_writes_what_build_and_parse_give(
     assert via.text == via._build()
     assert Via.parse(via.text) == via
     assert via.branch == "z9hG4bK-abc.1" and via.wants_rport and via.rport is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-1-1-0;rport",
+        "SIP/2.0/UDP 127.0.0.1:5070;rport;branch=z9hG4bK-1-1-0",
+        "SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-1;RPort",
+        "SIP/2.0/UDP pc.example.com;branch=z9hG4bK-1;received=192.0.2.9;rport",
+        "SIP/2.0/UDP pc.example.com;branch=z9hG4bK-1;rport=5070",
+        "SIP/2.0/UDP pc.example.com;branch=z9hG4bK-1",
+        "SIP/2.0/TCP [2001:db8::9]:5060;branch=z9hG4bK-1;rport",
+        "SIP/2.0/UDP pc.example.com ; branch=z9hG4bK-1 ; rport",
+    ],
+)
+@pytest.mark.parametrize("received", [None, "192.0.2.1", "2001:db8::1"])
+@pytest.mark.parametrize("rport", [None, "5070"])
+def test_a_stamped_via_is_what_set_param_gives_and_its_text_parses_back(
+    text: str, received: str | None, rport: str | None
+) -> None:
+    """Via.stamped (received and rport, RFC 3581) against the general path: the same
+    parameters, and a text that parses back to the same Via, whether the quick
+    path (the bare rport at the end) or the rebuild wrote it."""
+    via = Via.parse(text)
+    params = via.params
+    if received is not None:
+        params = set_param(params, "received", received)
+    if rport is not None:
+        params = set_param(params, "rport", rport)
+    stamped = via.stamped(received, rport)
+    assert stamped.params == params
+    assert (stamped.transport, stamped.host, stamped.port) == (via.transport, via.host, via.port)
+    assert Via.parse(stamped.text) == stamped
+    assert stamped.text == str(stamped)
 
 
 @pytest.mark.parametrize("value", ["a\r\nInjected: 1", "a\nb", "a\rb", "a\x00b"])
