@@ -852,8 +852,11 @@ class Proxy(MediaMixin):
             elif kind is StartTimer:
                 # A new ticket replaces the old one: the old entry fires stale.
                 start = cast(StartTimer, action)
-                self._drop_timer(ctx, start.name)
-                ctx.timers[start.name] = self._timers().start(ctx, start.name, start.delay)
+                wheel = self._timers()
+                old = ctx.timers.get(start.name)
+                if old is not None:
+                    wheel.cancel(old)
+                ctx.timers[start.name] = wheel.start(ctx, start.name, start.delay)
             elif kind is CancelTimer:
                 self._drop_timer(ctx, cast(CancelTimer, action).name)
             elif kind is DeliverToTU:
@@ -875,8 +878,12 @@ class Proxy(MediaMixin):
 
     def _drop_timer(self, ctx: _ServerCtx | _ClientCtx, name: str) -> None:
         """Forget ``ctx``'s timer ``name``, if running, and tell the wheel."""
-        ticket = ctx.timers.pop(name, None)
+        # get and del, not pop(name, None): compiled, those two are native dict
+        # operations and pop with a default a generic method call.
+        timers = ctx.timers
+        ticket = timers.get(name)
         if ticket is not None:
+            del timers[name]
             self._timers().cancel(ticket)
 
     def _terminated(self, ctx: _ServerCtx | _ClientCtx) -> None:

@@ -45,6 +45,19 @@ _SEQ_BITS: Final = 20
 _SEQ_MASK: Final = (1 << _SEQ_BITS) - 1
 
 
+class _Slot:
+    """One tick: its entries, flat (owner, name, ticket, owner, name, ticket, ...: no
+    per-timer object to allocate and for the GC to walk), and how many of them are
+    live (not cancelled).  One object per tick: a start or a cancel finds both
+    with one lookup."""
+
+    __slots__ = ("entries", "live")
+
+    def __init__(self) -> None:
+        self.entries: list[Any] = []
+        self.live = 0
+
+
 class TimerWheel:
     """Timers filed by tick; one loop timer for the earliest tick that has any."""
 
@@ -56,10 +69,8 @@ class TimerWheel:
         self._loop = loop
         self._fire = fire
         self._resolution = resolution
-        # Each slot is flat: owner, name, ticket, owner, name, ticket, ... (no
-        # per-timer object to allocate and for the GC to walk).
-        self._slots: dict[int, list[Any]] = {}
-        self._live: dict[int, int] = {}  # tick -> entries not cancelled; absent = none
+        # The ticks that have entries; a tick that ran (or is running) is gone.
+        self._slots: dict[int, _Slot] = {}
         self._ticks: list[int] = []  # a heap of the keys of _slots
         self._handle: asyncio.TimerHandle | None = None
         self._armed = 0  # the tick _handle is set for
@@ -69,7 +80,7 @@ class TimerWheel:
 
     def __len__(self) -> int:
         """Entries waiting, including those whose owner has since dropped them."""
-        return sum(len(slot) for slot in self._slots.values()) // 3
+        return sum(len(slot.entries) for slot in self._slots.values()) // 3
 
     def start(self, owner: Any, name: str, delay: float) -> int:
         """File a timer ``delay`` seconds from now; the ticket ``fire`` will get."""
@@ -86,16 +97,17 @@ class TimerWheel:
         ticket = (tick << _SEQ_BITS) | self._ticket
         slot = self._slots.get(tick)
         if slot is None:
-            slot = []
+            slot = _Slot()
             self._slots[tick] = slot
             heapq.heappush(self._ticks, tick)
-        live = self._live.get(tick, 0)
-        self._live[tick] = live + 1
+        live = slot.live
+        slot.live = live + 1
         if live == 0 and not self._running and (self._handle is None or tick < self._armed):
             self._arm(tick)
-        slot.append(owner)
-        slot.append(name)
-        slot.append(ticket)
+        entries = slot.entries
+        entries.append(owner)
+        entries.append(name)
+        entries.append(ticket)
         return ticket
 
     def cancel(self, ticket: int) -> None:
@@ -107,13 +119,13 @@ class TimerWheel:
         is ignored, so cancelling from inside a ``fire`` callback is fine.)
         """
         tick = ticket >> _SEQ_BITS
-        live = self._live.get(tick)
-        if live is None:
+        slot = self._slots.get(tick)
+        if slot is None or slot.live <= 0:
             return  # its tick ran or is running
-        if live > 1:
-            self._live[tick] = live - 1
+        if slot.live > 1:
+            slot.live -= 1
             return
-        del self._live[tick]
+        slot.live = 0
         if self._running or self._handle is None or tick != self._armed:
             return
         # The armed tick is dead: arm for the first live one, if any.
@@ -129,7 +141,6 @@ class TimerWheel:
             self._handle.cancel()
             self._handle = None
         self._slots.clear()
-        self._live.clear()
         self._ticks.clear()
 
     def _arm(self, tick: int) -> None:
@@ -148,12 +159,10 @@ class TimerWheel:
         self._running = True
         try:
             while ticks and ticks[0] <= due:
-                tick = heapq.heappop(ticks)
-                slot = self._slots.pop(tick)
-                self._live.pop(tick, None)
-                for i in range(0, len(slot), 3):
+                entries = self._slots.pop(heapq.heappop(ticks)).entries
+                for i in range(0, len(entries), 3):
                     try:
-                        self._fire(slot[i], slot[i + 1], slot[i + 2])
+                        self._fire(entries[i], entries[i + 1], entries[i + 2])
                     except Exception as exc:  # one owner's failure must not strand the rest
                         self._loop.call_exception_handler(
                             {"message": "timer wheel callback failed", "exception": exc}
@@ -167,6 +176,7 @@ class TimerWheel:
         """Drop the ticks at the front with no live entry (theirs would only fire
         stale, and need no wake-up of their own); whether any tick is left."""
         ticks = self._ticks
-        while ticks and ticks[0] not in self._live:
-            del self._slots[heapq.heappop(ticks)]
+        slots = self._slots
+        while ticks and slots[ticks[0]].live == 0:
+            del slots[heapq.heappop(ticks)]
         return bool(ticks)
