@@ -137,7 +137,10 @@ class DialogTable:
         dialog.state = DialogState.TERMINATED
         dialog.ended = now
         dialog.end_reason = reason
-        self._dialogs.pop((dialog.call_id, dialog.from_tag), None)
+        # in and del: compiled, native; pop with a default is a generic method call.
+        key = (dialog.call_id, dialog.from_tag)
+        if key in self._dialogs:
+            del self._dialogs[key]
 
     def expire(self, now: float) -> list[Dialog]:
         """End and return the dialogs older than ``max_age`` (no BYE ever came)."""

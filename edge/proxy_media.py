@@ -138,9 +138,10 @@ class MediaMixin:
                 return None
             from_policy = self._caller_policy(fwd, role)
             extra = fwd.dialog.extra
-            extra.update(
-                media_key=key, caller_policy=from_policy, callee_policy=to_policy, oa_pending=""
-            )
+            extra["media_key"] = key
+            extra["caller_policy"] = from_policy
+            extra["callee_policy"] = to_policy
+            extra["oa_pending"] = ""
             if found is None:
                 # A late offer (RFC 3264 §5 via RFC 3261 §13.2.1): the offer comes in
                 # the first reliable response, its answer in the PRACK or the ACK.
@@ -447,13 +448,13 @@ class MediaMixin:
             return
         caller = invite.contact[0].uri if invite.contact else None
         callee = ok.contact[0].uri if "contact" in ok.headers and ok.contact else None
-        dialog.extra.update(
-            caller_contact=str(caller) if caller is not None else "",
-            callee_contact=str(callee) if callee is not None else "",
-            caller_from=invite.headers.get("From") or "",
-            callee_to=ok.headers.get("To") or "",
-            invite_cseq=str(invite.cseq.number),
-        )
+        # Item by item: compiled, update() with keywords is a generic call with a dict.
+        extra = dialog.extra
+        extra["caller_contact"] = str(caller) if caller is not None else ""
+        extra["callee_contact"] = str(callee) if callee is not None else ""
+        extra["caller_from"] = invite.headers.get("From") or ""
+        extra["callee_to"] = ok.headers.get("To") or ""
+        extra["invite_cseq"] = str(invite.cseq.number)
 
     def _bye_both(self, dialog: Dialog) -> None:
         """§15: a BYE to each party, as if the other had hung up.

@@ -337,6 +337,17 @@ def _contacts(values: list[str]) -> list[Contact]:
 
 _MISS: Final = object()  # "not cached", where None could be a value
 
+
+def _drop_typed(typed: dict[str, Any], key: str) -> Any:
+    """``typed.pop(key, None)``: compiled, a get and a del are native dict
+    operations, and pop with a default a generic method call (an edit makes one)."""
+    cached = typed.get(key, _MISS)
+    if cached is _MISS:
+        return None
+    del typed[key]
+    return cached
+
+
 # key -> parser of the (comma-split for list headers) values of that header.
 _TYPED: Final[dict[str, Callable[[list[str]], Any]]] = {
     "via": lambda v: _parse_list(v, _via, "Via"),
@@ -451,7 +462,7 @@ class Headers:
         _check_name(name)
         key = canonical_name(name)
         self._fields.append(HeaderField(name, key, _clean_value(value), None))
-        self._typed.pop(key, None)
+        _drop_typed(self._typed, key)
 
     def prepend(self, name: str, value: HeaderValue) -> None:
         """Insert above the first header of the same name (a new top Via or
@@ -459,7 +470,7 @@ class Headers:
         _check_name(name)
         key = canonical_name(name)
         self._insert_first(HeaderField(name, key, _clean_value(value), None))
-        self._typed.pop(key, None)
+        _drop_typed(self._typed, key)
 
     def prepend_parsed(self, name: str, text: str, parsed: Any) -> None:
         """:meth:`prepend` of ``text`` where ``parsed`` is what parsing ``text``
@@ -468,7 +479,7 @@ class Headers:
         _check_name(name)
         key = canonical_name(name)
         self._insert_first(HeaderField(name, key, _clean_value(text), None))
-        cached = self._typed.pop(key, None)
+        cached = _drop_typed(self._typed, key)
         if cached is not None and key in _INCREMENTAL:
             self._typed[key] = [parsed, *cached]
 
@@ -489,7 +500,7 @@ class Headers:
             else:
                 fields[i] = HeaderField(f.name, key, rest, None)
                 fields.insert(i, new)
-            cached = self._typed.pop(key, None)
+            cached = _drop_typed(self._typed, key)
             if cached is not None and key in _INCREMENTAL:
                 self._typed[key] = [parsed, *cached[1:]]
             return
@@ -524,7 +535,7 @@ class Headers:
         else:
             self._fields = [f for f in fields if f.key != key]
             self._fields.insert(index, field)
-        self._typed.pop(key, None)
+        _drop_typed(self._typed, key)
 
     def remove(self, name: str) -> int:
         """Remove every header of this name; return how many lines went."""
@@ -533,11 +544,11 @@ class Headers:
             if f.key == key:
                 break
         else:
-            self._typed.pop(key, None)
+            _drop_typed(self._typed, key)
             return 0  # the usual case (headers the edge strips): nothing to rebuild
         before = len(self._fields)
         self._fields = [f for f in self._fields if f.key != key]
-        self._typed.pop(key, None)
+        _drop_typed(self._typed, key)
         return before - len(self._fields)
 
     def remove_first(self, name: str) -> str | None:
@@ -549,7 +560,7 @@ class Headers:
         for i, f in enumerate(self._fields):
             if f.key != key:
                 continue
-            cached = self._typed.pop(key, None)
+            cached = _drop_typed(self._typed, key)
             if cached is not None and len(cached) > 1 and key in _INCREMENTAL:
                 # The parsed list is the elements in order: without the first, it is
                 # what parsing the rest gives.  (None left: no view, as "in" expects.)
