@@ -94,10 +94,11 @@ import time
 import uuid
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, TextIO, TypeVar
+from typing import Any, Final, TextIO
 
 from edge.log import REDACTED, is_secret_name, redact, redact_text
 from edge.timestamps import iso_millis as _timestamp
+from sip._abnf import remember
 from sip.random_tokens import token_bytes
 
 __all__ = [
@@ -163,10 +164,6 @@ _DETAIL_MAX: Final = 1024
 _FILE_FLAGS: Final = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 
 
-_K = TypeVar("_K")
-_V = TypeVar("_V")
-
-
 @dataclass(slots=True)
 class _Event:
     """One event's fields, from the call to the line: held back by flush_interval."""
@@ -211,14 +208,6 @@ class _Event:
         self.details = details
 
 
-def _keep(cache: dict[_K, _V], key: _K, value: _V, limit: int) -> None:
-    """Remember ``value`` in one of this module's caches: plain dicts emptied when
-    full, so that a flood of distinct keys only costs refills."""
-    if len(cache) >= limit:
-        cache.clear()
-    cache[key] = value
-
-
 def call_resource_id(call_id: str) -> str:
     """A stable UUID for a SIP Call-ID: the ``resource_id`` of its call events.
 
@@ -243,7 +232,7 @@ def call_resource_id(call_id: str) -> str:
     h = hasher.hexdigest()
     found = _issue(f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}")
     if len(call_id) <= _RESOURCE_ID_KEY_MAX:  # the cache's memory stays bounded too
-        _keep(_resource_ids, call_id, found, _RESOURCE_IDS_MAX)
+        remember(_resource_ids, call_id, found, _RESOURCE_IDS_MAX)
     return found
 
 
@@ -273,7 +262,7 @@ _issued: Final[dict[str, None]] = {}
 
 
 def _issue(value: str) -> str:
-    _keep(_issued, value, None, _ISSUED_MAX)
+    remember(_issued, value, None, _ISSUED_MAX)
     return value
 
 
@@ -367,7 +356,7 @@ def _short_str(value: str) -> str:
     text = _short_texts.get(value)
     if text is None:
         text = _encode_str(redact_text(value))
-        _keep(_short_texts, value, text, _CACHE_MAX)
+        remember(_short_texts, value, text, _CACHE_MAX)
     return text
 
 
@@ -390,7 +379,7 @@ def _who(
             f',"agent_id":{_field(agent_id, _FIELD_MAX)}'
             f',"resource_type":{_field(resource_type, _FIELD_MAX)}'
         )
-        _keep(_who_texts, key, text, _CACHE_MAX)
+        remember(_who_texts, key, text, _CACHE_MAX)
     return text
 
 
@@ -404,7 +393,7 @@ def _how(action: str, source_ip: str | None, user_agent: str | None) -> str:
             f',"source_ip":{_field(source_ip, _FIELD_MAX)}'
             f',"user_agent":{_field(user_agent, _USER_AGENT_MAX)}'
         )
-        _keep(_how_texts, key, text, _CACHE_MAX)
+        remember(_how_texts, key, text, _CACHE_MAX)
     return text
 
 
@@ -416,7 +405,7 @@ def _detail_key(key: str) -> tuple[str, bool]:
     found = _detail_keys.get(key)
     if found is None:
         found = (_encode_str(key) + ":", is_secret_name(key))
-        _keep(_detail_keys, key, found, _CACHE_MAX)
+        remember(_detail_keys, key, found, _CACHE_MAX)
     return found
 
 

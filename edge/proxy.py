@@ -44,6 +44,7 @@ from edge.state import MemoryStateStore
 from edge.timer_wheel import TimerWheel
 from edge.tls import certificate_matches
 from edge.transport import Destination, Source
+from sip._abnf import remember
 from sip.errors import SipError
 from sip.headers import NameAddr, Via, has_param
 from sip.message import (
@@ -1059,9 +1060,7 @@ class Proxy(MediaMixin):
             return known
         answer = self._names_us(uri)
         if text:
-            if len(self._us) >= _US_CACHE_MAX:
-                self._us.clear()
-            self._us[text] = answer
+            remember(self._us, text, answer, _US_CACHE_MAX)
         return answer
 
     def _names_us(self, uri: URI) -> bool:

@@ -37,6 +37,7 @@ from typing import Any, Final
 from urllib.parse import unquote
 
 from edge.config import ECHO_SET, Config, TrunkConfig
+from sip._abnf import remember
 from sip.message import Request
 
 __all__ = [
@@ -261,9 +262,7 @@ class Router:
         if known is None:
             addr = _ip(ip)
             known = addr is not None and addr in self._upstream_ips
-            if len(self._upstream_sources) >= _IP_CACHE_MAX:
-                self._upstream_sources.clear()
-            self._upstream_sources[ip] = known
+            remember(self._upstream_sources, ip, known, _IP_CACHE_MAX)
         return known
 
     def trunk_for_source(self, ip: str) -> TrunkConfig | None:

@@ -11,9 +11,10 @@
  *
  * What C does itself: _group's grouping of the scanner's flat (key, value, ...)
  * list by key, through a small open-addressing table; then per key (the Python
- * lambda it mirrors is named in the table below): the comma split of sip._abnf.split_list, _parse_list's empty element
- * check, _single, parse_int, parse_call_id, parse_token_list, the Route <> and
- * Contact * checks, and the memo lookups.  A memo is read and filled here through
+ * lambda it mirrors is named in the table below): the comma split of
+ * sip._abnf.split_list, _parse_list's empty element check, _single, parse_int,
+ * parse_call_id, parse_token_list, the Route <> and Contact * checks, and the
+ * memo lookups.  A memo is read and filled here through
  * its very _cache dict, with _Memo.__call__'s policy (hit; else its _fast, else
  * its _parse; clear when full; insert), so the two paths share their hits.
  * Any key whose _TYPED entry is not the one this object was made with (Date,

@@ -6,8 +6,8 @@
  * header fields (sip.message.HeaderField objects), each field's key and value in
  * one flat list, the first repeated single header and the offset of the body.
  * The Python reference is sip.message._scan (with _pairs): same results, same
- * SipError texts, in the same order of checks, which tests/test_sip_scan.py proves on the test corpus
- * and on random mutations.  Everything past tokenizing (start line, typed
+ * SipError texts, in the same order of checks, which tests/test_sip_scan.py
+ * proves on the test corpus and on random mutations.  Everything past tokenizing (start line, typed
  * headers, Content-Length) stays in Python.
  *
  * Why C: decode + split + regex findall + one HeaderField.__init__ per line was

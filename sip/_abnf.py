@@ -8,7 +8,7 @@ that cannot also match what follows it.
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Final, TypeVar
 
 # token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~" )
 TOKEN_CHARS: Final = r"A-Za-z0-9\-.!%*_+`'~"
@@ -71,6 +71,19 @@ FORBIDDEN_IN_VALUE_RE: Final = re.compile(r"[\r\n]")
 _UNQUOTE_RE: Final = re.compile(r"\\(.)", re.S)
 
 
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def remember(cache: dict[_K, _V], key: _K, value: _V, limit: int) -> None:
+    """``cache[key] = value`` for the bounded caches of the hot path: plain dicts
+    emptied when full, so that a flood of distinct keys (they come from the
+    network) only costs refills, and the keys that matter come back at once."""
+    if len(cache) >= limit:
+        cache.clear()
+    cache[key] = value
+
+
 _LOWER_NAMES_MAX: Final = 512
 _lower_names: Final[dict[str, str]] = {}
 
@@ -84,11 +97,7 @@ def lower_name(name: str) -> str:
     found = _lower_names.get(name)
     if found is None:
         found = name.lower()
-        # Emptied when full, like the parse memos: a flood of invented names costs
-        # refills, and the names the proxy asks for come back at once.
-        if len(_lower_names) >= _LOWER_NAMES_MAX:
-            _lower_names.clear()
-        _lower_names[name] = found
+        remember(_lower_names, name, found, _LOWER_NAMES_MAX)
     return found
 
 

@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
-from sip._abnf import TOKEN, split_first, split_list
+from sip._abnf import TOKEN, remember, split_first, split_list
 from sip.errors import SipError
 from sip.headers import (
     MAX_DELTA_SECONDS,
@@ -264,9 +264,7 @@ class _Memo:
         value = fast(text) if fast is not None else None
         if value is None:
             value = self._parse(text)
-        if len(self._cache) >= self._limit:
-            self._cache.clear()
-        self._cache[text] = value
+        remember(self._cache, text, value, self._limit)
         return value
 
     def clear(self) -> None:
@@ -274,9 +272,7 @@ class _Memo:
 
     def remember(self, text: str, value: Any) -> None:
         """Cache a value we built ourselves (it must be what parsing ``text`` gives)."""
-        if len(self._cache) >= self._limit:
-            self._cache.clear()
-        self._cache[text] = value
+        remember(self._cache, text, value, self._limit)
 
 
 _via: Final = _Memo(Via.parse)
@@ -780,9 +776,7 @@ class Response(Message):
         if known is not None and known[0] == self.reason:
             return known[1]
         line = f"{_VERSION} {self.status} {self.reason}"
-        if len(_status_texts) >= _START_LINES_MAX:
-            _status_texts.clear()
-        _status_texts[self.status] = (self.reason, line)
+        remember(_status_texts, self.status, (self.reason, line), _START_LINES_MAX)
         return line
 
     def __repr__(self) -> str:
@@ -976,9 +970,7 @@ def _parse_start_line(line: str, headers: Headers, limits: Limits) -> Request | 
             raise SipError("SIP version not supported", 505)
         response = Response(int(code), "", headers)  # 100-699 (§7.2), else SipError
         response.reason = reason  # as received, even empty
-        if len(_status_lines) >= _START_LINES_MAX:
-            _status_lines.clear()
-        _status_lines[line] = (response.status, reason)
+        remember(_status_lines, line, (response.status, reason), _START_LINES_MAX)
         return response
     m = _REQUEST_LINE_RE.fullmatch(line)
     if m is None:
@@ -995,9 +987,7 @@ def _parse_start_line(line: str, headers: Headers, limits: Limits) -> Request | 
         # RFC 4475 §3.1.2.11: headers in a Request-URI are refused, never
         # forwarded or turned into real headers.
         raise SipError("headers in the Request-URI")
-    if len(_request_lines) >= _START_LINES_MAX:
-        _request_lines.clear()
-    _request_lines[line] = (method, uri, len(uri_text))
+    remember(_request_lines, line, (method, uri, len(uri_text)), _START_LINES_MAX)
     return Request(method, uri, headers)
 
 

@@ -26,6 +26,7 @@ from sip._abnf import (
     IPV4_RE,
     UNRESERVED,
     lower_name,
+    remember,
     same_name,
     split_plain_params,
 )
@@ -116,9 +117,7 @@ def is_ip_literal(host: str) -> bool:
     if known is not None:
         return known
     literal = _is_ip_literal(host)
-    if len(_ip_literals) >= _IP_LITERALS_MAX:
-        _ip_literals.clear()
-    _ip_literals[host] = literal
+    remember(_ip_literals, host, literal, _IP_LITERALS_MAX)
     return literal
 
 
