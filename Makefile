@@ -61,7 +61,10 @@ $(INSTALLED): pyproject.toml setup.py $(wildcard media/*.c media/*.h) | $(BIN)/p
 	$(BIN)/python -c 'import media._srtp as s; print("media._srtp:", s.backend(), s.openssl_version())'
 	touch $@
 
-$(COMPILED): $(COMPILED_SOURCES) sip/_compiled.py scripts/build_compiled.py | $(INSTALLED)
+# Profile-guided with GCC: scripts/pgo_train.py proxies calls through bench/bench_proxy_core.py
+# between the two compiles (SIPEDGE_PGO=0 builds once, without a profile).
+$(COMPILED): $(COMPILED_SOURCES) sip/_compiled.py scripts/build_compiled.py scripts/pgo_train.py \
+		bench/bench_proxy_core.py | $(INSTALLED)
 	$(BIN)/python scripts/build_compiled.py
 
 venv install: $(INSTALLED) $(COMPILED)

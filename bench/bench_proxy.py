@@ -1457,7 +1457,9 @@ def _versions() -> dict[str, str]:
         "kernel": platform.release(),
     }
     compiled, why = _compiled.status()  # what the sipedge processes this run starts use
-    versions["sipedge core"] = "compiled (mypyc)" if compiled else f"plain Python: {why}"
+    pgo = _compiled.profile()
+    built = f"compiled (mypyc, profile-guided: {pgo})" if pgo else "compiled (mypyc, no profile)"
+    versions["sipedge core"] = built if compiled else f"plain Python: {why}"
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

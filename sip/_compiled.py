@@ -98,6 +98,17 @@ def status() -> tuple[bool, str]:
     return True, str(directory())
 
 
+def profile() -> str | None:
+    """How the build in use was profile-guided (its manifest's ``pgo``), or None."""
+    if not status()[0]:
+        return None
+    try:
+        pgo = json.loads((directory() / MANIFEST).read_text()).get("pgo")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return pgo if isinstance(pgo, str) else None
+
+
 def activate(package: str, path: list[str]) -> None:
     """Put the compiled modules of ``package`` first on its ``__path__`` if fresh."""
     in_use, _ = status()

@@ -106,3 +106,35 @@ def test_make_rebuilds_when_any_compiled_source_changes() -> None:
     listed = makefile.split("COMPILED_SOURCES :=", 1)[1].split("\n\n", 1)[0]
     sources = {p for p in listed.replace("\\", " ").split() if p.endswith(".py")}
     assert sources == {str(_compiled.source_path(m).relative_to(ROOT)) for m in _compiled.MODULES}
+
+
+def train(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "pgo_train.py"), *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_the_training_run_proxies_calls_through_the_compiled_build() -> None:
+    run = train("--calls", "60")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.strip().endswith("pgo_train: 60 calls proxied"), run.stdout
+
+
+def test_the_training_run_refuses_to_profile_plain_python() -> None:
+    # Counts from the wrong run would lay the compiled code out for nothing.
+    run = train("--calls", "10", SIPEDGE_PURE_PYTHON_COMPILED="1")
+    assert run.returncode == 1
+    assert "not loaded" in run.stderr and "SIPEDGE_PURE_PYTHON_COMPILED=1" in run.stderr
+
+
+def test_a_build_tells_whether_it_was_profile_guided() -> None:
+    manifest = json.loads((_compiled.directory() / _compiled.MANIFEST).read_text())
+    assert "pgo" in manifest, "build/compiled predates the PGO build: run make install"
+    assert _compiled.profile() == manifest["pgo"]
+    if manifest["pgo"] is not None:
+        assert manifest["pgo"].startswith("gcc, ") and "calls proxied" in manifest["pgo"]
