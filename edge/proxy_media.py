@@ -108,6 +108,9 @@ class MediaMixin:
     def _get_loop(self) -> asyncio.AbstractEventLoop:
         raise NotImplementedError
 
+    def _now(self) -> float:
+        raise NotImplementedError
+
     def _policy_of(self, decision: Any) -> str | None:
         """The media policy of the side a new call goes to (its set or trunk)."""
         cfg = self.config
@@ -492,4 +495,4 @@ class MediaMixin:
             )
             cctx = _ClientCtx(txn, hop, None)
             self._client[txn.key] = cctx
-            self._run(cctx, txn.start(self._get_loop().time()))
+            self._run(cctx, txn.start(self._now()))

@@ -67,6 +67,8 @@ class TimerWheel:
         if not resolution > 0:
             raise ValueError("resolution must be > 0")
         self._loop = loop
+        # Bound once: compiled, loop.time() is a generic method call each time.
+        self._time: Callable[[], float] = loop.time
         self._fire = fire
         self._resolution = resolution
         # The ticks that have entries; a tick that ran (or is running) is gone.
@@ -84,7 +86,7 @@ class TimerWheel:
 
     def start(self, owner: Any, name: str, delay: float) -> int:
         """File a timer ``delay`` seconds from now; the ticket ``fire`` will get."""
-        tick = math.ceil((self._loop.time() + delay) / self._resolution)
+        tick = math.ceil((self._time() + delay) / self._resolution)
         if delay >= _LONG:
             # Timeouts and waits (B, F, H, D, J, K, L, M: 5 or 32 s) round up to a
             # coarse tick, so that those that run out share their wake-ups.
@@ -153,7 +155,7 @@ class TimerWheel:
         self._handle = None
         # The armed tick is due: the loop ran its handle.  Any later tick whose
         # time has also passed (a busy loop runs late) goes in the same pass.
-        due = max(self._armed, math.floor(self._loop.time() / self._resolution))
+        due = max(self._armed, math.floor(self._time() / self._resolution))
         self._done = due
         ticks = self._ticks
         self._running = True
