@@ -174,6 +174,14 @@ def main() -> int:
                 if not ok:
                     print(f"build_compiled: the training run failed:\n{output}", file=sys.stderr)
                     return 1
+                # Counts must exist, or -Wno-missing-profile would let a build that
+                # never saw them call itself profile-guided.
+                counts = list((work / "tmp").rglob("*.gcda"))
+                if not counts:
+                    print(
+                        "build_compiled: the training run left no profile (.gcda)", file=sys.stderr
+                    )
+                    return 1
                 trained = f"gcc, {output.splitlines()[-1].removeprefix('pgo_train: ')}"
                 # The counts (.gcda) sit beside the objects in work/tmp, where the
                 # second pass, compiling the same files to the same objects, reads them.
