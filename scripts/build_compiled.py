@@ -176,8 +176,7 @@ def main() -> int:
                     return 1
                 # Counts must exist, or -Wno-missing-profile would let a build that
                 # never saw them call itself profile-guided.
-                counts = list((work / "tmp").rglob("*.gcda"))
-                if not counts:
+                if not any((work / "tmp").rglob("*.gcda")):
                     print(
                         "build_compiled: the training run left no profile (.gcda)", file=sys.stderr
                     )

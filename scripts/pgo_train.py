@@ -31,17 +31,13 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=3000)
     args = ap.parse_args()
 
-    from sip import _compiled
-
-    fresh, why = _compiled.status()
-    if not fresh:
-        print(f"pgo_train: the compiled modules are not loaded: {why}", file=sys.stderr)
-        return 1
-
     import bench_proxy_core
 
+    from sip import _compiled
+
     if not _compiled.in_use("edge.proxy"):
-        print(f"pgo_train: edge.proxy not loaded from {_compiled.directory()}", file=sys.stderr)
+        why = _compiled.status()[1]
+        print(f"pgo_train: the compiled modules are not loaded: {why}", file=sys.stderr)
         return 1
     with tempfile.TemporaryDirectory(prefix="sipedge-pgo-") as tmp:
         # Only the C parsing path: the Python fallbacks are the cold paths live.

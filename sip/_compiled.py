@@ -25,6 +25,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 #: Compiled together (one mypyc group): the modules a proxied call runs through.
 MODULES = (
@@ -79,16 +80,27 @@ def build_tag() -> str:
 
 
 @functools.cache
+def _manifest() -> Any:
+    """The build's manifest as parsed, read once per process; None when unreadable."""
+    try:
+        return json.loads((directory() / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@functools.cache
 def status() -> tuple[bool, str]:
     """(in use, why): decided once per process, for all compiled modules at once."""
     for switch in ("SIPEDGE_PURE_PYTHON", "SIPEDGE_PURE_PYTHON_COMPILED"):
         if os.environ.get(switch) == "1":
             return False, f"{switch}=1"
     manifest = directory() / MANIFEST
+    built = _manifest()
     try:
-        built = json.loads(manifest.read_text())
         digests = source_digests()
-    except (OSError, ValueError):
+    except OSError:
+        digests = None
+    if built is None or digests is None:
         return False, f"not built ({manifest} missing; make install builds it)"
     if not isinstance(built, dict) or built.get("build") != build_tag():
         return False, f"built for another Python ({manifest})"
@@ -102,10 +114,7 @@ def profile() -> str | None:
     """How the build in use was profile-guided (its manifest's ``pgo``), or None."""
     if not status()[0]:
         return None
-    try:
-        pgo = json.loads((directory() / MANIFEST).read_text()).get("pgo")
-    except (OSError, ValueError, AttributeError):
-        return None
+    pgo = _manifest().get("pgo")  # in use: the manifest is a dict
     return pgo if isinstance(pgo, str) else None
 
 

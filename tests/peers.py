@@ -47,18 +47,25 @@ SIPP_SCENARIOS = REPO / "tests" / "sipp"
 KAMAILIO_CFG = REPO / "bench" / "kamailio" / "proxy.cfg"
 
 
-def python_output(code: str, **env: str) -> str:
-    """What ``python -c code`` prints, run from the repository with ``env`` added (the
+def python_run(
+    args: list[str], timeout: float = 60, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """This interpreter run with ``args`` from the repository, ``env`` added (the
     accelerator switches are read at import, so checking them needs a fresh process)."""
-    out = subprocess.run(
-        [sys.executable, "-c", code],
+    return subprocess.run(
+        [sys.executable, *args],
         cwd=REPO,
         env={**os.environ, **env},
         capture_output=True,
         text=True,
-        check=True,
-        timeout=60,
+        timeout=timeout,
     )
+
+
+def python_output(code: str, **env: str) -> str:
+    """What ``python -c code`` prints (see :func:`python_run`); it must exit 0."""
+    out = python_run(["-c", code], **env)
+    out.check_returncode()
     return out.stdout.strip()
 
 

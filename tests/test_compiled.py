@@ -18,7 +18,7 @@ import pytest
 
 from sip import _compiled
 from tests.peers import REPO as ROOT
-from tests.peers import python_output
+from tests.peers import python_output, python_run
 
 #: The tests of the compiled modules, run again against the plain-Python build.
 REFERENCE_TESTS = (
@@ -109,14 +109,7 @@ def test_make_rebuilds_when_any_compiled_source_changes() -> None:
 
 
 def train(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "pgo_train.py"), *args],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return python_run([str(ROOT / "scripts" / "pgo_train.py"), *args], timeout=300, **env)
 
 
 def test_the_training_run_proxies_calls_through_the_compiled_build() -> None:

@@ -16,7 +16,6 @@ import os
 import random
 import struct
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -28,6 +27,7 @@ from hypothesis import strategies as st
 
 import media.srtp
 from media.suites import SUITES, SrtpError
+from tests.peers import python_run
 
 try:
     import pylibsrtp
@@ -513,14 +513,7 @@ def test_backend_selection() -> None:
 
 
 def _run(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return python_run(["-c", code], **env)
 
 
 def test_environment_switch() -> None:
