@@ -43,6 +43,7 @@ from typing import Any, Final, cast
 
 from edge.config import LimitsConfig, ListenConfig
 from edge.websocket import WebSocketSession
+from sip._abnf import untracked
 from sip.errors import SipError
 from sip.framing import PONG, KeepAlive, StreamFramer, is_keepalive
 from sip.message import salvage_response
@@ -117,6 +118,9 @@ class Source:
         object.__setattr__(self, "local", local)
         object.__setattr__(self, "conn_id", conn_id)
         object.__setattr__(self, "peer_cert_der", peer_cert_der)
+        # Strings, numbers and tuples of them: no cycle can pass through it, and a
+        # call's transactions keep their sources and destinations for 32 s.
+        untracked(self)
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -150,6 +154,7 @@ class Destination:
         object.__setattr__(self, "port", port)
         object.__setattr__(self, "conn_id", conn_id)
         object.__setattr__(self, "local", local)
+        untracked(self)  # as a Source's
 
 
 LogFn = Callable[..., None]

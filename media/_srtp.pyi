@@ -182,6 +182,7 @@ class SipScanner:
     def cached_names(self) -> int:
         """Header names in the name cache (at most 1024)."""
 
+def untrack_value(obj: object, /) -> object: ...
 def sip_join(lines: list[str], body: bytes, /) -> bytes:
     """``"\\r\\n".join(lines).encode() + body`` (sip.message.Message.serialize)."""
 

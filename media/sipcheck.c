@@ -491,6 +491,10 @@ parse_list(CheckObject *self, PyObject *parts, int m, const char *what)
         }
         PyList_SET_ITEM(out, i, value);
     }
+    /* Parsed values only (Vias, addresses: untracked, media/sipvalues.c), and what
+     * sip.message adds to a parsed list later is a value too: no cycle can pass
+     * through the list, which lives as long as its message. */
+    PyObject_GC_UnTrack(out);
     return out;
 }
 

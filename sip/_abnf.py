@@ -7,7 +7,9 @@ that cannot also match what follows it.
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Callable
 from typing import Final, TypeVar
 
 # token = 1*(alphanum / "-" / "." / "!" / "%" / "*" / "_" / "+" / "`" / "'" / "~" )
@@ -73,6 +75,37 @@ _UNQUOTE_RE: Final = re.compile(r"\\(.)", re.S)
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
+
+
+def _keep_tracked(obj: object) -> object:
+    return obj
+
+
+def _load_untrack() -> Callable[[object], object]:
+    # SIPEDGE_PURE_PYTHON=1 turns off every C path of sip/ (sip.message reads it too).
+    if os.environ.get("SIPEDGE_PURE_PYTHON", "").strip() == "1":
+        return _keep_tracked
+    try:
+        from media._srtp import untrack_value
+    except ImportError:
+        return _keep_tracked
+    return untrack_value
+
+
+_untrack: Final = _load_untrack()
+
+
+def untracked(value: _V) -> _V:
+    """``value``, out of the cyclic GC's sight if it holds nothing the GC tracks.
+
+    For the value objects a proxy keeps while a call's transactions live (32 s):
+    a Via, a header field, an address, and the tuples in them.  Nothing of theirs
+    can take part in a reference cycle, yet while calls accumulate every gen-0
+    pass walks each one (media/sipscan.c ``untrack_value``; the C parsers make
+    their values untracked already).  Without the extension it changes nothing.
+    """
+    _untrack(value)
+    return value
 
 
 def remember(cache: dict[_K, _V], key: _K, value: _V, limit: int) -> None:

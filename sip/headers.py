@@ -39,6 +39,7 @@ from sip._abnf import (
     same_name,
     split_plain_params,
     unquote,
+    untracked,
 )
 from sip.errors import SipError
 from sip.uri import URI, check_ipv4_like, format_host, is_ip_literal
@@ -252,7 +253,7 @@ class Via:
         received and rport on every request it gets (RFC 3581), both in one go."""
         via = Via(self.transport, self.host, self.port, params)
         via.text = via._build()
-        return via
+        return untracked(via)
 
     def stamped(self, received: str | None, rport: str | None) -> Via:
         """This Via with ``received`` (RFC 3261 §18.2.1) and the value of ``rport``
@@ -281,7 +282,7 @@ class Via:
                     text = f"{text}={rport};received={received}"
                 via = Via(self.transport, self.host, self.port, params)
                 via.text = text
-                return via
+                return untracked(via)
         if received is not None:
             params = set_param(params, "received", received)
         if rport is not None:
@@ -294,7 +295,7 @@ class Via:
         (RFC 3581 §3), the text written in one step instead of by ``_build``."""
         via = Via(transport, host, port, (("branch", branch), ("rport", None)))
         via.text = f"SIP/2.0/{transport} {format_host(host)}:{port};branch={branch};rport"
-        return via
+        return untracked(via)
 
     def replace(self, **changes: object) -> Via:
         changed = dataclasses.replace(self, **changes)  # type: ignore[arg-type]

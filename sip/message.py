@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
-from sip._abnf import TOKEN, remember, split_first, split_list
+from sip._abnf import TOKEN, remember, split_first, split_list, untracked
 from sip.errors import SipError
 from sip.headers import (
     MAX_DELTA_SECONDS,
@@ -208,6 +208,12 @@ class HeaderField:
 
 
 HeaderValue: TypeAlias = "str | int | URI | Via | NameAddr | Contact | CSeq | ContentType"
+
+
+def _made_field(name: str, key: str, value: str) -> HeaderField:
+    """A field an edit makes (a new Via, Max-Forwards, Record-Route), untracked like
+    those the C scanner makes: a call's messages live as long as its transactions."""
+    return untracked(HeaderField(name, key, value, None))
 
 
 def _clean_value(value: HeaderValue) -> str:
@@ -457,7 +463,7 @@ class Headers:
         """Append a header at the end."""
         _check_name(name)
         key = canonical_name(name)
-        self._fields.append(HeaderField(name, key, _clean_value(value), None))
+        self._fields.append(_made_field(name, key, _clean_value(value)))
         _drop_typed(self._typed, key)
 
     def prepend(self, name: str, value: HeaderValue) -> None:
@@ -465,7 +471,7 @@ class Headers:
         Record-Route), or at the top if there is none."""
         _check_name(name)
         key = canonical_name(name)
-        self._insert_first(HeaderField(name, key, _clean_value(value), None))
+        self._insert_first(_made_field(name, key, _clean_value(value)))
         _drop_typed(self._typed, key)
 
     def prepend_parsed(self, name: str, text: str, parsed: Any) -> None:
@@ -474,7 +480,7 @@ class Headers:
         reader (a proxy's new top Via) does not parse the whole list again."""
         _check_name(name)
         key = canonical_name(name)
-        self._insert_first(HeaderField(name, key, _clean_value(text), None))
+        self._insert_first(_made_field(name, key, _clean_value(text)))
         cached = _drop_typed(self._typed, key)
         if cached is not None and key in _INCREMENTAL:
             self._typed[key] = [parsed, *cached]
@@ -489,12 +495,12 @@ class Headers:
         for i, f in enumerate(fields):
             if f.key != key:
                 continue
-            new = HeaderField(name, key, _clean_value(text), None)
+            new = _made_field(name, key, _clean_value(text))
             rest = split_first(f.value)[1] if key in LIST_HEADERS else None
             if rest is None:
                 fields[i] = new
             else:
-                fields[i] = HeaderField(f.name, key, rest, None)
+                fields[i] = _made_field(f.name, key, rest)
                 fields.insert(i, new)
             cached = _drop_typed(self._typed, key)
             if cached is not None and key in _INCREMENTAL:
@@ -515,7 +521,7 @@ class Headers:
         """Replace every header of this name by one, where the first one was."""
         _check_name(name)
         key = canonical_name(name)
-        field = HeaderField(name, key, _clean_value(value), None)
+        field = _made_field(name, key, _clean_value(value))
         fields = self._fields
         index = -1
         count = 0
@@ -563,7 +569,7 @@ class Headers:
                 self._typed[key] = cached[1:]
             first, rest = split_first(f.value) if key in LIST_HEADERS else (f.value, None)
             if rest is not None:
-                self._fields[i] = HeaderField(f.name, key, rest, None)
+                self._fields[i] = _made_field(f.name, key, rest)
             else:
                 del self._fields[i]
             return first

@@ -501,3 +501,69 @@ def test_c_built_fields_and_values_are_not_tracked_by_the_cyclic_gc() -> None:
         assert all(
             type(getattr(field, a)) in (str, type(None)) for a in ("name", "key", "value", "raw")
         )
+
+
+def test_the_lists_of_a_parsed_message_are_not_tracked_either() -> None:
+    # Its fields and its parsed Via and Contact lists: values only, now and after edits.
+    import gc
+
+    from tests.sipdata import INVITE
+
+    msg = parse_message(INVITE)
+    assert not gc.is_tracked(msg.headers.fields)
+    assert not gc.is_tracked(msg.headers.typed("via"))
+    assert all(not gc.is_tracked(c) for c in msg.headers.typed("contact"))
+    assert not gc.is_tracked(msg.headers.typed("contact"))
+
+
+def test_untrack_value_takes_out_only_what_holds_nothing_tracked() -> None:
+    import gc
+
+    from media._srtp import untrack_value
+
+    branch = "".join(["z9hG4bK", "1" * 8])  # made at run time: constants are shared
+    pair = ("branch", branch)
+    params = (pair, ("rport", None))
+    via = Via("UDP", "127.0.0.1", 5060, params)
+    assert untrack_value(via) is via
+    assert not gc.is_tracked(params) and not gc.is_tracked(pair)
+    # Compiled, a Via's traverse sees its fields only; interpreted, it sees its class
+    # too (a heap type, tracked), so it stays in view: the safe side.
+    assert gc.is_tracked(via) is not _compiled.in_use("sip.headers")
+
+    # Anything holding a container stays in the GC's view, and so do containers.
+    holder = ("x", [1])
+    assert untrack_value(holder) is holder and gc.is_tracked(holder)
+    for container in ([1], {"a": [1]}, {1, 2}):
+        assert untrack_value(container) is container and gc.is_tracked(container)
+    odd = Via("UDP", "127.0.0.1", 5060, (("x", [1]),))  # type: ignore[arg-type]  # on purpose
+    assert untrack_value(odd) is odd and gc.is_tracked(odd)
+
+
+def test_values_made_by_edits_and_addresses_are_not_tracked() -> None:
+    # What Python code builds for a call's lifetime: a stamped Via, the proxy's own
+    # Via, header fields of edits, sources and destinations.  Compiled, their
+    # traverse sees only strings, numbers and tuples of them.
+    import gc
+
+    from edge.transport import Destination, Source
+    from tests.sipdata import INVITE
+
+    # Interpreted (the reference build), each also refers to its class, a heap type the
+    # GC tracks, so each stays in view: the safe side.
+    compiled = _compiled.in_use("sip.headers")
+    assert _compiled.in_use("edge.transport") is compiled
+    msg = parse_message(INVITE)
+    stamped = msg.top_via.stamped("192.0.2.1", "5061")
+    ours = Via.ours("UDP", "127.0.0.1", 5060, "z9hG4bK-test")
+    msg.headers.prepend("Via", str(ours))
+    msg.headers.set("Max-Forwards", "69")
+    source = Source("udp", ("192.0.2.1", 5061), ("127.0.0.1", 5060))
+    dest = Destination("udp", "192.0.2.1", 5061, None, ("127.0.0.1", 5060))
+    # (source.remote is no object to check: compiled, the pair is kept unboxed.)
+    edited = [f for f in msg.headers.fields if f.key == "max-forwards"] + msg.headers.fields[:1]
+    assert edited[1].value == str(ours)
+    for value in (stamped, ours, source, dest, *edited):
+        assert gc.is_tracked(value) is not compiled, value
+    # Tuples go by CPython's own rule; SIPEDGE_PURE_PYTHON=1 leaves everything tracked.
+    assert gc.is_tracked(stamped.params) is (os.environ.get("SIPEDGE_PURE_PYTHON") == "1")
