@@ -958,7 +958,8 @@ untrack_tuple(PyObject *t)
 static int
 still_tracked(PyObject *o)
 {
-    if (!PyObject_IS_GC(o) || !PyObject_GC_IsTracked(o))
+    /* The type's flag first: the strings and numbers a value holds stop here. */
+    if (!PyType_IS_GC(Py_TYPE(o)) || !PyObject_IS_GC(o) || !PyObject_GC_IsTracked(o))
         return 0;
     if (PyTuple_CheckExact(o)) {
         untrack_tuple(o);
@@ -991,8 +992,9 @@ untrack_value(PyObject *Py_UNUSED(module), PyObject *obj)
     if (PyObject_IS_GC(obj) && PyObject_GC_IsTracked(obj)) {
         if (PyTuple_CheckExact(obj)) {
             untrack_tuple(obj);
-        } else if (!PyList_Check(obj) && !PyDict_Check(obj) && !PyAnySet_Check(obj)
-                   && !PyByteArray_Check(obj)) {
+        } else if (!PyList_Check(obj) && !PyDict_Check(obj) && !PyAnySet_CheckExact(obj)
+                   && !PyByteArray_CheckExact(obj)) {
+            /* (Lists and dicts by their type flags, sets by type: no MRO walk per call.) */
             traverseproc traverse = Py_TYPE(obj)->tp_traverse;
             int tracked = 0;
             if (traverse != NULL && traverse(obj, visit_untrack, &tracked) == 0 && !tracked)
