@@ -955,11 +955,20 @@ untrack_tuple(PyObject *t)
     PyObject_GC_UnTrack(t);
 }
 
+/* PyObject_IS_GC without the call: the type's flag, and tp_is_gc where a type has one
+ * (type objects: a static type is not a GC object). */
+static inline int
+is_gc(PyObject *o)
+{
+    PyTypeObject *tp = Py_TYPE(o);
+    return PyType_IS_GC(tp) && (tp->tp_is_gc == NULL || tp->tp_is_gc(o));
+}
+
 static int
 still_tracked(PyObject *o)
 {
-    /* The type's flag first: the strings and numbers a value holds stop here. */
-    if (!PyType_IS_GC(Py_TYPE(o)) || !PyObject_IS_GC(o) || !PyObject_GC_IsTracked(o))
+    /* The strings and numbers a value holds stop at the type's flag. */
+    if (!is_gc(o) || !PyObject_GC_IsTracked(o))
         return 0;
     if (PyTuple_CheckExact(o)) {
         untrack_tuple(o);
@@ -989,7 +998,7 @@ untrack_value(PyObject *Py_UNUSED(module), PyObject *obj)
     /* Why: a proxy keeps a call's messages and addresses for the 32 s of its
      * transactions, and every gen-0 pass while calls accumulate walks each tracked
      * one (about half a microsecond an object on this VM, cache misses mostly). */
-    if (PyObject_IS_GC(obj) && PyObject_GC_IsTracked(obj)) {
+    if (is_gc(obj) && PyObject_GC_IsTracked(obj)) {
         if (PyTuple_CheckExact(obj)) {
             untrack_tuple(obj);
         } else if (!PyList_Check(obj) && !PyDict_Check(obj) && !PyAnySet_CheckExact(obj)
