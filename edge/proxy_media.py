@@ -105,9 +105,6 @@ class MediaMixin:
     def _run(self, ctx: Any, actions: list[Any]) -> None:
         raise NotImplementedError
 
-    def _get_loop(self) -> asyncio.AbstractEventLoop:
-        raise NotImplementedError
-
     def _now(self) -> float:
         raise NotImplementedError
 

@@ -77,13 +77,21 @@ _K = TypeVar("_K")
 _V = TypeVar("_V")
 
 
+# SIPEDGE_PURE_PYTHON=1 turns off every C path of sip/ (read at import).
+ENV_PURE_PYTHON: Final = "SIPEDGE_PURE_PYTHON"
+
+
+def env_on(name: str) -> bool:
+    """Whether the switch ``name`` is set to 1 in the environment."""
+    return os.environ.get(name, "").strip() == "1"
+
+
 def _keep_tracked(obj: object) -> object:
     return obj
 
 
 def _load_untrack() -> Callable[[object], object]:
-    # SIPEDGE_PURE_PYTHON=1 turns off every C path of sip/ (sip.message reads it too).
-    if os.environ.get("SIPEDGE_PURE_PYTHON", "").strip() == "1":
+    if env_on(ENV_PURE_PYTHON):
         return _keep_tracked
     try:
         from media._srtp import untrack_value

@@ -44,13 +44,20 @@ Rules of this module:
 from __future__ import annotations
 
 import functools
-import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
-from sip._abnf import TOKEN, remember, split_first, split_list, untracked
+from sip._abnf import (
+    ENV_PURE_PYTHON,
+    TOKEN,
+    env_on,
+    remember,
+    split_first,
+    split_list,
+    untracked,
+)
 from sip.errors import SipError
 from sip.headers import (
     MAX_DELTA_SECONDS,
@@ -1022,8 +1029,8 @@ def _check_headers(msg: Request | Response, pairs: list[str], duplicate: str | N
 # ------------------------------------------------------------------ accelerator
 # The C twin of _scan (media/sipscan.c, in the media._srtp extension) does the
 # same for a fraction of the CPU.  sip/ must work without it: a missing
-# extension means the Python reference, and SIPEDGE_PURE_PYTHON=1 asks for it.
-ENV_PURE_PYTHON: Final = "SIPEDGE_PURE_PYTHON"
+# extension means the Python reference, and SIPEDGE_PURE_PYTHON=1
+# (sip._abnf.ENV_PURE_PYTHON) asks for it.
 _ScanFn: TypeAlias = Callable[[bytes, int, int], _Scan]
 _scan_c: _ScanFn | None = None
 
@@ -1186,14 +1193,10 @@ def check_accelerated() -> bool:
     return _check_c is not None
 
 
-def _env_on(name: str) -> bool:
-    return os.environ.get(name, "").strip() == "1"
-
-
 use_accelerator(
-    not _env_on(ENV_PURE_PYTHON),
-    values=not _env_on(ENV_PURE_PYTHON) and not _env_on(ENV_PURE_PYTHON_VALUES),
-    check=not _env_on(ENV_PURE_PYTHON) and not _env_on(ENV_PURE_PYTHON_CHECK),
+    not env_on(ENV_PURE_PYTHON),
+    values=not env_on(ENV_PURE_PYTHON) and not env_on(ENV_PURE_PYTHON_VALUES),
+    check=not env_on(ENV_PURE_PYTHON) and not env_on(ENV_PURE_PYTHON_CHECK),
 )
 
 
