@@ -21,7 +21,8 @@ the transport layer hands it, what goes where.  Protocol state lives in the
 Transaction timers run on one :class:`~edge.timer_wheel.TimerWheel`: each
 context keeps the ticket of each running timer by name and hands the wheel
 each ticket it drops, and every expiry re-enters through :meth:`Proxy._run`,
-the one place actions are carried out.
+the one place actions are carried out.  Timer C (§16.6 item 11) runs on the same
+wheel, its ticket kept by the forward it guards.
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ ALLOW: Final = (
 # Requests that create a dialog, and so are Record-Routed (§16.6 item 4, RFC 6665).
 DIALOG_CREATING: Final = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 DEFAULT_PORTS: Final = {"udp": 5060, "tcp": 5060, "tls": 5061}
+#: The wheel's name for §16.6 item 11's Timer C (its owner is a _Forward; the
+#: transaction timers' owners are contexts; none of theirs is called "C").
+TIMER_C: Final = "C"
 # Methods counted by name (RFC 3261 and extensions); anything else is "other".
 KNOWN_METHODS: Final = STANDARD_METHODS
 # What a browser's side speaks (issue 6): DTLS-SRTP with ICE-lite.
@@ -228,10 +232,7 @@ class Proxy(MediaMixin):
         if self.media is not None:
             await self.media.close()
         if self._wheel is not None:
-            self._wheel.close()
-        for fwd in self._forwards:
-            if fwd.timer_c is not None:
-                fwd.timer_c.cancel()
+            self._wheel.close()  # Timer C's entries too
 
     def _get_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
@@ -468,9 +469,10 @@ class Proxy(MediaMixin):
             if self.metrics is not None:
                 self.metrics.call_started()
         if req.method == "INVITE":
-            # call_later, not call_at: uvloop's call_at is call_later with one more step.
+            # On the wheel with the transaction timers: a loop timer per call cost
+            # a handle, a libuv timer and a context to start and to cancel.
             fwd.timer_c_due = now + self.timer_c
-            fwd.timer_c = self._get_loop().call_later(self.timer_c, self._on_timer_c, fwd)
+            fwd.timer_c = self._timers().start(fwd, TIMER_C, self.timer_c)
         plan = self._media_plan(fwd, req, role, decision_policy)
         if plan is not None:
             self._spawn(self._offer_then_forward(fwd, *plan))
@@ -516,13 +518,14 @@ class Proxy(MediaMixin):
         self._client[txn.key] = cctx
         self._run(cctx, txn.start(now))
 
-    def _on_timer_c(self, fwd: _Forward) -> None:
+    def _on_timer_c(self, fwd: _Forward, ticket: int) -> None:
         """§16.6 item 11: no final response in time: cancel the branch, answer 408."""
-        loop = self._get_loop()
-        left = fwd.timer_c_due - loop.time()
+        if fwd.timer_c != ticket:
+            return  # stopped (or restarted) since
+        left = fwd.timer_c_due - self._now()
         if left > 0.0:
             # A provisional reset it since: wait out the rest.
-            fwd.timer_c = loop.call_later(left, self._on_timer_c, fwd)
+            fwd.timer_c = self._timers().start(fwd, TIMER_C, left)
             return
         fwd.timer_c = None
         cctx = fwd.client
@@ -703,9 +706,10 @@ class Proxy(MediaMixin):
             fwd.failures.append(kind)
 
     def _stop_timer_c(self, fwd: _Forward) -> None:
-        if fwd.timer_c is not None:
-            fwd.timer_c.cancel()
+        ticket = fwd.timer_c
+        if ticket is not None:
             fwd.timer_c = None
+            self._timers().cancel(ticket)
 
     def _dialog_hop(self, req: Request) -> Destination | None:
         """The other party of a known dialog, for a request that names us as its target.
@@ -922,6 +926,9 @@ class Proxy(MediaMixin):
                 ctx.forward = None
 
     def _on_timer(self, owner: Any, name: str, ticket: int) -> None:
+        if name == TIMER_C:
+            self._on_timer_c(owner, ticket)
+            return
         ctx: _ServerCtx | _ClientCtx = owner
         if ctx.timers.get(name) != ticket:
             return  # cancelled or restarted since

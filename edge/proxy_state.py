@@ -99,9 +99,10 @@ class _Forward:
     failures: list[str] | None = None  # made on the first failure: most calls have none
     final_sent: bool = False
     cancelled: bool = False
-    timer_c: asyncio.TimerHandle | None = None
+    # Timer C's ticket on the proxy's timer wheel, while it runs.
+    timer_c: int | None = None
     # When Timer C runs out (loop time): a provisional pushes it back without a new
-    # loop timer; the one running checks it when it fires (§16.7 step 2).
+    # timer; the one running checks it when it fires (§16.7 step 2).
     timer_c_due: float = 0.0
     dialog: Dialog | None = None
     # Media: the call's relay session, which side sent the offer, and the
@@ -123,7 +124,7 @@ class _Forward:
         failures: list[str] | None = None,
         final_sent: bool = False,
         cancelled: bool = False,
-        timer_c: asyncio.TimerHandle | None = None,
+        timer_c: int | None = None,
         timer_c_due: float = 0.0,
         dialog: Dialog | None = None,
         media_key: str | None = None,
