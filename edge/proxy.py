@@ -22,7 +22,7 @@ Transaction timers run on one :class:`~edge.timer_wheel.TimerWheel`: each
 context keeps the ticket of each running timer by name and hands the wheel
 each ticket it drops, and every expiry re-enters through :meth:`Proxy._run`,
 the one place actions are carried out.  Timer C (§16.6 item 11) runs on the same
-wheel, its ticket kept by the forward it guards.
+wheel; the proxy finds the forward it guards by its ticket.
 """
 
 from __future__ import annotations
@@ -91,8 +91,9 @@ ALLOW: Final = (
 # Requests that create a dialog, and so are Record-Routed (§16.6 item 4, RFC 6665).
 DIALOG_CREATING: Final = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 DEFAULT_PORTS: Final = {"udp": 5060, "tcp": 5060, "tls": 5061}
-#: The wheel's name for §16.6 item 11's Timer C (its owner is a _Forward; the
-#: transaction timers' owners are contexts; none of theirs is called "C").
+#: The wheel's name for §16.6 item 11's Timer C (its owner is the proxy, which
+#: finds the forward by ticket; the transaction timers' owners are contexts, and
+#: none of theirs is called "C").
 TIMER_C: Final = "C"
 # Methods counted by name (RFC 3261 and extensions); anything else is "other".
 KNOWN_METHODS: Final = STANDARD_METHODS
@@ -187,6 +188,11 @@ class Proxy(MediaMixin):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._clock: Callable[[], float] | None = None  # the loop's time, bound
         self._wheel: TimerWheel | None = None
+        # The forwards whose Timer C runs, by wheel ticket.  The wheel's entry names
+        # the proxy, not the forward: the wheel keeps a stopped timer's entry until
+        # its tick passes (180 s for Timer C), and a forward there would keep its
+        # call's transactions and messages alive that long.
+        self._timer_c_forwards: dict[int, _Forward] = {}
         self._probe_task: asyncio.Task[None] | None = None
         self.media: Any = None  # edge.media.MediaController when [media] is enabled
         self._tasks: set[asyncio.Task[None]] = set()
@@ -232,7 +238,10 @@ class Proxy(MediaMixin):
         if self.media is not None:
             await self.media.close()
         if self._wheel is not None:
-            self._wheel.close()  # Timer C's entries too
+            self._wheel.close()
+        for fwd in self._timer_c_forwards.values():
+            fwd.timer_c = None
+        self._timer_c_forwards.clear()
 
     def _get_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
@@ -472,7 +481,7 @@ class Proxy(MediaMixin):
             # On the wheel with the transaction timers: a loop timer per call cost
             # a handle, a libuv timer and a context to start and to cancel.
             fwd.timer_c_due = now + self.timer_c
-            fwd.timer_c = self._timers().start(fwd, TIMER_C, self.timer_c)
+            self._start_timer_c(fwd, self.timer_c)
         plan = self._media_plan(fwd, req, role, decision_policy)
         if plan is not None:
             self._spawn(self._offer_then_forward(fwd, *plan))
@@ -518,16 +527,23 @@ class Proxy(MediaMixin):
         self._client[txn.key] = cctx
         self._run(cctx, txn.start(now))
 
-    def _on_timer_c(self, fwd: _Forward, ticket: int) -> None:
+    def _start_timer_c(self, fwd: _Forward, delay: float) -> None:
+        ticket = self._timers().start(self, TIMER_C, delay)
+        self._timer_c_forwards[ticket] = fwd
+        fwd.timer_c = ticket
+
+    def _on_timer_c(self, ticket: int) -> None:
         """§16.6 item 11: no final response in time: cancel the branch, answer 408."""
-        if fwd.timer_c != ticket:
-            return  # stopped (or restarted) since
+        fwd = self._timer_c_forwards.get(ticket)
+        if fwd is None:
+            return  # stopped since
+        del self._timer_c_forwards[ticket]
+        fwd.timer_c = None
         left = fwd.timer_c_due - self._now()
         if left > 0.0:
             # A provisional reset it since: wait out the rest.
-            fwd.timer_c = self._timers().start(fwd, TIMER_C, left)
+            self._start_timer_c(fwd, left)
             return
-        fwd.timer_c = None
         cctx = fwd.client
         if cctx is not None and cctx.provisional and not cctx.cancelled:
             self._send_cancel(cctx)
@@ -709,6 +725,7 @@ class Proxy(MediaMixin):
         ticket = fwd.timer_c
         if ticket is not None:
             fwd.timer_c = None
+            del self._timer_c_forwards[ticket]
             self._timers().cancel(ticket)
 
     def _dialog_hop(self, req: Request) -> Destination | None:
@@ -927,7 +944,7 @@ class Proxy(MediaMixin):
 
     def _on_timer(self, owner: Any, name: str, ticket: int) -> None:
         if name == TIMER_C:
-            self._on_timer_c(owner, ticket)
+            self._on_timer_c(ticket)
             return
         ctx: _ServerCtx | _ClientCtx = owner
         if ctx.timers.get(name) != ticket:

@@ -15,6 +15,7 @@ import pytest
 
 from edge.config_security import AuditConfig, AuthConfig, BanConfig, RateLimitConfig, ScannerConfig
 from edge.proxy import Proxy
+from edge.proxy_state import _Forward
 from edge.transport import Destination, Source
 from sip.message import Request, Response, parse_message
 from tests.sipdata import build
@@ -222,6 +223,42 @@ async def test_timer_c_is_reset_by_a_provisional_then_cancels_and_answers_408() 
         assert [(m.status, d) for m, d in finals] == [(408, Destination("udp", *CALLER))]
     finally:
         await p.close()
+
+
+async def test_an_answered_call_leaves_no_forward_on_the_timer_wheel(proxy: Proxy) -> None:
+    """Timer C runs on the timer wheel from the INVITE and stops at the final
+    response.  The wheel keeps a stopped entry until its tick passes (180 s for
+    Timer C) unless it is at the front: that entry must not hold the forward, or
+    the call's transactions and messages would outlive it by minutes."""
+    t: FakeTransport = proxy.transport
+
+    def entries() -> list[tuple[Any, str]]:
+        wheel = proxy._wheel
+        assert wheel is not None
+        return [
+            (slot.entries[i], slot.entries[i + 1])
+            for slot in wheel._slots.values()
+            for i in range(0, len(slot.entries), 3)
+        ]
+
+    proxy.on_message(invite(), udp(CALLER))
+    ((fwd, _),) = only(t.take(), Request)
+    assert [name for _, name in entries()].count("C") == 1  # Timer C runs
+    # A second call still ringing keeps earlier timers live at the wheel's front,
+    # as other calls do on a busy proxy: the first call's stopped entry stays put.
+    second = invite("z9hG4bKcaller2").replace(b"call-1@", b"call-2@")
+    proxy.on_message(second, udp(CALLER))
+    t.take()
+    proxy.on_message(answer(fwd, 180), udp(PBX1))
+    proxy.on_message(answer(fwd, 200), udp(PBX1))
+    assert [m.status for m, _ in only(t.take(), Response)] == [180, 200]
+    assert [name for _, name in entries()].count("C") == 2  # the stopped one, kept
+    kept = [
+        o
+        for o, _ in entries()
+        if isinstance(o, _Forward) and o.request.call_id == "call-1@127.0.0.1"
+    ]
+    assert kept == []
 
 
 async def test_call_setup_ack_and_bye(proxy: Proxy) -> None:
