@@ -86,7 +86,8 @@ class TimerWheel:
 
     def start(self, owner: Any, name: str, delay: float) -> int:
         """File a timer ``delay`` seconds from now; the ticket ``fire`` will get."""
-        tick = math.ceil((self._time() + delay) / self._resolution)
+        now = self._time()
+        tick = math.ceil((now + delay) / self._resolution)
         if delay >= _LONG:
             # Timeouts and waits (B, F, H, D, J, K, L, M: 5 or 32 s) round up to a
             # coarse tick, so that those that run out share their wake-ups.
@@ -105,7 +106,7 @@ class TimerWheel:
         live = slot.live
         slot.live = live + 1
         if live == 0 and not self._running and (self._handle is None or tick < self._armed):
-            self._arm(tick)
+            self._arm(tick, now)
         entries = slot.entries
         entries.append(owner)
         entries.append(name)
@@ -132,7 +133,7 @@ class TimerWheel:
             return
         # The armed tick is dead: arm for the first live one, if any.
         if self._drop_dead_front():
-            self._arm(self._ticks[0])
+            self._arm(self._ticks[0], self._time())
         else:
             self._handle.cancel()
             self._handle = None
@@ -145,13 +146,14 @@ class TimerWheel:
         self._slots.clear()
         self._ticks.clear()
 
-    def _arm(self, tick: int) -> None:
+    def _arm(self, tick: int, now: float) -> None:
+        """Set the loop timer for ``tick``; ``now`` is the loop's clock, read by the caller."""
         if self._handle is not None:
             self._handle.cancel()
         self._armed = tick
         # call_later, not call_at: uvloop's call_at is call_later with one more step
         # (a Python-level call with keywords), about half the cost of an arm.
-        self._handle = self._loop.call_later(tick * self._resolution - self._time(), self._run)
+        self._handle = self._loop.call_later(tick * self._resolution - now, self._run)
 
     def _run(self) -> None:
         self._handle = None
@@ -174,7 +176,8 @@ class TimerWheel:
         finally:
             self._running = False
             if self._drop_dead_front() and self._handle is None:
-                self._arm(ticks[0])
+                # Read again: the callbacks above took time.
+                self._arm(ticks[0], self._time())
 
     def _drop_dead_front(self) -> bool:
         """Drop the ticks at the front with no live entry (theirs would only fire
