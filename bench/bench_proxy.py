@@ -237,8 +237,13 @@ KAMAILIO_SYSTEMS: dict[str, list[str]] = {
     # The same with what sipedge does per call besides relaying (proxy.cfg's
     # WITH_CALL_STATE): a dialog table and two accounting lines per call.
     "kamailio-tlsf-calls": ["-x", "tlsf", "-X", "tlsf", "-A", "WITH_CALL_STATE"],
+    # And sipedge's guard on every message (WITH_GUARD): ban lookup, validation
+    # (sanity), the allowlist; the edge a carrier would run Kamailio as.
+    "kamailio-tlsf-edge": [
+        *("-x", "tlsf", "-X", "tlsf", "-A", "WITH_CALL_STATE", "-A", "WITH_GUARD"),
+    ],
 }
-PASSTHROUGH_ONLY: Final = frozenset({"kamailio-tlsf-calls"})
+PASSTHROUGH_ONLY: Final = frozenset({"kamailio-tlsf-calls", "kamailio-tlsf-edge"})
 
 
 def start_sut(
@@ -1574,7 +1579,7 @@ def main() -> int:
     parser.add_argument(
         "--systems",
         default=None,
-        help="default kamailio,kamailio-tlsf,kamailio-tlsf-calls,sipedge "
+        help="default kamailio,kamailio-tlsf,kamailio-tlsf-calls,kamailio-tlsf-edge,sipedge "
         "(with --media: kamailio,kamailio-tlsf,sipedge)",
     )
     parser.add_argument("--transports", default="udp,tls", help="default udp,tls")
