@@ -183,6 +183,7 @@ class SipScanner:
         """Header names in the name cache (at most 1024)."""
 
 def untrack_value(obj: object, /) -> object: ...
+def untrack_graph(obj: object, types: tuple[type, ...], /) -> object: ...
 def sip_join(lines: list[str], body: bytes, /) -> bytes:
     """``"\\r\\n".join(lines).encode() + body`` (sip.message.Message.serialize)."""
 

@@ -103,6 +103,31 @@ def _load_untrack() -> Callable[[object], object]:
 _untrack: Final = _load_untrack()
 
 
+def _keep_graph_tracked(obj: object, types: tuple[type, ...]) -> object:
+    return obj
+
+
+def _load_untrack_graph() -> Callable[[object, tuple[type, ...]], object]:
+    if env_on(ENV_PURE_PYTHON):
+        return _keep_graph_tracked
+    try:
+        from media._srtp import untrack_graph
+    except ImportError:
+        return _keep_graph_tracked
+    return untrack_graph
+
+
+_untrack_graph: Final = _load_untrack_graph()
+
+
+def untracked_graph(obj: _V, types: tuple[type, ...]) -> _V:
+    """``obj`` and what it holds of the exact ``types``, out of the cyclic GC's sight
+    (media/sipscan.c ``untrack_graph``).  Only for graphs with no cycle by
+    construction; without the extension it changes nothing."""
+    _untrack_graph(obj, types)
+    return obj
+
+
 def untracked(value: _V) -> _V:
     """``value``, out of the cyclic GC's sight if it holds nothing the GC tracks.
 

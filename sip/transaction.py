@@ -42,7 +42,7 @@ from enum import StrEnum
 from typing import ClassVar, Final, Literal, cast
 
 from sip.errors import SipError
-from sip.message import Request, Response, make_response
+from sip.message import Request, Response, make_response, untrack_kept
 from sip.random_tokens import token_hex
 
 __all__ = [
@@ -564,6 +564,7 @@ class _ClientTransaction(_Transaction):
         self._request: Request | None = request
         #: The key :func:`client_key` gives for responses to this transaction (§17.1.3).
         self.key: Final[TransactionKey] = (via.branch.lower(), request.method)
+        untrack_kept(request)
 
     @property
     def request(self) -> Request:
@@ -685,6 +686,7 @@ class _ServerTransaction(_Transaction):
         #: :func:`server_key` of the request that created the transaction (§17.2.3).
         self.key: Final[TransactionKey] = server_key(request)
         self._last_response: Response | None = None
+        untrack_kept(request)
 
     def receive_request(self, request: Request, now: float) -> list[Action]:
         """The creating request (first call), a retransmission of it, or an ACK."""
@@ -707,7 +709,11 @@ class _ServerTransaction(_Transaction):
             assert isinstance(message, Response)
             # Accepted never resends (RFC 6026: the TU retransmits its 2xx), so the
             # 2xx is not kept for the 32 s of Timer L: one message less per live call.
-            self._last_response = message if self._state is not _ACCEPTED else None
+            if self._state is _ACCEPTED:
+                self._last_response = None
+            else:
+                self._last_response = message
+                untrack_kept(message)
             out.append(Send(message))
         elif op is _Op.RESEND_LAST:
             if self._last_response is not None:

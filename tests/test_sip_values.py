@@ -540,6 +540,69 @@ def test_untrack_value_takes_out_only_what_holds_nothing_tracked() -> None:
     assert untrack_value(odd) is odd and gc.is_tracked(odd)
 
 
+def test_untrack_graph_follows_only_the_given_types() -> None:
+    import gc
+
+    from media._srtp import untrack_graph
+
+    class Foreign:  # an object of the application: never to be taken out of view
+        def __init__(self, held: list[int]) -> None:
+            self.held = held
+
+    behind_foreign = [1]
+    foreign = Foreign(behind_foreign)
+    inner = [2]
+    mid = {"inner": inner, "foreign": foreign}
+    top = [mid, (3,)]
+    assert all(gc.is_tracked(o) for o in (top, mid, inner, foreign, behind_foreign))
+    assert untrack_graph(top, (list, dict)) is top
+    assert not any(gc.is_tracked(o) for o in (top, mid, inner))
+    # Another type stops the walk: it and what it holds stay in the GC's view.
+    assert gc.is_tracked(foreign) and gc.is_tracked(behind_foreign)
+
+    # Only the exact types: a subclass of list is not followed.
+    class Sub(list[int]):
+        pass
+
+    sub = Sub([1])
+    assert untrack_graph([sub], (list,)) is not None and gc.is_tracked(sub)
+    # A dict takes itself back into view when a tracked value goes in (CPython).
+    mid["new"] = [4]
+    assert gc.is_tracked(mid)
+    with pytest.raises(TypeError):
+        untrack_graph(top, [list])  # type: ignore[arg-type]  # on purpose
+
+
+def test_a_transaction_keeps_its_messages_out_of_the_gcs_view() -> None:
+    # A transaction keeps its request and last response for its life (32 s after a
+    # call): the message, its headers and their lists and dicts leave the GC's view.
+    import gc
+
+    from sip.transaction import NonInviteServerTransaction, client_transaction
+    from tests.sipdata import INVITE
+
+    invite = parse_message(INVITE)
+    _ = invite.top_via, invite.from_, invite.to, invite.cseq, invite.contact
+    assert gc.is_tracked(invite) and gc.is_tracked(invite.headers)
+    client = client_transaction(invite)
+    for obj in (invite, invite.headers, invite.headers._fields, invite.headers._typed):
+        assert not gc.is_tracked(obj)
+    # The lists and dicts among the parsed values too (values of other types are the
+    # parsers' to untrack, or shared through their memos).
+    containers = [v for v in invite.headers._typed.values() if type(v) in (list, dict)]
+    assert containers and not any(gc.is_tracked(v) for v in containers)
+    assert client.request is invite
+
+    bye = parse_message(INVITE.replace(b"INVITE", b"BYE"))
+    server = NonInviteServerTransaction(bye)
+    assert not gc.is_tracked(bye) and not gc.is_tracked(bye.headers)
+    server.receive_request(bye, 0.0)
+    ok = message.make_response(bye, 200, to_tag="a1")
+    assert gc.is_tracked(ok)
+    server.send_response(ok, 0.0)
+    assert not gc.is_tracked(ok) and not gc.is_tracked(ok.headers)
+
+
 def test_values_made_by_edits_and_addresses_are_not_tracked() -> None:
     # What Python code builds for a call's lifetime: a stamped Via, the proxy's own
     # Via, header fields of edits, sources and destinations.  Compiled, their
