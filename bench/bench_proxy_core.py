@@ -32,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edge import config as config_mod
-from edge.app import open_admission
+from edge.app import GC_THRESHOLDS, open_admission
 from edge.proxy import Proxy
 from edge.routing import Router
 from edge.transport import Destination, Source
@@ -181,7 +181,7 @@ async def measure(
     await proxy.start()
     gc.collect()
     gc.freeze()
-    gc.set_threshold(100_000, 50, 100)  # as edge/app.py tune_gc()
+    gc.set_threshold(*GC_THRESHOLDS)  # as edge/app.py tune_gc()
     results: dict[str, list[dict[str, float]]] = {p: [] for p in paths}
     number = 0
     try:
