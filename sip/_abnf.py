@@ -90,34 +90,27 @@ def _keep_tracked(obj: object) -> object:
     return obj
 
 
-def _load_untrack() -> Callable[[object], object]:
-    if env_on(ENV_PURE_PYTHON):
-        return _keep_tracked
-    try:
-        from media._srtp import untrack_value
-    except ImportError:
-        return _keep_tracked
-    return untrack_value
-
-
-_untrack: Final = _load_untrack()
-
-
 def _keep_graph_tracked(obj: object, types: tuple[type, ...]) -> object:
     return obj
 
 
-def _load_untrack_graph() -> Callable[[object, tuple[type, ...]], object]:
-    if env_on(ENV_PURE_PYTHON):
-        return _keep_graph_tracked
-    try:
-        from media._srtp import untrack_graph
-    except ImportError:
-        return _keep_graph_tracked
-    return untrack_graph
+def _gc_helpers() -> tuple[
+    Callable[[object], object], Callable[[object, tuple[type, ...]], object]
+]:
+    """media/sipscan.c's untrack_value and untrack_graph, or no-ops without it."""
+    if not env_on(ENV_PURE_PYTHON):
+        try:
+            from media._srtp import untrack_graph, untrack_value
+        except ImportError:
+            pass
+        else:
+            return untrack_value, untrack_graph
+    return _keep_tracked, _keep_graph_tracked
 
 
-_untrack_graph: Final = _load_untrack_graph()
+_GC_HELPERS: Final = _gc_helpers()
+_untrack: Final = _GC_HELPERS[0]
+_untrack_graph: Final = _GC_HELPERS[1]
 
 
 def untracked_graph(obj: _V, types: tuple[type, ...]) -> _V:
