@@ -239,9 +239,7 @@ KAMAILIO_SYSTEMS: dict[str, list[str]] = {
     "kamailio-tlsf-calls": ["-x", "tlsf", "-X", "tlsf", "-A", "WITH_CALL_STATE"],
     # And sipedge's guard on every message (WITH_GUARD): ban lookup, validation
     # (sanity), the allowlist; the edge a carrier would run Kamailio as.
-    "kamailio-tlsf-edge": [
-        *("-x", "tlsf", "-X", "tlsf", "-A", "WITH_CALL_STATE", "-A", "WITH_GUARD"),
-    ],
+    "kamailio-tlsf-edge": ["-x", "tlsf", "-X", "tlsf", "-A", "WITH_CALL_STATE", "-A", "WITH_GUARD"],
 }
 PASSTHROUGH_ONLY: Final = frozenset({"kamailio-tlsf-calls", "kamailio-tlsf-edge"})
 

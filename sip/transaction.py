@@ -405,6 +405,7 @@ _NON_INVITE_SERVER: Final[_Table] = {
 # Looked up once: these are compared for every step of every transaction.
 _TERMINATED: Final = State.TERMINATED
 _ACCEPTED: Final = State.ACCEPTED
+_COMPLETED: Final = State.COMPLETED
 _CANCEL_OP: Final = _Op.CANCEL
 _START_OP: Final = _Op.START
 _TO_TU_OP: Final = _Op.TO_TU
@@ -709,10 +710,10 @@ class _ServerTransaction(_Transaction):
             assert isinstance(message, Response)
             # Accepted never resends (RFC 6026: the TU retransmits its 2xx), so the
             # 2xx is not kept for the 32 s of Timer L: one message less per live call.
-            if self._state is _ACCEPTED:
-                self._last_response = None
-            else:
-                self._last_response = message
+            # A final response is kept while Completed (Timer H or J): out of the
+            # GC's view then; a provisional goes with the final, soon after.
+            self._last_response = message if self._state is not _ACCEPTED else None
+            if self._state is _COMPLETED:
                 untrack_kept(message)
             out.append(Send(message))
         elif op is _Op.RESEND_LAST:
