@@ -281,6 +281,8 @@ punt(se_fp_loop *lp, se_fp_leg *leg, int kind, int on_rtcp_socket, const uint8_t
         return 0;
     }
     *tokens -= 1.0;
+    if (own && (kind == SE_FP_RTP || kind == SE_FP_RTCP))
+        leg->punt_mark = head + 1; /* what the accepted source must not overtake */
     e = &lp->ring[head % SE_FP_RING];
     e->handle = leg->handle;
     e->kind = (uint8_t)kind;
@@ -322,6 +324,13 @@ step(se_fp_loop *lp, se_fp_leg *leg, int on_rtcp_socket, unsigned i, double now,
     }
     if (!addr_eq(rtcp ? &leg->rtcp_src : &leg->rtp_src, src))
         return punt(lp, leg, kind, on_rtcp_socket, d, n, src, now);
+    if (leg->punt_mark > __atomic_load_n(&lp->ring_done, __ATOMIC_ACQUIRE)) {
+        /* Python has not handled the leg's punts yet: this one goes behind them */
+        if (!punt(lp, leg, kind, on_rtcp_socket, d, n, src, now))
+            return 0;
+        leg->punt_mark = lp->ring_head;
+        return 1;
+    }
     if (rtcp && !take_rtcp_token(lp->plane, leg, now)) {
         drop(leg, SE_FP_RTCP_FLOOD, src);
         return 0;
@@ -896,4 +905,10 @@ void
 se_fp_ring_pop(se_fp_loop *lp)
 {
     __atomic_store_n(&lp->ring_tail, lp->ring_tail + 1, __ATOMIC_RELEASE);
+}
+
+void
+se_fp_ring_handled(se_fp_loop *lp)
+{
+    __atomic_store_n(&lp->ring_done, lp->ring_tail, __ATOMIC_RELEASE);
 }

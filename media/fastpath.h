@@ -33,6 +33,17 @@
  * counts (punt_overflow).  Python forwards what it accepts through
  * se_fp_forward(), the same steps under the owning loop's mutex.
  *
+ * Order.  Python latches a source after the first packets of it were punted, and
+ * more of them may be in the ring, or in Python's hands, by then: forwarded in C
+ * at once, the next packets would overtake them (a stream reordered at every
+ * latch).  So a leg remembers where its newest media punt from its endpoint's host
+ * went in the ring (punt_mark), Python says how far it has handled the ring
+ * (ring_done: its next drain begins by saying that the last one is handled), and
+ * media from the accepted source is punted too while the leg's mark is ahead: it
+ * queues behind the packets it would overtake, and Python forwards them all in
+ * order.  A stranger's punts (another host) set no mark, so a spray cannot keep a
+ * leg's media out of C.
+ *
  * Rules of this file and of fastpath.c: no Python object; no allocation per
  * packet; every datagram a loop reads ends forwarded, punted or dropped with a
  * counted reason, so received == packets_in + to_python + sum(drops) per leg.
@@ -178,6 +189,10 @@ typedef struct se_fp_leg {
     struct se_fp_leg *peer; /* may be the leg itself: an echo leg */
     se_srtp_ctx *inbound;   /* unprotects what the endpoint sends; NULL: plain */
     se_srtp_ctx *outbound;  /* protects what goes to the endpoint; NULL: plain */
+    /* written by its loop: the ring position after its newest media punt from its
+     * endpoint's host (0: none); while Python has not handled up to there (the
+     * loop's ring_done), media from the accepted source is punted behind it */
+    uint64_t punt_mark;
     /* line 1: the RTP source accepted (latched; none: punt all) and where RTP for
      * the endpoint goes */
     _Alignas(64) se_fp_addr rtp_src;
@@ -218,8 +233,9 @@ typedef struct se_fp_loop {
     pthread_mutex_t mu;
     unsigned n_legs;
     se_fp_loop_stats stats; /* written by the loop, read relaxed */
-    /* the punt ring: written by the loop, read by Python */
-    uint64_t ring_head, ring_tail;
+    /* the punt ring: head written by the loop; tail (popped) and done (handled: the
+     * tail when Python's next drain began) written by Python */
+    uint64_t ring_head, ring_tail, ring_done;
     se_fp_punt *ring;
     /* per-batch scratch, owned by the thread */
     struct mmsghdr rmsg[SE_FP_BATCH], smsg[SE_FP_BATCH];
@@ -283,9 +299,12 @@ SE_HIDDEN int se_fp_forward(se_fp_plane *p, uint32_t handle, int rtcp, uint8_t *
                             size_t room, int *authenticated, size_t *sent_len);
 
 /* Punted datagrams of one loop, oldest first, for the one consumer (Python, which
- * serialises its drains): the front entry or NULL, then pop it once used. */
+ * serialises its drains): the front entry or NULL, then pop it once used.  handled:
+ * everything popped so far is handled (forwarded or dropped), so the loop may
+ * forward the accepted sources of the legs that punted it in C again (Order). */
 SE_HIDDEN const se_fp_punt *se_fp_ring_front(se_fp_loop *lp);
 SE_HIDDEN void se_fp_ring_pop(se_fp_loop *lp);
+SE_HIDDEN void se_fp_ring_handled(se_fp_loop *lp);
 
 static inline uint64_t
 se_fp_read(const uint64_t *v)

@@ -24,7 +24,9 @@ proofs (:mod:`media.latching`), ICE and DTLS stay in Python.  Python forwards a
 punted datagram it accepts with :meth:`FastPath.forward` (the C steps from decryption
 on, with the C contexts: a :class:`media._srtp.Context` given to the plane belongs to
 it and must not be called from Python meanwhile), then latches with
-:meth:`FastPath.set_addresses` so the next packets stay in C.
+:meth:`FastPath.set_addresses` so the next packets stay in C, once Python has handled
+what the leg punted before them (its next :meth:`FastPath.drain` says so): until then
+they queue behind those, in order.
 
 Modes follow from the crypto of the two legs of a pair: ``rtp`` (no context),
 ``srtp-in`` (the receiving leg has an inbound context: SRTP -> RTP), ``srtp-out``
@@ -368,7 +370,12 @@ class FastPath:
     # ---------------------------------------------------------------- punted
 
     def drain(self, limit: int = 1024) -> list[Punted]:
-        """Punted datagrams waiting, oldest first per loop, at most ``limit``."""
+        """Punted datagrams waiting, oldest first per loop, at most ``limit``.
+
+        Handle them before the next drain, which tells the plane they are handled: until
+        then, a leg's media from its accepted source is punted behind the leg's own
+        punts rather than forwarded past them, so that a latch never reorders a stream
+        (``media/fastpath.h``, Order)."""
         return [
             Punted(handle, PacketKind(kind), on_rtcp, data, source)
             for handle, kind, on_rtcp, data, source in self._plane.drain(limit)

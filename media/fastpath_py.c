@@ -644,6 +644,9 @@ Plane_drain(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
     self->draining = 1;
     if (read(self->plane->punt_fd, &x, sizeof x) < 0) { /* EAGAIN: nothing signalled */
     }
+    /* Python handles a drain's datagrams before it drains again (FastPath.drain) */
+    for (unsigned i = 0; i < self->plane->n_loops; i++)
+        se_fp_ring_handled(&self->plane->loops[i]);
     for (unsigned i = 0; i < self->plane->n_loops && PyList_GET_SIZE(list) < max; i++) {
         se_fp_loop *lp = &self->plane->loops[i];
         const se_fp_punt *e;

@@ -321,6 +321,41 @@ def test_stun_dtls_and_strangers_are_punted_and_python_can_forward_and_latch(
     assert [p.source for p in fast.drain()] == [addr(stranger)]
 
 
+def test_a_latch_never_reorders_the_stream(fast: FastPath) -> None:
+    """Python latches a source while more of its packets still wait in the ring: the
+    next ones queue behind them instead of overtaking them in C, and go back to C once
+    Python has handled them (its next drain says so).  A stranger's punts hold nothing
+    back."""
+    caller, callee, stranger = udp(CALLER), udp(CALLEE), udp(STRANGER)
+    r_offer, r_answer = udp(RELAY), udp(RELAY)
+    offer, answer = fast.add_leg(r_offer, mux=True), fast.add_leg(r_answer, mux=True)
+    fast.pair(offer, answer)
+    fast.latch(answer, addr(callee))
+    fast.set_addresses(offer, rtp_destination=addr(caller))  # signalled, not latched
+    for seq in (1, 2, 3):
+        caller.sendto(rtp(seq), addr(r_offer))
+    until(lambda: fast.counters(offer).to_python == 3, "three punts")
+    first = fast.drain(1)  # Python takes the first, forwards it and latches...
+    assert [p.data for p in first] == [rtp(1)]
+    assert fast.forward(offer, False, first[0].data).forwarded
+    fast.latch(offer, addr(caller))
+    caller.sendto(rtp(4), addr(r_offer))  # ...while 2 and 3 still wait
+    until(lambda: fast.counters(offer).to_python == 4, "4 punted behind 2 and 3")
+    assert fast.counters(offer).packets_in == 0
+    rest = fast.drain()
+    assert [p.data for p in rest] == [rtp(2), rtp(3), rtp(4)]
+    for p in rest:
+        assert fast.forward(offer, False, p.data).forwarded
+    assert fast.drain() == []  # handled: C forwards the source again
+    stranger.sendto(rtp(99), addr(r_offer))
+    until(lambda: fast.counters(offer).to_python == 5, "the stranger punted")
+    caller.sendto(rtp(5), addr(r_offer))  # not held back by the stranger's punt
+    assert recv_all(callee, 5) == [rtp(seq) for seq in range(1, 6)]
+    c = fast.counters(offer)
+    assert c.to_python == 5 and c.packets_in == 1 and balanced(c)
+    assert [p.source for p in fast.drain()] == [addr(stranger)]
+
+
 def test_forward_reports_a_failed_proof_and_dtls_pending() -> None:
     keys = Keys.fresh()
     with FastPath(loops=1) as fp:
