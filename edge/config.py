@@ -146,7 +146,8 @@ class MetricsConfig:
 
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
-    """Bounds on what a peer may send and hold open (times in seconds)."""
+    """Bounds on what a peer may send and hold open (times in seconds), and on the
+    calls the edge takes on in all (edge/overload.py; 0: no limit)."""
 
     max_message_size: int = 65536
     max_connections: int = 4096
@@ -154,6 +155,9 @@ class LimitsConfig:
     idle_timeout: float = 120.0
     header_timeout: float = 10.0
     tls_handshake_timeout: float = 5.0
+    max_calls: int = 0
+    max_cps: int = 0
+    overload_retry_after: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -576,6 +580,9 @@ def _parse_limits(t: Mapping[str, Any]) -> LimitsConfig:
         idle_timeout=_seconds(t, s, "idle_timeout", d.idle_timeout),
         header_timeout=_seconds(t, s, "header_timeout", d.header_timeout),
         tls_handshake_timeout=_seconds(t, s, "tls_handshake_timeout", d.tls_handshake_timeout),
+        max_calls=_int(t, s, "max_calls", d.max_calls, 0, 10_000_000),
+        max_cps=_int(t, s, "max_cps", d.max_cps, 0, 1_000_000),
+        overload_retry_after=_int(t, s, "overload_retry_after", d.overload_retry_after, 0, 3600),
     )
 
 

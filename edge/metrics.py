@@ -51,6 +51,7 @@ from prometheus_client.utils import floatToGoString
 from edge import __version__
 from edge.health import HttpEndpoint, Parts, not_ready
 from edge.log import LogFn
+from edge.overload import LIMITS as OVERLOAD_LIMITS
 from media.latching import PLANE_DROP_REASONS, DropReason
 
 __all__ = ["METRIC_NAMES", "Metrics", "Parts"]
@@ -118,6 +119,7 @@ METRIC_NAMES: Final = frozenset(
         "sipedge_sip_transactions",
         "sipedge_dialogs",
         "sipedge_draining",
+        "sipedge_overload_refused_total",
         # calls (hooks in edge/proxy.py)
         "sipedge_calls_started_total",
         "sipedge_calls_answered_total",
@@ -385,6 +387,14 @@ class _Collector:
             "1 while shutting down (new calls get 503)",
             value=1 if getattr(proxy, "draining", False) else 0,
         )
+        family = CounterMetricFamily(
+            "sipedge_overload_refused",
+            "New calls answered 503 past [limits] max_calls or max_cps, by limit",
+            labels=["limit"],
+        )
+        for limit in OVERLOAD_LIMITS:
+            family.add_metric([limit], counters.get(f"overload_{limit}", 0))
+        yield family
 
     def _admission(self) -> Iterator[Metric]:
         adm = self.parts.get("admission")

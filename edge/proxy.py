@@ -11,7 +11,8 @@ the transport layer hands it, what goes where.  Protocol state lives in the
   Record-Route (two entries when the transport changes or the caller is on a
   connection, RFC 5658), our Via, and a client transaction towards the next
   hop; failures (timeout, transport error, 503) fail over to the next target
-  of the upstream set, and 408/503 are synthesised when none is left;
+  of the upstream set, and 408/503 are synthesised when none is left; a new
+  call past ``[limits] max_calls`` or ``max_cps`` gets 503 (edge/overload.py);
 - responses go back through the client transaction to the server transaction;
   a response that matches none is forwarded statelessly (§16.7 step 10 / §16.11);
 - an ACK for a 2xx and anything else without a transaction of its own is
@@ -37,6 +38,7 @@ from typing import Any, Final, cast
 from edge.admission import Action, Admission, trusted_identity
 from edge.dialogs import Dialog, DialogState, DialogTable
 from edge.flows import FlowTokens
+from edge.overload import CallGate
 from edge.proxy_media import MediaMixin
 from edge.proxy_state import _ClientCtx, _Forward, _ServerCtx
 from edge.registrar import Registrar
@@ -99,6 +101,8 @@ TIMER_C: Final = "C"
 KNOWN_METHODS: Final = STANDARD_METHODS
 # What a browser's side speaks (issue 6): DTLS-SRTP with ICE-lite.
 WEBRTC_POLICY: Final = "dtls-srtp"
+#: Seconds between two ``overload`` log lines (each sums the calls refused since).
+OVERLOAD_LOG_EVERY: Final = 10.0
 #: Bound on Proxy._is_us's answers by URI text.
 _US_CACHE_MAX: Final = 4096
 
@@ -151,6 +155,14 @@ class Proxy(MediaMixin):
         self.log: Log = log or _noop_log
         proxy_cfg = config.proxy
         self.limits = Limits(max_message_size=config.limits.max_message_size)
+        limits = config.limits
+        self.call_gate = CallGate(limits.max_calls, limits.max_cps)
+        retry_after = int(limits.overload_retry_after)
+        self._overload_headers: tuple[tuple[str, str], ...] = (
+            (("Retry-After", str(retry_after)),) if retry_after else ()
+        )
+        self._overload_logged: float | None = None
+        self._overload_unlogged: dict[str, int] = {}
         self.timer_config = TimerConfig(
             t1=proxy_cfg.timer_t1, t2=proxy_cfg.timer_t2, t4=proxy_cfg.timer_t4
         )
@@ -399,9 +411,15 @@ class Proxy(MediaMixin):
             # except through the WebSocket they hold open (RFC 7118, RFC 5626).
             self._register(ctx, req)
             return
-        if self.draining and req.method == "INVITE" and not in_dialog:
-            self._reply(ctx, 503, [("Retry-After", "60")])
-            return
+        if req.method == "INVITE" and not in_dialog:
+            if self.draining:
+                self._reply(ctx, 503, [("Retry-After", "60")])
+                return
+            if self.call_gate.enabled:
+                limit = self.call_gate.refuse(len(self.dialogs), now)
+                if limit is not None:
+                    self._overloaded(ctx, limit, now)
+                    return
         mf = fwd_req.max_forwards
         fwd_req.headers.set("Max-Forwards", str((self.max_forwards if mf is None else mf) - 1))
 
@@ -840,6 +858,26 @@ class Proxy(MediaMixin):
         self.transport.send(resp.serialize(), Destination(transport, host, port))
 
     # ------------------------------------------------------------ replies
+    def _overloaded(self, ctx: _ServerCtx, limit: str, now: float) -> None:
+        """A new call past ``[limits] max_calls`` or ``max_cps``: 503, counted, and a
+        log line at most every :data:`OVERLOAD_LOG_EVERY` seconds with the sums."""
+        self._count(f"overload_{limit}")
+        self._reply(ctx, 503, self._overload_headers)
+        unlogged = self._overload_unlogged
+        unlogged[limit] = unlogged.get(limit, 0) + 1
+        last = self._overload_logged
+        if last is None or now - last >= OVERLOAD_LOG_EVERY:
+            self._overload_logged = now
+            self.log(
+                "warning",
+                "overload",
+                refused=dict(unlogged),
+                live_calls=len(self.dialogs),
+                max_calls=self.call_gate.max_calls,
+                max_cps=self.call_gate.max_cps,
+            )
+            unlogged.clear()
+
     def _reply(
         self,
         ctx: _ServerCtx,

@@ -121,6 +121,9 @@ def test_defaults() -> None:
         idle_timeout=120.0,
         header_timeout=10.0,
         tls_handshake_timeout=5.0,
+        max_calls=0,
+        max_cps=0,
+        overload_retry_after=1,
     )
     assert cfg.proxy == config.ProxyConfig(
         record_route=True,
@@ -258,6 +261,10 @@ def _set(extra: str = "", target: str = 'uri = "sip:10.0.0.1"') -> str:
         ('[limits]\nidle_timeout = "2s"\n' + ECHO, "limits.idle_timeout"),
         ("[limits]\nidle_timeout = true\n" + ECHO, "limits.idle_timeout"),
         ("[limits]\nidle_timout = 5\n" + ECHO, "limits.idle_timout"),
+        ("[limits]\nmax_calls = -1\n" + ECHO, "limits.max_calls"),
+        ("[limits]\nmax_cps = 1500.5\n" + ECHO, "limits.max_cps"),
+        ('[limits]\nmax_cps = "1500"\n' + ECHO, "limits.max_cps"),
+        ("[limits]\noverload_retry_after = 3601\n" + ECHO, "limits.overload_retry_after"),
         # proxy
         ("[proxy]\nmax_forwards = 0\n" + ECHO, "proxy.max_forwards"),
         ("[proxy]\nmax_forwards = 256\n" + ECHO, "proxy.max_forwards"),

@@ -122,10 +122,11 @@ class Call:
         trunk_media: str = "rtp",
         trunk_allow: str = "127.0.0.1/32",
         quarantine: float = 1.0,
+        limits: dict[str, Any] | None = None,
     ) -> ProxyAddresses:
         """sipedge routing new calls to ``targets`` (set "pbx", media policy ``set_media``),
         the caller's ``trunk_allow`` trusted as trunk "loopback" (media ``trunk_media``), the
-        relay on 127.0.0.1 with ``pairs`` RTP/RTCP port pairs."""
+        relay on 127.0.0.1 with ``pairs`` RTP/RTCP port pairs; ``limits``: a [limits] table."""
         self.relay_range = relay_port_range(pairs)
         low, high = self.relay_range
         upstream: dict[str, Any] = {
@@ -153,6 +154,7 @@ class Call:
                     "quarantine": quarantine,
                     "timeout": 0,
                 },
+                **({"limits": limits} if limits else {}),
             },
         )
         self.procs.add(edge).start()

@@ -21,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.peers import sip_uri
+from tests.peers_media import wait_for_event
 from tests.test_e2e_media import PCAP, UPSTREAM, Call, assert_sipp_ok, call, certs, procs
 
 __all__ = ["call", "certs", "procs"]  # fixtures, used by name
@@ -127,3 +128,35 @@ def test_metrics_readiness_and_calls_follow_a_real_call(call: Call) -> None:
     assert 0 < total(values, "sipedge_fastpath_loop_busy_seconds_total") < 4
     assert any(k.startswith("sipedge_fastpath_loop_polling{") for k in values)
     assert total(values, "sipedge_fastpath_loop_polling") == 0
+
+
+@pytest.mark.timeout(120)
+def test_max_calls_refuses_a_new_call_with_503_while_the_calls_in_progress_finish(
+    call: Call,
+) -> None:
+    """``[limits] max_calls = 2`` and three concurrent calls: the two first complete, the
+    third INVITE gets 503 with Retry-After and never reaches the upstream, ``/metrics``
+    counts it and the log says ``overload``; once the two have ended a new call is taken."""
+    uas = call.uas("media_uas_echo", calls=3)
+    edge = call.start_edge([sip_uri(UPSTREAM, uas.port, "udp")], limits={"max_calls": 2})
+    assert call.edge is not None
+    target = edge.udp or ("", 0)
+    first = call.uac("media_uac", target, calls=2, hold_ms=4000, rate=10)
+    deadline = time.monotonic() + 10
+    while len(call.edge_events("media_session_created")) < 2:
+        assert time.monotonic() < deadline, f"two calls not set up\n{call.log()}"
+        time.sleep(0.05)
+    third = call.uac("media_uac_503", target, calls=1)
+    assert_sipp_ok(third, 1, 30)
+    assert "Retry-After: 1" in third.sent_and_received()
+    logged = wait_for_event(call.edge, "overload", 5)
+    assert logged["refused"] == {"calls": 1} and logged["max_calls"] == 2, logged
+    status, text = http_get(call.edge.metrics, "/metrics")
+    assert status == 200
+    values = metric_values(text)
+    assert total(values, "sipedge_overload_refused_total", limit="calls") == 1
+    assert total(values, "sipedge_overload_refused_total", limit="cps") == 0
+    assert_sipp_ok(first, 2, 40)
+    fourth = call.uac("media_uac", target, calls=1, hold_ms=500)
+    assert_sipp_ok(fourth, 1, 30)
+    assert_sipp_ok(uas, 3, uas=True)  # the refused call never reached it

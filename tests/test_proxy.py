@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from edge.config import LimitsConfig
 from edge.config_security import AuditConfig, AuthConfig, BanConfig, RateLimitConfig, ScannerConfig
 from edge.proxy import Proxy
 from edge.proxy_state import _Forward
@@ -94,7 +95,7 @@ def make_config(t1: float = 0.5) -> Any:
             tls=(hp(host="127.0.0.1", port=5061),),
             advertise="",
         ),
-        limits=SimpleNamespace(max_message_size=65536),
+        limits=LimitsConfig(),
         proxy=SimpleNamespace(
             record_route=True,
             max_forwards=70,
@@ -412,6 +413,93 @@ async def test_draining_refuses_new_calls(proxy: Proxy) -> None:
     proxy.on_message(invite(), udp(CALLER))
     statuses = [m.status for m, _ in t.take() if isinstance(m, Response)]
     assert statuses == [100, 503]
+
+
+def second_invite(n: int) -> bytes:
+    """Another call's INVITE from the caller (its own Call-ID and branch)."""
+    return (
+        invite(branch=f"z9hG4bKcall{n}")
+        .replace(b"call-1@", f"call-{n}@".encode())
+        .replace(b"tag=a1", f"tag=a{n}".encode())
+    )
+
+
+async def test_max_calls_refuses_new_calls_with_503_but_never_the_calls_in_progress() -> None:
+    config = make_config()
+    config.limits = LimitsConfig(max_calls=1, overload_retry_after=7)
+    transport = FakeTransport()
+    logs: list[tuple[str, str, dict[str, Any]]] = []
+    p = Proxy(
+        config, transport, StubRouter([PBX1]), log=lambda lv, ev, **kw: logs.append((lv, ev, kw))
+    )
+    await p.start()
+    try:
+        p.on_message(invite(), udp(CALLER))
+        ((fwd, _),) = only(transport.take(), Request)
+        # A second call while the first rings: 503 with Retry-After, nothing forwarded.
+        p.on_message(second_invite(2), udp(CALLER))
+        sent = transport.take()
+        assert only(sent, Request) == []
+        refused = [m for m, _ in sent if isinstance(m, Response) and m.status == 503]
+        assert len(refused) == 1 and refused[0].headers.get("Retry-After") == "7"
+        assert p.counters.get("overload_calls") == 1
+        ((level, _, fields),) = [entry for entry in logs if entry[1] == "overload"]
+        assert level == "warning" and fields["refused"] == {"calls": 1}
+        assert fields["live_calls"] == 1 and fields["max_calls"] == 1
+        # The call in progress is answered and hung up: none of it is refused.
+        p.on_message(answer(fwd, 200), udp(PBX1))
+        assert [m.status for m, _ in transport.take()] == [200]
+        bye = build(
+            "BYE sip:alice@127.0.0.1:5070 SIP/2.0",
+            "Via: SIP/2.0/UDP 127.0.0.2:5080;branch=z9hG4bKbye1",
+            "Route: <sip:127.0.0.1:5060;transport=udp;lr>",
+            "Max-Forwards: 70",
+            "From: <sip:1000@127.0.0.1:5060>;tag=b1",
+            "To: <sip:alice@127.0.0.1:5070>;tag=a1",
+            "Call-ID: call-1@127.0.0.1",
+            "CSeq: 1 BYE",
+            "Content-Length: 0",
+        )
+        p.on_message(bye, udp(PBX1))
+        ((fwd_bye, _),) = only(transport.take(), Request)
+        p.on_message(answer(fwd_bye, 200, to_tag="a1"), udp(CALLER))
+        transport.take()
+        assert len(p.dialogs) == 0
+        # The call is over: the next new call is taken.
+        p.on_message(second_invite(3), udp(CALLER))
+        ((fwd3, _),) = only(transport.take(), Request)
+        assert fwd3.call_id == "call-3@127.0.0.1"
+        assert p.counters.get("overload_calls") == 1
+    finally:
+        await p.close()
+
+
+async def test_max_cps_refuses_past_a_second_s_worth_and_refills() -> None:
+    config = make_config()
+    config.limits = LimitsConfig(max_cps=2, overload_retry_after=0)
+    transport = FakeTransport()
+    p = Proxy(config, transport, StubRouter([PBX1]))
+    clock = [1000.0]
+    p._clock = lambda: clock[0]
+    await p.start()
+    try:
+        forwarded, refused = [], []
+        for n in range(2, 6):  # four new calls in the same instant: two are taken
+            p.on_message(second_invite(n), udp(CALLER))
+            sent = transport.take()
+            forwarded += [m.call_id for m, _ in only(sent, Request)]
+            refused += [m for m, _ in sent if isinstance(m, Response) and m.status == 503]
+        assert forwarded == ["call-2@127.0.0.1", "call-3@127.0.0.1"]
+        assert len(refused) == 2 and all("retry-after" not in r.headers for r in refused)
+        assert p.counters.get("overload_cps") == 2
+        clock[0] += 0.5  # one more token
+        for n in (6, 7):
+            p.on_message(second_invite(n), udp(CALLER))
+        sent = transport.take()
+        assert [m.call_id for m, _ in only(sent, Request)] == ["call-6@127.0.0.1"]
+        assert p.counters.get("overload_cps") == 3
+    finally:
+        await p.close()
 
 
 async def test_malformed_request_gets_400_only_from_known_peers(proxy: Proxy) -> None:
